@@ -1,0 +1,126 @@
+"""The one config schema.
+
+MLproject `-P key=value`, CLI `--key value` and YAML spec keys all land here, so a
+parameter has one name, one type and one validation rule everywhere. Values arrive
+as strings from the command line; pydantic coerces them ("1e-4" -> 1e-4).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medvlm.errors import ConfigError
+
+Task = Literal["classification", "retrieval", "vqa"]
+Strategy = Literal["zeroshot", "linear", "partial", "full", "lora"]
+FINETUNE_STRATEGIES = ("linear", "partial", "full", "lora")
+
+
+def default_data_root() -> str:
+    """`MEDVLM_DATA`, else `~/.cache/medvlm/data` (where `medmnist` downloads go too)."""
+    return os.environ.get("MEDVLM_DATA") or str(Path.home() / ".cache" / "medvlm" / "data")
+
+
+class RunConfig(BaseModel):
+    """Everything that defines one experiment. Logged, fully resolved, with every run."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str = Field(description="zoo name, open_clip ARCH@TAG, hf-hub:ID, local-dir:PATH or a transformers CLIP id/path")
+    dataset: str = Field(description="dataset name (e.g. breastmnist), image folder, or CSV/parquet file")
+    task: Task = "classification"
+    strategy: Strategy = "zeroshot"
+    size: Literal[28, 64, 128, 224] = Field(224, description="MedMNIST+ image size to read")
+    data_root: str = Field(default_factory=default_data_root, description="root folder for datasets")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    patience: int = Field(3, ge=1, description="early-stopping patience in epochs (validation loss)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on GPU, fp32 on CPU")
+    seed: int = 0
+    head_init: Literal["random", "zeroshot"] = Field("random", description="fine-tuning head start: random (paper) or zero-shot prompt embeddings")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] = Field(default_factory=list, description="module-name suffixes to adapt; empty = the zoo entry's defaults")
+    lora_text: bool = Field(False, description="also adapt the text tower")
+    label_policy: Literal["ones", "zeros", "ignore"] = Field("zeros", description="CheXpert-style uncertain (-1) labels")
+    image_column: str = Field("image", description="CSV/parquet column with image paths")
+    label_columns: list[str] = Field(default_factory=list, description="CSV/parquet label columns (several = multi-label)")
+    num_workers: int = Field(0, ge=0)
+    experiment: str = "medvlm"
+    register: bool = Field(True, description="register LoRA adapters in the Model Registry")
+    resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue")
+    checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"))
+    study: str = Field("", description="study name when this run is a study trial")
+
+    @field_validator("lora_targets", "label_columns", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("model", "dataset")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    def resolved(self) -> dict[str, Any]:
+        """A JSON-safe dict of every field, defaults included."""
+        return json.loads(self.model_dump_json())
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, RunConfig.model_fields, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown parameter '{key}'{hint}; valid parameters: medvlm params"
+    if first["type"] == "missing":
+        return f"missing parameter '{key}': pass it as -P {key}=... or --{key.replace('_', '-')} ..."
+    return f"invalid parameter {key}={first.get('input')!r}: {first['msg']}"
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}; pass an existing YAML file as config=PATH")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of parameter: value")
+    return data
+
+
+def build_config(overrides: dict[str, Any], base: dict[str, Any] | None = None) -> RunConfig:
+    """Merge base (a spec cell), the YAML file named by `config`, then explicit overrides.
+
+    Empty-string overrides mean "not given" so MLproject defaults of "" fall through.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None and v != ""}
+    merged: dict[str, Any] = dict(base or {})
+    config_file = given.pop("config", None)
+    if config_file:
+        merged.update(load_yaml(config_file))
+    merged.update(given)
+    try:
+        return RunConfig(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
