@@ -1,0 +1,315 @@
+"""Bring-your-own classification data: an image folder, or a CSV/parquet table of image paths.
+
+Images stay on disk and are decoded per item. File sources always serve 3-channel images:
+one dataset may mix grayscale and RGB files, and a batch needs one channel count; the model's
+batch preprocessing (`medvlm.data.transforms`) handles 3 channels for every model.
+
+Multi-label tables follow CheXpert's convention: 1 positive, 0 negative, blank not mentioned
+(-> 0), -1 uncertain, resolved by `label_policy`: "ones" -> 1, "zeros" -> 0, "ignore" -> the
+label stays -1 and `ImageFiles.mask` (labels >= 0) is False there. Losses and metrics must use
+only masked-in entries: weight BCE by the mask, and score each label on its masked-in rows.
+Rows whose labels are all ignored carry no supervision and are dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+
+from medvlm.data.base import ClassificationData
+from medvlm.data.prompts import generic_prompts
+from medvlm.errors import DataError
+
+SPLITS = ("train", "val", "test")
+FRACTIONS = (0.7, 0.1, 0.2)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+TABLE_SUFFIXES = (".csv", ".parquet")
+LabelPolicy = Literal["ones", "zeros", "ignore"]
+_POLICY_VALUE = {"ones": 1, "zeros": 0, "ignore": -1}
+_SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def load_image(path: Path, image_size: int) -> torch.Tensor:
+    """uint8 [3,S,S]: shorter side resized to S (bicubic), then centre-cropped, as CLIP preprocesses."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                img = _to_8bit(img)
+            img = img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {path} ({exc}); replace or remove that file") from exc
+    img = TF.resize(img, image_size, interpolation=InterpolationMode.BICUBIC)
+    return TF.pil_to_tensor(TF.center_crop(img, image_size))
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit/float scans (DICOM exports) min-max scaled to 0..255; PIL's own conversion clips them."""
+    arr = np.asarray(img, dtype=np.float64)
+    low, high = arr.min(), arr.max()
+    scaled = (arr - low) * (255.0 / (high - low)) if high > low else np.zeros_like(arr)
+    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+
+
+class ImageFiles(Dataset):
+    """Image files plus int64 labels; items are (uint8 [3,S,S], label) like `ArrayImages`."""
+
+    def __init__(self, paths: Sequence[Path], labels: np.ndarray, image_size: int):
+        self.paths = [Path(p) for p in paths]
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return load_image(self.paths[index], self.image_size), self.labels[index]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """False where a label is ignored (-1, label_policy='ignore'); True everywhere otherwise."""
+        return self.labels >= 0
+
+    def subset(self, indices: np.ndarray) -> ImageFiles:
+        """Some rows (used by data-fraction ablations)."""
+        idx = np.asarray(indices)
+        return ImageFiles([self.paths[i] for i in idx], self.labels.numpy()[idx], self.image_size)
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        h.update("\n".join(map(str, self.paths)).encode())
+        h.update(self.labels.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def stratified_split(strata: np.ndarray, seed: int, fractions: Sequence[float] = FRACTIONS) -> dict[str, np.ndarray]:
+    """Row indices per split; each stratum (class) is shuffled with `seed` and cut by `fractions`."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+    for value in np.unique(strata):
+        idx = rng.permutation(np.flatnonzero(strata == value))
+        n_test, n_val = round(len(idx) * fractions[2]), round(len(idx) * fractions[1])
+        parts["test"].append(idx[:n_test])
+        parts["val"].append(idx[n_test:n_test + n_val])
+        parts["train"].append(idx[n_test + n_val:])
+    return {split: np.sort(np.concatenate(p)) for split, p in parts.items()}
+
+
+def _require_rows(source: Path, split: str, n: int, why: str) -> None:
+    if n == 0:
+        raise DataError(f"split '{split}' of {source} is empty: {why}")
+
+
+# -- image folder -------------------------------------------------------------------------
+
+
+def load_image_folder(path: str | Path, image_size: int, seed: int) -> ClassificationData:
+    """One subfolder per class (sorted names -> label index).
+
+    Uses train/ val/ test/ subfolders where present (val/ optional: then 1/8 of train, stratified);
+    otherwise a stratified 70/10/20 split with `seed`.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder {root} not found; pass a folder with one subfolder per class")
+    split_dirs = {split: root / split for split in SPLITS if (root / split).is_dir()}
+    if split_dirs:
+        if not {"train", "test"} <= split_dirs.keys():
+            raise DataError(f"image folder {root} has {sorted(split_dirs)} folders; give it train/ and test/ (val/ optional)")
+        names = _class_dirs(split_dirs["train"])
+        scans = {split: _scan(folder, names) for split, folder in split_dirs.items()}
+        files = {split: scan[0] for split, scan in scans.items()}
+        labels = {split: scan[1] for split, scan in scans.items()}
+        if "val" not in files:
+            idx = stratified_split(labels["train"], seed, (7 / 8, 1 / 8, 0.0))
+            train_files, train_labels = files["train"], labels["train"]
+            for split in ("train", "val"):
+                files[split] = [train_files[i] for i in idx[split]]
+                labels[split] = train_labels[idx[split]]
+        how = "train/val/test folders" if "val" in split_dirs else f"train/test folders, val = 1/8 of train (seed {seed})"
+    else:
+        names = _class_dirs(root)
+        all_files, all_labels = _scan(root, names)
+        idx = stratified_split(all_labels, seed)
+        files = {split: [all_files[i] for i in idx[split]] for split in SPLITS}
+        labels = {split: all_labels[idx[split]] for split in SPLITS}
+        how = f"stratified 70/10/20 (seed {seed})"
+    for split in SPLITS:
+        _require_rows(root, split, len(files[split]), f"too few images for {how}; add images or make train/val/test folders")
+    every = sorted(p for split in SPLITS for p in files[split])
+    return ClassificationData(
+        name=root.name,
+        kind="binary" if len(names) == 2 else "multiclass",
+        class_names=names,
+        prompts=generic_prompts(names),
+        splits={split: ImageFiles(files[split], labels[split], image_size) for split in SPLITS},
+        modality="medical",
+        source=str(root),
+        extra={"digest": _listing_digest(every, root), "split": how},
+    )
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(names) < 2:
+        raise DataError(f"image folder {folder} has {len(names)} class subfolder(s); it needs one subfolder per class, at least two")
+    return names
+
+
+def _scan(folder: Path, names: list[str]) -> tuple[list[Path], np.ndarray]:
+    """Image files under folder/<class>/, sorted, with their class indices."""
+    extra = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in names)
+    if extra:
+        raise DataError(f"class folder(s) {extra} in {folder} are not among the training classes {names}")
+    files: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(names):
+        class_dir = folder / name
+        found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if class_dir.is_dir() else []
+        files += found
+        labels += [index] * len(found)
+    return files, np.asarray(labels, dtype=np.int64)
+
+
+def _listing_digest(files: list[Path], root: Path) -> str:
+    """Names and sizes of every file: cheap, and changes when files are added, removed or replaced."""
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(root)}\t{p.stat().st_size}\n".encode())
+    return f"sha256:{h.hexdigest()}"
+
+
+# -- CSV / parquet table ------------------------------------------------------------------
+
+
+def load_table(
+    path: str | Path,
+    image_column: str,
+    label_columns: Sequence[str],
+    label_policy: LabelPolicy = "zeros",
+    image_size: int = 224,
+    seed: int = 0,
+    split_column: str | None = "split",
+) -> ClassificationData:
+    """A CSV/parquet file of image paths (relative to the file's folder) and labels.
+
+    One label column holds classes (integers or strings; sorted values -> label index);
+    several label columns are multi-label, CheXpert-style (see the module docstring).
+    Rows are split by `split_column` (train/val/test) when the table has it, otherwise
+    stratified 70/10/20 with `seed`.
+    """
+    path = Path(path).expanduser()
+    table = _read_table(path)
+    label_columns = list(label_columns)
+    if not label_columns:
+        raise DataError(f"no label column given for {path}: set label_columns (one column = classes, several = multi-label)")
+    if label_policy not in _POLICY_VALUE:
+        raise DataError(f"label_policy '{label_policy}' is not one of {list(_POLICY_VALUE)}")
+    missing = [c for c in [image_column, *label_columns] if c not in table.columns]
+    if missing:
+        raise DataError(f"column(s) {missing} not in {path}; its columns are {list(table.columns)}: set image_column / label_columns")
+
+    if len(label_columns) == 1:
+        labels, names = _class_labels(table[label_columns[0]], path)
+        kind = "binary" if len(names) == 2 else "multiclass"
+    else:
+        labels, names, kind = _multilabel(table[label_columns], label_policy, path), label_columns, "multilabel"
+    keep = labels.reshape(len(labels), -1).max(axis=1) >= 0
+    dropped = int((~keep).sum())
+    table, labels = table[keep], labels[keep]
+    why = f"; {dropped} rows whose labels are all uncertain (-1) were dropped (label_policy=ignore)" if dropped else ""
+
+    if split_column and split_column in table.columns:
+        split_of = _split_values(table[split_column], split_column, path)
+        idx = {split: np.flatnonzero(split_of == split) for split in SPLITS}
+        for split in SPLITS:
+            _require_rows(path, split, len(idx[split]), f"no rows with {split_column}='{split}'{why}")
+        how = f"column '{split_column}'"
+    else:
+        idx = stratified_split(labels if kind != "multilabel" else np.zeros(len(labels)), seed)
+        for split in SPLITS:
+            _require_rows(path, split, len(idx[split]), f"too few rows for a 70/10/20 split{why}")
+        how = f"stratified 70/10/20 (seed {seed})"
+
+    files = _image_paths(table[image_column], path)
+    return ClassificationData(
+        name=path.stem,
+        kind=kind,
+        class_names=names,
+        prompts=generic_prompts(names),
+        splits={split: ImageFiles([files[i] for i in idx[split]], labels[idx[split]], image_size) for split in SPLITS},
+        modality="medical",
+        source=str(path),
+        extra={"digest": f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}", "split": how,
+               "label_policy": label_policy, "ignored_labels": int((labels < 0).sum())},
+    )
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise DataError(f"table {path} must be a .csv or .parquet file")
+    if not path.is_file():
+        raise DataError(f"table {path} not found; pass an existing CSV/parquet file")
+    try:
+        return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read table {path} ({str(exc).strip().splitlines()[0]}); check it is a valid CSV/parquet file") from exc
+
+
+def _class_labels(column: pd.Series, path: Path) -> tuple[np.ndarray, list[str]]:
+    """Class indices (sorted distinct values -> 0..C-1) and their names."""
+    blank = column.isna().to_numpy()
+    if blank.any():
+        raise DataError(f"column '{column.name}' of {path} has {int(blank.sum())} blank label(s) (first at row {int(np.argmax(blank))}); fill or drop them")
+    values = column.to_numpy()
+    if pd.api.types.is_numeric_dtype(column):
+        if not np.all(np.mod(values, 1) == 0):
+            raise DataError(f"column '{column.name}' of {path} holds non-integer numbers; class labels must be integers or strings")
+        values = values.astype(np.int64)
+    else:
+        values = values.astype(str)
+    classes, labels = np.unique(values, return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(f"column '{column.name}' of {path} has a single class {classes.tolist()}; classification needs at least two")
+    return labels.astype(np.int64), [str(c) for c in classes]
+
+
+def _multilabel(frame: pd.DataFrame, policy: LabelPolicy, path: Path) -> np.ndarray:
+    """(N, L) int64 with 1/0 and, under policy 'ignore', -1 for uncertain entries."""
+    numeric = frame.apply(pd.to_numeric, errors="coerce")
+    odd = (numeric.isna() & frame.notna()) | ~(numeric.isin([-1, 0, 1]) | numeric.isna())
+    if odd.to_numpy().any():
+        column = odd.any().idxmax()
+        values = sorted(map(str, frame.loc[odd[column], column].unique()))[:5]
+        raise DataError(f"column '{column}' of {path} holds {values}; multi-label columns take 1, 0, -1 (uncertain) or blank")
+    values = numeric.fillna(0).to_numpy(dtype=np.int64)
+    return np.where(values == -1, _POLICY_VALUE[policy], values)
+
+
+def _split_values(column: pd.Series, name: str, path: Path) -> np.ndarray:
+    values = column.astype(str).str.strip().str.lower()
+    unknown = sorted(set(values) - _SPLIT_ALIASES.keys())
+    if unknown:
+        raise DataError(f"column '{name}' of {path} holds {unknown[:5]}; split values must be train, val or test")
+    return values.map(_SPLIT_ALIASES).to_numpy()
+
+
+def _image_paths(column: pd.Series, path: Path) -> list[Path]:
+    """Absolute image paths (relative ones are read from the table's folder); all must exist."""
+    if column.isna().any():
+        raise DataError(f"column '{column.name}' of {path} has {int(column.isna().sum())} blank image path(s); fill or drop those rows")
+    files = [p if p.is_absolute() else path.parent / p for p in (Path(str(v)).expanduser() for v in column)]
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(files)} images listed in {path} are missing, e.g. {missing[0]}; paths are read relative to the table's folder")
+    return files

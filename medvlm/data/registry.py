@@ -1,0 +1,50 @@
+"""One entry point from a `dataset` string to a ClassificationData.
+
+`dataset` is a MedMNIST subset name, an image folder, or a CSV/parquet file; relative paths
+are looked up in the working directory first, then under `data_root`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from medvlm.data.base import ClassificationData
+from medvlm.data.files import TABLE_SUFFIXES, LabelPolicy, load_image_folder, load_table
+from medvlm.data.medmnist import INFO, SUBSETS, load_medmnist
+from medvlm.errors import DataError
+
+
+def load_classification(
+    dataset: str,
+    *,
+    data_root: str | Path,
+    size: int = 224,
+    image_size: int = 224,
+    seed: int = 0,
+    image_column: str = "image",
+    label_columns: Sequence[str] = (),
+    label_policy: LabelPolicy = "zeros",
+) -> ClassificationData:
+    """Dispatch on `dataset`. `size` applies to MedMNIST files, `image_size` to file sources."""
+    name = dataset.strip()
+    if name.lower() in INFO:
+        return load_medmnist(name.lower(), size, data_root)
+    path = _locate(name, Path(data_root).expanduser())
+    if path is not None and path.is_dir():
+        return load_image_folder(path, image_size, seed)
+    if Path(name).suffix.lower() in TABLE_SUFFIXES:
+        if path is None:
+            raise DataError(f"table '{name}' not found in the working directory or in data_root {data_root}; pass an existing CSV/parquet file")
+        return load_table(path, image_column, label_columns, label_policy, image_size, seed)
+    raise DataError(
+        f"unknown dataset '{name}': use a MedMNIST name ({', '.join(SUBSETS)}), "
+        f"an image folder or a CSV/parquet file"
+    )
+
+
+def _locate(name: str, data_root: Path) -> Path | None:
+    for candidate in (Path(name).expanduser(), data_root / name):
+        if candidate.exists():
+            return candidate
+    return None
