@@ -21,6 +21,7 @@ from medvlm.errors import ConfigError
 Task = Literal["classification", "retrieval", "vqa"]
 Strategy = Literal["zeroshot", "linear", "partial", "full", "lora"]
 FINETUNE_STRATEGIES = ("linear", "partial", "full", "lora")
+MEDMNIST_SIZES = (28, 64, 128, 224)
 
 
 def default_data_root() -> str:
@@ -37,7 +38,7 @@ class RunConfig(BaseModel):
     dataset: str = Field(description="dataset name (e.g. breastmnist), image folder, or CSV/parquet file")
     task: Task = "classification"
     strategy: Strategy = "zeroshot"
-    size: Literal[28, 64, 128, 224] = Field(224, description="MedMNIST+ image size to read")
+    size: int = Field(224, description="MedMNIST+ image size to read: 28, 64, 128 or 224")
     data_root: str = Field(default_factory=default_data_root, description="root folder for datasets")
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -60,7 +61,7 @@ class RunConfig(BaseModel):
     label_columns: list[str] = Field(default_factory=list, description="CSV/parquet label columns (several = multi-label)")
     num_workers: int = Field(0, ge=0)
     experiment: str = "medvlm"
-    register: bool = Field(True, description="register LoRA adapters in the Model Registry")
+    register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry")
     resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue")
     checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"))
     study: str = Field("", description="study name when this run is a study trial")
@@ -70,6 +71,13 @@ class RunConfig(BaseModel):
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _medmnist_size(cls, value: int) -> int:
+        if value not in MEDMNIST_SIZES:
+            raise ValueError(f"must be one of {', '.join(map(str, MEDMNIST_SIZES))}")
         return value
 
     @field_validator("model", "dataset")

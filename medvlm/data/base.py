@@ -19,40 +19,48 @@ from torch.utils.data import Dataset
 LabelKind = Literal["binary", "multiclass", "multilabel"]
 
 
-class ArrayImages(Dataset):
-    """Images already in memory: uint8 (N,H,W) or (N,H,W,C) plus labels.
+class TensorRows(Dataset):
+    """Rows of in-memory tensors (inputs, labels) served a whole batch at a time."""
 
-    Returns batches as (uint8 tensor [B,C,H,W], labels tensor) through `__getitems__`.
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        if images.ndim == 3:
-            images = images[..., None]
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-        self.labels = torch.from_numpy(np.asarray(labels))
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor):
+        self.inputs, self.labels = inputs, labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+        return self.inputs[index], self.labels[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices)
-        return self.images[idx], self.labels[idx]
+        return self.inputs[idx], self.labels[idx]
 
-    def subset(self, indices: np.ndarray) -> ArrayImages:
-        """A view on some rows (used by data-fraction ablations)."""
-        out = ArrayImages.__new__(ArrayImages)
+    def subset(self, indices: np.ndarray) -> TensorRows:
+        """A copy with some rows (used by data-fraction ablations)."""
+        out = self.__class__.__new__(self.__class__)
         idx = torch.as_tensor(indices)
-        out.images, out.labels = self.images[idx], self.labels[idx]
+        out.inputs, out.labels = self.inputs[idx], self.labels[idx]
         return out
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        h.update(self.images.numpy().tobytes())
-        h.update(self.labels.numpy().tobytes())
+        h.update(self.inputs.contiguous().numpy().tobytes())
+        h.update(self.labels.contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+class ArrayImages(TensorRows):
+    """Images already in memory: uint8 (N,H,W) or (N,H,W,C) plus labels, served as [B,C,H,W]."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        if images.ndim == 3:
+            images = images[..., None]
+        super().__init__(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2),
+                         torch.from_numpy(np.asarray(labels)))
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.inputs
 
 
 def collate_batch(batch):

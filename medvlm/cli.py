@@ -1,0 +1,115 @@
+"""The `medvlm` console script; MLproject entry points call the same functions.
+
+Flags are generated from `RunConfig`, so `--lr`, `-P lr=` and a YAML `lr:` are one parameter.
+User-fixable errors print one line and exit 2; the MLflow run (if one started) is FAILED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from medvlm.config import FINETUNE_STRATEGIES, RunConfig, build_config
+from medvlm.errors import ConfigError, MedvlmError
+
+EXIT_USER_ERROR = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line instead of usage + error."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message}; see `medvlm {self.prog.split()[-1]} --help`")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with parameters (flags override it)")
+    for name, field in RunConfig.model_fields.items():
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        parser.add_argument(*flags, dest=name, default=None, metavar="VALUE", help=field.description)
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k in RunConfig.model_fields or k == "config"}
+
+
+def run_experiment(cfg: RunConfig) -> dict[str, float]:
+    """Dispatch to the task's experiment inside the run `cfg` defines."""
+    from medvlm.experiments import EXPERIMENTS
+    from medvlm.tracking.session import tracked_run
+
+    with tracked_run(cfg):
+        return EXPERIMENTS[cfg.task](cfg)
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    cfg = build_config({**overrides_from(args), "strategy": "zeroshot"})
+    print_metrics(run_experiment(cfg))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    cfg = build_config(overrides_from(args))
+    if cfg.strategy not in FINETUNE_STRATEGIES:
+        raise ConfigError(f"finetune needs strategy={'|'.join(FINETUNE_STRATEGIES)} (got '{cfg.strategy}'); "
+                          f"use `medvlm zeroshot` for zero-shot")
+    print_metrics(run_experiment(cfg))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from medvlm.zoo import zoo_entries
+
+    rows = [("name", "domain", "modality", "source", "licence")]
+    rows += [(name, e.get("domain", ""), e.get("modality", ""),
+              e["model"] + (f"@{e['pretrained']}" if e.get("pretrained") else ""), e.get("licence", ""))
+             for name, e in zoo_entries().items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    for name, field in RunConfig.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        print(f"{name:16} default={default!r:24} {field.description or ''}")
+    return 0
+
+
+def print_metrics(metrics: dict[str, float]) -> None:
+    for key, value in sorted(metrics.items()):
+        print(f"{key:28} {value:.4f}")
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, bool]] = {
+    "zeroshot": (cmd_zeroshot, "evaluate a model with no training", True),
+    "finetune": (cmd_finetune, "one training run (strategy: linear, partial, full, lora)", True),
+    "models": (cmd_models, "print the model zoo", False),
+    "params": (cmd_params, "print every parameter with its default", False),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="medvlm", description="General or medical CLIP? Evaluate and adapt, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for name, (func, help_text, takes_config) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if takes_config:
+            add_config_flags(p)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except MedvlmError as exc:
+        print(f"medvlm: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

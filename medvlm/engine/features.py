@@ -1,0 +1,82 @@
+"""Frozen-encoder features, computed once and cached on disk.
+
+Zero-shot, the linear probe and frozen-encoder studies need each image embedded exactly
+once. The cache key pins the weights (digest or hub id), the preprocessing and the data,
+so a trial of a study re-uses what an earlier trial on the same model and data computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medvlm.data.base import collate_batch
+from medvlm.data.transforms import to_model_input
+from medvlm.zoo.base import ClipModel
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MEDVLM_CACHE") or Path.home() / ".cache" / "medvlm" / "features")
+
+
+def autocast_for(device: torch.device, precision: str):
+    """Mixed precision where the hardware has it: bf16 (or fp16) on CUDA, none on CPU."""
+    if device.type != "cuda" or precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def encode_dataset(encode: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, batch_size: int,
+                   device: torch.device, precision: str = "auto", num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `encode` over a dataset of (uint8 images, labels); return (float32 features, labels) on CPU."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_batch,
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    feats, labels = [], []
+    for images, y in loader:
+        with autocast_for(device, precision):
+            feats.append(encode(images.to(device, non_blocking=True)).float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def image_embedder(model: ClipModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda images: model.encode_image(to_model_input(images, model.preprocess))
+
+
+def feature_key(model: ClipModel, dataset_digest: str, kind: str) -> str:
+    payload = {"pin": model.spec.pin or model.spec.source, "pre": repr(model.preprocess),
+               "data": dataset_digest, "kind": kind}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def cached_features(model: ClipModel, dataset: Dataset, batch_size: int, device: torch.device,
+                    precision: str = "auto", kind: str = "image_embedding",
+                    encode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of `dataset` under `model`, from the disk cache when the same pair was seen before.
+
+    Only pinned models (a weights digest or a fixed hub revision) and datasets with a digest are cached:
+    anything else could silently serve stale features.
+    """
+    digest = getattr(dataset, "digest", None)
+    pinned = bool(model.spec.pin.get("sha256") or model.spec.pin.get("revision") or model.spec.pin.get("pretrained"))
+    encode = encode or image_embedder(model)
+    if digest is None or not pinned:
+        return encode_dataset(encode, dataset, batch_size, device, precision)
+    path = cache_root() / f"{feature_key(model, digest(), kind)}.pt"
+    if path.is_file():
+        blob = torch.load(path, weights_only=True)
+        return blob["features"], blob["labels"]
+    feats, labels = encode_dataset(encode, dataset, batch_size, device, precision)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"features": feats, "labels": labels}, tmp)
+    os.replace(tmp, path)
+    return feats, labels

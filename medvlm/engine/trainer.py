@@ -1,0 +1,230 @@
+"""The training loop: Accelerate, mixed precision, early stopping, exact resume.
+
+Task-agnostic: a task hands over an `Objective` (the module to train, its loss and its
+metrics) and datasets of (inputs, targets) batches; the engine owns optimisation,
+devices, precision, checkpoints and the epoch loop. Per-epoch metrics go to a callback
+so tracking never sits inside the step loop.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from medvlm.config import RunConfig
+from medvlm.data.base import collate_batch
+from medvlm.errors import ConfigError, TrainingError
+
+NAN_CHECK_EVERY = 50
+
+
+class Objective(Protocol):
+    module: nn.Module
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]: ...
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    images_per_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class EpochShuffle(Sampler[int]):
+    """A fresh permutation per epoch, a pure function of (seed, epoch): resume replays it exactly."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def mixed_precision(precision: str) -> str:
+    if precision == "fp32" or not torch.cuda.is_available():
+        if precision in ("bf16", "fp16") and not torch.cuda.is_available():
+            raise ConfigError(f"precision={precision} needs a GPU; use precision=auto or fp32 on CPU")
+        return "no"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def make_accelerator(cfg: RunConfig) -> Accelerator:
+    return Accelerator(mixed_precision=mixed_precision(cfg.precision), gradient_accumulation_steps=cfg.grad_accum,
+                       cpu=not torch.cuda.is_available())
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Only what training changes; frozen weights come back from the base checkpoint."""
+    names = {n for n, p in module.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if k in names}
+
+
+def count_trainable(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class Checkpoints:
+    """Per-run epoch checkpoints for `resume`: trainable weights, optimiser, RNG and loop state."""
+
+    def __init__(self, root: str | os.PathLike, run_id: str):
+        self.path = Path(root) / run_id / "last.pt"
+
+    def save(self, payload: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self) -> dict[str, Any] | None:
+        return torch.load(self.path, weights_only=False) if self.path.is_file() else None
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _loader(dataset: Dataset, batch_size: int, cfg: RunConfig, sampler: Sampler | None = None) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collate_batch,
+                      num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(), drop_last=False)
+
+
+@torch.no_grad()
+def predict(accelerator: Accelerator, module: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """All outputs and targets of a loader, gathered across processes, in dataset order, on CPU."""
+    module.eval()
+    outs, targets = [], []
+    for inputs, y in loader:
+        with accelerator.autocast():
+            out = module(inputs)
+        out, y = accelerator.gather_for_metrics((out.float(), y))
+        outs.append(out.cpu())
+        targets.append(y.cpu())
+    return torch.cat(outs), torch.cat(targets)
+
+
+def evaluate(accelerator: Accelerator, objective: Objective, dataset: Dataset, cfg: RunConfig,
+             module: nn.Module | None = None) -> tuple[float, dict[str, float], torch.Tensor, torch.Tensor]:
+    loader = accelerator.prepare(_loader(dataset, cfg.eval_batch_size, cfg))
+    outputs, targets = predict(accelerator, module or objective.module, loader)
+    return float(objective.loss(outputs, targets)), objective.metrics(outputs, targets), outputs, targets
+
+
+def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConfig, accelerator: Accelerator,
+        checkpoints: Checkpoints | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
+    """Train `objective.module` with early stopping on validation loss; leaves the best weights loaded."""
+    set_seed(cfg.seed)
+    params = [p for p in objective.module.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError(f"strategy '{cfg.strategy}' left no trainable parameters; check the zoo entry's partial/lora lists")
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = EpochShuffle(len(train_set), cfg.seed)
+    module, optimizer, train_loader = accelerator.prepare(objective.module, optimizer,
+                                                          _loader(train_set, cfg.batch_size, cfg, sampler))
+    val_loader = accelerator.prepare(_loader(val_set, cfg.eval_batch_size, cfg))
+
+    start, best_val, best_epoch, bad_epochs, history = 0, float("inf"), -1, 0, []
+    best_state = trainable_state(accelerator.unwrap_model(module))
+    seen, train_time = 0, 0.0
+    state = checkpoints.load() if checkpoints else None
+    if state is not None:
+        accelerator.unwrap_model(module).load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+        start, best_val, best_epoch = state["epoch"] + 1, state["best_val"], state["best_epoch"]
+        bad_epochs, history, best_state = state["bad_epochs"], state["history"], state["best_state"]
+        seen, train_time = state["seen"], state["train_time"]
+
+    epoch = start - 1
+    for epoch in range(start, cfg.epochs):
+        if bad_epochs >= cfg.patience:
+            break
+        module.train()
+        sampler.set_epoch(epoch)
+        running, steps, t0 = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not accelerator.is_local_main_process or None)
+        for inputs, targets in bar:
+            with accelerator.accumulate(module):
+                with accelerator.autocast():
+                    loss = objective.loss(module(inputs), targets)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += loss.detach()
+            steps += 1
+            seen += int(targets.shape[0]) * accelerator.num_processes
+            if steps % NAN_CHECK_EVERY == 0 and not torch.isfinite(running):
+                break
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+        train_time += time.perf_counter() - t0
+        train_loss = float(accelerator.reduce(running, "mean")) / max(steps, 1)
+        if not np.isfinite(train_loss):
+            raise TrainingError(f"training loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr}); "
+                                f"lower lr or use precision=fp32")
+        outputs, val_targets = predict(accelerator, module, val_loader)
+        val_loss = float(objective.loss(outputs, val_targets))
+        if not np.isfinite(val_loss):
+            raise TrainingError(f"validation loss became {val_loss} in epoch {epoch + 1} (lr={cfg.lr}); "
+                                f"lower lr or use precision=fp32")
+        row = {"train_loss": train_loss, "val_loss": val_loss,
+               **{f"val_{k}": v for k, v in objective.metrics(outputs, val_targets).items()}}
+        history.append(row)
+        if val_loss < best_val:
+            best_val, best_epoch, bad_epochs = val_loss, epoch, 0
+            best_state = trainable_state(accelerator.unwrap_model(module))
+        else:
+            bad_epochs += 1
+        if on_epoch is not None and accelerator.is_main_process:
+            on_epoch(epoch, row)
+        if checkpoints is not None and accelerator.is_main_process:
+            checkpoints.save({"trainable": trainable_state(accelerator.unwrap_model(module)),
+                              "optimizer": optimizer.state_dict(), "rng": _rng_state(), "epoch": epoch,
+                              "best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                              "history": history, "best_state": best_state, "seen": seen, "train_time": train_time})
+    accelerator.unwrap_model(module).load_state_dict(best_state, strict=False)
+    objective.module = module
+    return FitResult(best_epoch=best_epoch, best_val_loss=best_val, epochs_run=epoch + 1,
+                     images_per_s=seen / train_time if train_time > 0 else 0.0, history=history)

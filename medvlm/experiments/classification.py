@@ -1,0 +1,137 @@
+"""One classification experiment: zero-shot or fine-tuning, evaluated on test and tracked."""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from medvlm.config import RunConfig
+from medvlm.data.base import ClassificationData, LabelKind, TensorRows
+from medvlm.data.registry import load_classification
+from medvlm.engine.features import cached_features
+from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, make_accelerator
+from medvlm.metrics.classification import classification_metrics, probabilities
+from medvlm.strategies import get_strategy
+from medvlm.tasks.classification import (
+    ImageClassifier,
+    LinearHead,
+    classification_loss,
+    head_outputs,
+    zero_shot_head_weights,
+)
+from medvlm.tracking import plots
+from medvlm.tracking.session import log_dataset, log_epoch
+from medvlm.zoo import ClipModel, create_model
+
+
+class ClassificationObjective:
+    """Loss and metrics of a classifier whose outputs are logits."""
+
+    def __init__(self, module: torch.nn.Module, kind: LabelKind):
+        self.module, self.kind = module, kind
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return classification_loss(outputs, targets, self.kind)
+
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return classification_metrics(targets.numpy(), probabilities(outputs, self.kind), self.kind)
+
+
+def load_data(cfg: RunConfig, clip: ClipModel) -> ClassificationData:
+    return load_classification(dataset=cfg.dataset, size=cfg.size, data_root=cfg.data_root,
+                               image_size=clip.preprocess.image_size, seed=cfg.seed, image_column=cfg.image_column,
+                               label_columns=cfg.label_columns, label_policy=cfg.label_policy)
+
+
+def log_lineage(data: ClassificationData) -> None:
+    for split, ds in data.splits.items():
+        digest = ds.digest() if hasattr(ds, "digest") else data.extra.get("digest", "")
+        log_dataset(f"{data.name}/{split}", data.source, digest, context=split,
+                    extra={"n": len(ds), "kind": data.kind, "classes": len(data.class_names)})
+
+
+def predictions_table(probs: np.ndarray, targets: np.ndarray, data: ClassificationData) -> pd.DataFrame:
+    """One row per test sample: its index, true label(s), probability per class and prediction."""
+    table = pd.DataFrame({"index": np.arange(len(probs))})
+    if data.kind == "multilabel":
+        table["label"] = [row.tolist() for row in targets]
+        table["pred"] = [row.tolist() for row in (probs > 0.5).astype(int)]
+    else:
+        table["label"] = targets.astype(int)
+        table["pred"] = (probs[:, -1] > 0.5).astype(int) if data.kind == "binary" else probs.argmax(1)
+    for i, name in enumerate(data.class_names[:probs.shape[1]]):
+        table[f"prob_{i}"] = probs[:, i]
+    return table
+
+
+def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: ClassificationData,
+                     history: list[dict[str, float]]) -> dict[str, float]:
+    probs = probabilities(logits, data.kind)
+    y = targets.numpy()
+    metrics = {f"test_{k}": v for k, v in classification_metrics(y, probs, data.kind).items()}
+    mlflow.log_metrics(metrics)
+    table = predictions_table(probs, y, data)
+    mlflow.log_table(table, "predictions.json")
+    figures = {"plots/roc.png": plots.roc_figure(y, probs, data.kind, data.class_names)}
+    if data.kind != "multilabel":
+        figures["plots/confusion_matrix.png"] = plots.confusion_figure(y, table["pred"].to_numpy(), data.class_names)
+    if history:
+        figures["plots/learning_curves.png"] = plots.learning_curves_figure(history)
+    for path, fig in figures.items():
+        mlflow.log_figure(fig, path)
+        plots.close(fig)
+    return metrics
+
+
+def run_classification(cfg: RunConfig) -> dict[str, float]:
+    """Run inside an active MLflow run; returns the test metrics."""
+    accelerator = make_accelerator(cfg)
+    device = accelerator.device
+    clip = create_model(cfg.model, device=device)
+    data = load_data(cfg, clip)
+    log_lineage(data)
+    strategy = get_strategy(cfg.strategy)
+    head = LinearHead(clip.embed_dim, head_outputs(data.kind, data.num_classes)).to(device)
+    if cfg.strategy == "zeroshot" or cfg.head_init == "zeroshot":
+        head.set_zero_shot(zero_shot_head_weights(clip, data.prompts, data.class_names, data.kind))
+    mlflow.log_dict({"class_names": data.class_names, "prompts": data.prompts}, "prompts.json")
+
+    if not strategy.trains_encoder:
+        clip = strategy.prepare(clip, cfg)
+        t0 = time.perf_counter()
+        feats = {s: TensorRows(*cached_features(clip, data.splits[s], cfg.eval_batch_size, device, cfg.precision))
+                 for s in (("test",) if cfg.strategy == "zeroshot" else ("train", "val", "test"))}
+        mlflow.log_metric("encode_images_per_s", sum(len(f) for f in feats.values()) / (time.perf_counter() - t0))
+        objective, train_set, val_set, test_set = ClassificationObjective(head, data.kind), feats.get("train"), feats.get("val"), feats["test"]
+    else:
+        clip = strategy.prepare(clip, cfg)
+        objective = ClassificationObjective(ImageClassifier(clip, head), data.kind)
+        train_set, val_set, test_set = data.splits["train"], data.splits["val"], data.splits["test"]
+
+    mlflow.log_metric("trainable_params", count_trainable(objective.module))
+    history: list[dict[str, float]] = []
+    selection = None
+    if cfg.strategy != "zeroshot":
+        run_id = mlflow.active_run().info.run_id
+        result = fit(objective, train_set, val_set, cfg, accelerator, Checkpoints(cfg.checkpoint_dir, run_id), log_epoch)
+        history = result.history
+        mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
+                            "epochs_run": result.epochs_run})
+        selection = ("val_auc", history[result.best_epoch]["val_auc"], True)
+    _, _, logits, targets = evaluate(accelerator, objective, test_set, cfg)
+    metrics = log_test_results(logits, targets, data, history)
+
+    if cfg.strategy == "lora" and cfg.register_adapter and selection is not None:
+        from medvlm.tracking.adapter_model import ClassifierAdapterModel, log_adapter, registered_name
+
+        meta = {"model": cfg.model, "pin": clip.spec.pin, "task": "classification", "kind": data.kind,
+                "class_names": data.class_names, "dataset": cfg.dataset}
+        log_adapter(ClassifierAdapterModel(), clip.net, {"head": head}, meta,
+                    registered_name(cfg.model, cfg.dataset, "classification"), selection)
+    if cfg.strategy != "zeroshot":
+        Checkpoints(cfg.checkpoint_dir, mlflow.active_run().info.run_id).clear()
+    return metrics

@@ -1,0 +1,131 @@
+"""LoRA adapters as MLflow models that load and predict, registered per the SPEC.
+
+A logged adapter holds: `adapter/` (peft safetensors + adapter_config.json), the task
+head (safetensors) and `medvlm.json` (the base model argument, its weights pin, class
+names). Loading rebuilds the base model through the zoo, refuses weights whose digest
+differs from the pin, applies the adapter and the head, and predicts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file, save_file
+
+from medvlm.errors import ModelError
+
+ALIAS = "best"
+
+
+def _images_from(model_input: Any) -> torch.Tensor:
+    """uint8 [B,C,H,W] from an array (N,H,W[,C]) or a DataFrame column `image` of bytes or paths."""
+    if isinstance(model_input, pd.DataFrame):
+        from PIL import Image
+
+        col = model_input["image"]
+        arrays = [np.asarray(Image.open(io.BytesIO(v) if isinstance(v, (bytes, bytearray)) else v).convert("RGB"))
+                  for v in col]
+        model_input = np.stack(arrays)
+    arr = np.asarray(model_input)
+    if arr.dtype != np.uint8:
+        raise ModelError(f"images must be uint8 (got {arr.dtype}); pass raw pixel arrays or encoded image bytes")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
+
+
+class AdapterModel(mlflow.pyfunc.PythonModel):
+    """Base: rebuild the pinned base model and apply the LoRA adapter."""
+
+    def load_base(self, context) -> None:
+        from medvlm.strategies.lora import load_adapter
+        from medvlm.zoo import create_model
+
+        self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        clip = create_model(self.meta["model"])
+        pin = self.meta["pin"]
+        if pin.get("sha256") and clip.spec.pin.get("sha256") != pin["sha256"]:
+            raise ModelError(f"base weights for '{self.meta['model']}' differ from the ones this adapter was trained on "
+                             f"(sha256 {str(clip.spec.pin.get('sha256'))[:12]}… vs {pin['sha256'][:12]}…); "
+                             f"restore the original weights")
+        clip.net = load_adapter(clip.net, context.artifacts["adapter"])
+        self.clip = clip.eval()
+
+
+class ClassifierAdapterModel(AdapterModel):
+    """Predicts class probabilities (softmax, or sigmoid for multi-label) from images."""
+
+    def load_context(self, context) -> None:
+        from medvlm.tasks.classification import ImageClassifier, LinearHead
+
+        self.load_base(context)
+        state = load_file(context.artifacts["head"])
+        head = LinearHead(state["linear.weight"].shape[1], state["linear.weight"].shape[0])
+        head.load_state_dict(state)
+        self.classifier = ImageClassifier(self.clip, head).eval()
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from medvlm.metrics.classification import probabilities
+
+        images = _images_from(model_input)
+        batch = int((params or {}).get("batch_size", 64))
+        with torch.no_grad():
+            logits = torch.cat([self.classifier(images[i:i + batch]) for i in range(0, len(images), batch)])
+        probs = probabilities(logits, self.meta["kind"])
+        return pd.DataFrame(probs, columns=self.meta["class_names"])
+
+
+def log_adapter(python_model: AdapterModel, peft_net, heads: dict[str, torch.nn.Module], meta: dict[str, Any],
+                registered_name: str, selection: tuple[str, float, bool]) -> str:
+    """Log the adapter as an MLflow model, register it, and point the `best` alias at the best version.
+
+    `selection` is (validation metric name, value, higher_is_better). Returns the registered version.
+    """
+    import medvlm
+    from medvlm.strategies.lora import save_adapter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        save_adapter(peft_net, root / "adapter")
+        artifacts = {"adapter": str(root / "adapter"), "meta": str(root / "medvlm.json")}
+        (root / "medvlm.json").write_text(json.dumps(meta, indent=2))
+        for key, head in heads.items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(root / f"{key}.safetensors"))
+            artifacts[key] = str(root / f"{key}.safetensors")
+        info = mlflow.pyfunc.log_model(
+            name="adapter", python_model=python_model, artifacts=artifacts,
+            code_paths=[str(Path(medvlm.__file__).parent)],
+            pip_requirements=["torch", "torchvision", "open_clip_torch", "timm", "transformers", "peft",
+                              "safetensors", "pandas", "numpy", "pillow", "scikit-learn", "pyyaml", "pydantic"],
+        )
+    version = mlflow.register_model(info.model_uri, registered_name)
+    client = MlflowClient()
+    metric, value, higher = selection
+    client.set_model_version_tag(registered_name, version.version, metric, str(value))
+    client.set_model_version_tag(registered_name, version.version, "run_id", mlflow.active_run().info.run_id)
+    best_version, best_value = version.version, value
+    for mv in client.search_model_versions(f"name='{registered_name}'"):
+        tagged = mv.tags.get(metric)
+        if tagged is not None and ((float(tagged) > best_value) if higher else (float(tagged) < best_value)):
+            best_version, best_value = mv.version, float(tagged)
+    client.set_registered_model_alias(registered_name, ALIAS, best_version)
+    mlflow.set_tag("medvlm.registered_model", f"{registered_name}/{version.version}")
+    return str(version.version)
+
+
+def registered_name(model: str, dataset: str, task: str) -> str:
+    """`medvlm-<model>-<dataset>-<task>`, with path-like names reduced to a registry-safe slug."""
+    def slug(s: str) -> str:
+        s = s.split(":", 1)[-1].rstrip("/")
+        s = Path(s).name if ("/" in s or "\\" in s) else s
+        return "".join(c if c.isalnum() or c in "-_." else "-" for c in s).strip("-").lower()
+    return f"medvlm-{slug(model)}-{slug(dataset)}-{task}"

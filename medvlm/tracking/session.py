@@ -1,0 +1,121 @@
+"""One MLflow run per experiment, per the SPEC's conventions.
+
+- The embedded default store is `sqlite:///mlflow.db`; `MLFLOW_TRACKING_URI` overrides it.
+- Inside `mlflow run`, `MLFLOW_RUN_ID` is set and the first `start_run()` resumes that run,
+  so the project's run gets everything and no stray run appears.
+- Any exception marks the run FAILED after flushing what was logged, with the one-line
+  reason in the `medvlm.error` tag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import mlflow
+
+from medvlm.config import RunConfig
+from medvlm.errors import MedvlmError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+class TrackingError(MedvlmError):
+    """The tracking server cannot be reached."""
+
+
+def ensure_tracking() -> str:
+    """Use the env's tracking URI or the embedded SQLite store; fail fast if a server is down."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+                                f"(mlflow server ...) or unset MLFLOW_TRACKING_URI to use {DEFAULT_TRACKING_URI}") from None
+    return uri
+
+
+def run_tags(cfg: RunConfig, domain: str) -> dict[str, str]:
+    tags = {"medvlm.model": cfg.model, "medvlm.domain": domain, "medvlm.dataset": cfg.dataset,
+            "medvlm.task": cfg.task, "medvlm.strategy": cfg.strategy, "medvlm.seed": str(cfg.seed)}
+    if cfg.study:
+        tags["medvlm.study"] = cfg.study
+    return tags
+
+
+def run_name(cfg: RunConfig) -> str:
+    return f"{cfg.model} · {cfg.dataset} · {cfg.strategy}"
+
+
+def flat_params(cfg: RunConfig) -> dict[str, str]:
+    return {k: (",".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in cfg.resolved().items()}
+
+
+def _check_resume(run_id: str, cfg: RunConfig) -> None:
+    logged = mlflow.get_run(run_id).data.params
+    ignore = {"resume"}
+    diffs = [f"{k} ({logged[k]} vs {v})" for k, v in flat_params(cfg).items()
+             if k in logged and k not in ignore and logged[k] != v]
+    if diffs:
+        raise MedvlmError(f"resume: run {run_id} was started with other parameters: {', '.join(diffs[:3])}; "
+                          f"pass the same parameters as the interrupted run")
+
+
+@contextmanager
+def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or resume) the run for `cfg`; always end it with the right status."""
+    ensure_tracking()
+    inside_project = "MLFLOW_RUN_ID" in os.environ and mlflow.active_run() is None and not nested
+    if not inside_project and not nested and "MLFLOW_EXPERIMENT_ID" not in os.environ:
+        mlflow.set_experiment(cfg.experiment)
+    if cfg.resume:
+        try:
+            _check_resume(cfg.resume, cfg)
+        except mlflow.exceptions.MlflowException:
+            raise MedvlmError(f"resume: no MLflow run with id {cfg.resume} in {mlflow.get_tracking_uri()}; "
+                              f"pass the run id of the interrupted run") from None
+        run = mlflow.start_run(run_id=cfg.resume)
+    else:
+        run = mlflow.start_run(run_name=run_name(cfg), nested=nested)
+        mlflow.log_params(flat_params(cfg))
+        mlflow.log_dict(cfg.resolved(), "config.json")
+    if inside_project:
+        mlflow.set_tag("mlflow.runName", run_name(cfg))
+    from medvlm.zoo import zoo_entries
+
+    domain = zoo_entries().get(cfg.model, {}).get("domain", "unknown")
+    mlflow.set_tags({**run_tags(cfg, domain), **(extra_tags or {})})
+    try:
+        yield run
+    except BaseException as exc:
+        mlflow.flush_async_logging()
+        message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+        mlflow.set_tag("medvlm.error", message)
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        mlflow.end_run(status=status)
+        raise
+    else:
+        mlflow.flush_async_logging()
+        mlflow.end_run(status="FINISHED")
+
+
+def log_epoch(epoch: int, row: dict[str, float]) -> None:
+    """Per-epoch metrics, logged asynchronously so training never waits on the store."""
+    mlflow.log_metrics(row, step=epoch, synchronous=False)
+
+
+def log_dataset(name: str, source: str, digest: str, context: str, extra: dict[str, Any] | None = None) -> None:
+    """Dataset lineage: `mlflow.log_input` with the data's digest."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    mlflow.log_input(MetaDataset(resolve_dataset_source(source), name=name, digest=digest), context=context,
+                     tags={k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra or {}).items()} or None)
