@@ -34,12 +34,12 @@ def overrides_from(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in RunConfig.model_fields or k == "config"}
 
 
-def run_experiment(cfg: RunConfig) -> dict[str, float]:
-    """Dispatch to the task's experiment inside the run `cfg` defines."""
+def run_experiment(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None) -> dict[str, float]:
+    """Dispatch to the task's experiment inside the run `cfg` defines (a nested child run for study trials)."""
     from medvlm.experiments import EXPERIMENTS
     from medvlm.tracking.session import tracked_run
 
-    with tracked_run(cfg):
+    with tracked_run(cfg, nested=nested, extra_tags=extra_tags):
         return EXPERIMENTS[cfg.task](cfg)
 
 
