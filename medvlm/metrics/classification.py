@@ -1,0 +1,116 @@
+"""Classification metrics, computed exactly as MedMNIST's official evaluator does.
+
+`medmnist.evaluator.getAUC/getACC` define the numbers the papers report, so AUC and ACC
+follow them line for line (AUC from probabilities, ``>`` 0.5 thresholds, per-class or
+per-label means); F1 and balanced accuracy come from scikit-learn on the same
+predictions. Where MedMNIST would silently return NaN (a class absent from the test
+labels, so AUC is undefined) we raise `DataError` instead: a NaN logged to MLflow as a
+final test metric looks like a result, while the real fix is a different split or subset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+from medvlm.data.base import LabelKind
+from medvlm.errors import DataError
+
+THRESHOLD = 0.5
+KINDS: tuple[LabelKind, ...] = ("binary", "multiclass", "multilabel")
+
+
+def probabilities(logits: torch.Tensor | np.ndarray, kind: LabelKind) -> np.ndarray:
+    """Model logits (N, C) -> probabilities: softmax for single-label tasks, sigmoid per label
+    for multi-label. The one place this rule lives, so training, zero-shot and plots agree."""
+    _check_kind(kind)
+    x = torch.as_tensor(logits).detach().to("cpu", torch.float64)
+    if x.ndim != 2:
+        raise ValueError(f"logits must have shape (N, C), got {tuple(x.shape)}")
+    out = torch.sigmoid(x) if kind == "multilabel" else torch.softmax(x, dim=-1)
+    return out.numpy()
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, kind: LabelKind) -> dict[str, float]:
+    """auc, acc, f1, f1_weighted and balanced_acc for one task kind.
+
+    binary: y_true (N,) in {0, 1}, probs (N, 2); the score is the label-1 probability.
+    multiclass: y_true (N,) in [0, C), probs (N, C); AUC is the mean one-vs-rest AUC, F1 macro.
+    multilabel: y_true (N, L) in {0, 1}, probs (N, L); every metric is a mean over labels
+    (f1_weighted weights labels by support).
+    """
+    y_true, probs = _validated(np.asarray(y_true), np.asarray(probs), kind)
+    auc = _auc(y_true, probs, kind)
+    if kind == "binary":
+        y_pred = (probs[:, -1] > THRESHOLD).astype(int)
+        f1 = f1_score(y_true, y_pred, average="binary", pos_label=1, zero_division=0)
+        balanced = balanced_accuracy_score(y_true, y_pred)
+        acc = accuracy_score(y_true, y_pred)
+    elif kind == "multiclass":
+        y_pred = np.argmax(probs, axis=-1)
+        f1 = f1_score(y_true, y_pred, average="macro", zero_division=0)
+        balanced = balanced_accuracy_score(y_true, y_pred)
+        acc = accuracy_score(y_true, y_pred)
+    else:
+        y_pred = (probs > THRESHOLD).astype(int)
+        f1 = f1_score(y_true, y_pred, average="macro", zero_division=0)
+        balanced = np.mean([balanced_accuracy_score(y_true[:, i], y_pred[:, i]) for i in range(y_true.shape[1])])
+        acc = np.mean([accuracy_score(y_true[:, i], y_pred[:, i]) for i in range(y_true.shape[1])])
+    f1_weighted = f1_score(y_true, y_pred, average="weighted", zero_division=0)
+    return {
+        "auc": float(auc),
+        "acc": float(acc),
+        "f1": float(f1),
+        "f1_weighted": float(f1_weighted),
+        "balanced_acc": float(balanced),
+    }
+
+
+def _auc(y_true: np.ndarray, probs: np.ndarray, kind: LabelKind) -> float:
+    """MedMNIST's AUC: label-1 score for binary, else the mean of per-column binary AUCs."""
+    if kind == "binary":
+        _require_both_classes(y_true, "the test labels")
+        return roc_auc_score(y_true, probs[:, -1])
+    columns = [y_true[:, i] if kind == "multilabel" else (y_true == i).astype(float) for i in range(probs.shape[1])]
+    name = "label" if kind == "multilabel" else "class"
+    for i, column in enumerate(columns):
+        _require_both_classes(column, f"{name} {i}")
+    return sum(roc_auc_score(column, probs[:, i]) for i, column in enumerate(columns)) / probs.shape[1]
+
+
+def _require_both_classes(y: np.ndarray, what: str) -> None:
+    if np.unique(y).size < 2:
+        raise DataError(
+            f"AUC undefined: {what} has a single class in the evaluated labels ({y.size} samples); "
+            "evaluate on a split that contains both positives and negatives for every class/label"
+        )
+
+
+def _validated(y_true: np.ndarray, probs: np.ndarray, kind: LabelKind) -> tuple[np.ndarray, np.ndarray]:
+    """Shape and value checks: a silent broadcast or a label-vs-column mismatch gives plausible wrong numbers."""
+    _check_kind(kind)
+    if probs.ndim != 2 or len(probs) == 0:
+        raise ValueError(f"probs must have shape (N, C) with N > 0, got {probs.shape}")
+    if not np.all(np.isfinite(probs)):
+        raise ValueError("probs contain NaN or inf")
+    n, c = probs.shape
+    if kind == "multilabel":
+        if y_true.shape != probs.shape:
+            raise ValueError(f"multilabel y_true must have the shape of probs {probs.shape}, got {y_true.shape}")
+        valid = np.isin(y_true, (0, 1)).all()
+    else:
+        if y_true.shape != (n,):
+            raise ValueError(f"{kind} y_true must have shape ({n},) to match probs {probs.shape}, got {y_true.shape}")
+        if kind == "binary" and c != 2:
+            raise ValueError(f"binary probs must have 2 columns (softmax over both classes), got {c}")
+        valid = np.isin(y_true, np.arange(c)).all()
+    if not valid:
+        allowed = "{0, 1}" if kind != "multiclass" else f"0..{c - 1}"
+        raise ValueError(f"{kind} y_true values must be in {allowed}, got {np.unique(y_true)[:10].tolist()}")
+    return y_true.astype(int), probs
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
