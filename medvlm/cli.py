@@ -92,10 +92,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, bool]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="medvlm", description="General or medical CLIP? Evaluate and adapt, tracked in MLflow.")
+    parser = OneLineParser(prog="medvlm", allow_abbrev=False, description="General or medical CLIP? Evaluate and adapt, tracked in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, (func, help_text, takes_config) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if takes_config:
             add_config_flags(p)
         p.set_defaults(func=func)

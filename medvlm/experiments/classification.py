@@ -98,6 +98,8 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
     head = LinearHead(clip.embed_dim, head_outputs(data.kind, data.num_classes)).to(device)
     if cfg.strategy == "zeroshot" or cfg.head_init == "zeroshot":
         head.set_zero_shot(zero_shot_head_weights(clip, data.prompts, data.class_names, data.kind))
+    if cfg.strategy == "zeroshot":
+        head.requires_grad_(False)
     mlflow.log_dict({"class_names": data.class_names, "prompts": data.prompts}, "prompts.json")
 
     if not strategy.trains_encoder:

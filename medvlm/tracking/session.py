@@ -69,6 +69,22 @@ def _check_resume(run_id: str, cfg: RunConfig) -> None:
                           f"pass the same parameters as the interrupted run")
 
 
+def log_config(run_id: str, cfg: RunConfig) -> None:
+    """The resolved config as params and `config.json`.
+
+    Under `mlflow run` the -P values are already logged and MLflow params are immutable, so only
+    the missing keys are added; keys whose resolved value differs (a YAML `config` overrode them,
+    or an environment default) are named in the `medvlm.resolved_differently` tag.
+    """
+    logged = mlflow.get_run(run_id).data.params
+    flat = flat_params(cfg)
+    mlflow.log_params({k: v for k, v in flat.items() if k not in logged})
+    differs = sorted(k for k, v in flat.items() if k in logged and logged[k] != v)
+    if differs:
+        mlflow.set_tag("medvlm.resolved_differently", ",".join(differs))
+    mlflow.log_dict(cfg.resolved(), "config.json")
+
+
 @contextmanager
 def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume) the run for `cfg`; always end it with the right status."""
@@ -85,8 +101,7 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
         run = mlflow.start_run(run_id=cfg.resume)
     else:
         run = mlflow.start_run(run_name=run_name(cfg), nested=nested)
-        mlflow.log_params(flat_params(cfg))
-        mlflow.log_dict(cfg.resolved(), "config.json")
+        log_config(run.info.run_id, cfg)
     if inside_project:
         mlflow.set_tag("mlflow.runName", run_name(cfg))
     from medvlm.zoo import zoo_entries

@@ -1,0 +1,37 @@
+"""Shared fixtures: the real data beside the checkout, a tiny local-dir model, an isolated MLflow store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from medvlm.testing import save_tiny_open_clip
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEDVLM_SHARED_DATA") or REPO.parent / "shared" / "data")
+BREAST_ROOT = SHARED_DATA / "medmnist"
+
+needs_breastmnist = pytest.mark.skipif(
+    not (BREAST_ROOT / "breastmnist.npz").is_file(),
+    reason=f"real BreastMNIST not found at {BREAST_ROOT} (../shared/data beside the checkout, or set MEDVLM_SHARED_DATA)",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny open_clip model saved as a `local-dir:` folder (config + safetensors), random weights."""
+    return save_tiny_open_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """An isolated working directory with its own MLflow SQLite store, feature cache and checkpoints."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MEDVLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MEDVLM_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
