@@ -92,6 +92,39 @@ def test_auc_uses_probabilities_not_hard_labels():
     assert ours["acc"] == 0.5
 
 
+def test_multilabel_ignored_entries_are_left_out_per_label():
+    """-1 entries: each label is MedMNIST's binary-class metric on its own masked-in rows."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, (120, 14))
+    y[0], y[1] = 0, 1
+    y[2:][rng.random((118, 14)) < 0.3] = -1
+    probs = probabilities(rng.normal(size=(120, 14)), "multilabel")
+    ours = classification_metrics(y, probs, "multilabel")
+
+    per_label = []
+    for i in range(14):
+        keep = y[:, i] >= 0
+        yi, pi = y[keep, i], probs[keep, i]
+        pred = (pi > 0.5).astype(int)
+        per_label.append(
+            (getAUC(yi, pi, "binary-class"), getACC(yi, pi, "binary-class"), f1_score(yi, pred),
+             balanced_accuracy_score(yi, pred), yi.sum())
+        )
+    auc, acc, f1, balanced, positives = map(np.array, zip(*per_label))
+    assert ours["auc"] == pytest.approx(auc.mean(), abs=1e-12, rel=0)
+    assert ours["acc"] == pytest.approx(acc.mean(), abs=1e-12, rel=0)
+    assert ours["f1"] == pytest.approx(f1.mean(), abs=1e-12, rel=0)
+    assert ours["f1_weighted"] == pytest.approx((f1 * positives).sum() / positives.sum(), abs=1e-12, rel=0)
+    assert ours["balanced_acc"] == pytest.approx(balanced.mean(), abs=1e-12, rel=0)
+    assert ours["auc"] != pytest.approx(getAUC(np.maximum(y, 0), probs, "multi-label, binary-class"))
+
+
+def test_multilabel_label_single_class_after_masking_raises():
+    y = np.array([[0, -1], [1, 1], [0, 1]])
+    with pytest.raises(DataError, match=r"label 1 has a single class in the evaluated labels \(2 samples\)"):
+        classification_metrics(y, np.full((3, 2), 0.4), "multilabel")
+
+
 @pytest.mark.parametrize(
     "kind, y_true, probs, what",
     [
@@ -117,6 +150,8 @@ def test_single_class_auc_raises_data_error(kind, y_true, probs, what):
         ("binary", np.array([0, 2]), np.full((2, 2), 0.5), r"in \{0, 1\}"),
         ("multiclass", np.array([0, 3]), np.full((2, 3), 0.3), r"in 0\.\.2"),
         ("multilabel", np.array([0, 1]), np.full((2, 3), 0.3), "shape of probs"),
+        ("multilabel", np.array([[0, 2], [1, 1]]), np.full((2, 2), 0.3), r"in \{-1 \(ignored\), 0, 1\}"),
+        ("binary", np.array([0, -1]), np.full((2, 2), 0.5), r"in \{0, 1\}"),
         ("multilabel", np.array([[0, 1], [1, 1]]), np.array([[0.1, np.nan], [0.2, 0.3]]), "NaN"),
         ("multiclass", np.array([0]), np.full(3, 0.3), r"\(N, C\)"),
         ("regression", np.array([0, 1]), np.full((2, 2), 0.5), "kind must be"),

@@ -6,6 +6,8 @@ per-label means); F1 and balanced accuracy come from scikit-learn on the same
 predictions. Where MedMNIST would silently return NaN (a class absent from the test
 labels, so AUC is undefined) we raise `DataError` instead: a NaN logged to MLflow as a
 final test metric looks like a result, while the real fix is a different split or subset.
+Multi-label entries of -1 (uncertain labels kept by `label_policy="ignore"`) are left out of
+their label's metrics; MedMNIST itself has none, so its numbers are unchanged.
 """
 
 from __future__ import annotations
@@ -37,46 +39,61 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, kind: LabelKin
 
     binary: y_true (N,) in {0, 1}, probs (N, 2); the score is the label-1 probability.
     multiclass: y_true (N,) in [0, C), probs (N, C); AUC is the mean one-vs-rest AUC, F1 macro.
-    multilabel: y_true (N, L) in {0, 1}, probs (N, L); every metric is a mean over labels
-    (f1_weighted weights labels by support).
+    multilabel: y_true (N, L) in {-1, 0, 1}, probs (N, L); every metric is a mean over labels
+    (f1_weighted weights labels by their positives). -1 marks an ignored entry
+    (`label_policy="ignore"` in `medvlm.data.files`): each label is scored on its other rows.
     """
     y_true, probs = _validated(np.asarray(y_true), np.asarray(probs), kind)
-    auc = _auc(y_true, probs, kind)
-    if kind == "binary":
-        y_pred = (probs[:, -1] > THRESHOLD).astype(int)
-        f1 = f1_score(y_true, y_pred, average="binary", pos_label=1, zero_division=0)
-        balanced = balanced_accuracy_score(y_true, y_pred)
-        acc = accuracy_score(y_true, y_pred)
-    elif kind == "multiclass":
-        y_pred = np.argmax(probs, axis=-1)
-        f1 = f1_score(y_true, y_pred, average="macro", zero_division=0)
-        balanced = balanced_accuracy_score(y_true, y_pred)
-        acc = accuracy_score(y_true, y_pred)
-    else:
-        y_pred = (probs > THRESHOLD).astype(int)
-        f1 = f1_score(y_true, y_pred, average="macro", zero_division=0)
-        balanced = np.mean([balanced_accuracy_score(y_true[:, i], y_pred[:, i]) for i in range(y_true.shape[1])])
-        acc = np.mean([accuracy_score(y_true[:, i], y_pred[:, i]) for i in range(y_true.shape[1])])
-    f1_weighted = f1_score(y_true, y_pred, average="weighted", zero_division=0)
-    return {
-        "auc": float(auc),
-        "acc": float(acc),
-        "f1": float(f1),
-        "f1_weighted": float(f1_weighted),
-        "balanced_acc": float(balanced),
-    }
-
-
-def _auc(y_true: np.ndarray, probs: np.ndarray, kind: LabelKind) -> float:
-    """MedMNIST's AUC: label-1 score for binary, else the mean of per-column binary AUCs."""
+    if kind == "multilabel":
+        return _multilabel_metrics(y_true, probs)
     if kind == "binary":
         _require_both_classes(y_true, "the test labels")
-        return roc_auc_score(y_true, probs[:, -1])
-    columns = [y_true[:, i] if kind == "multilabel" else (y_true == i).astype(float) for i in range(probs.shape[1])]
-    name = "label" if kind == "multilabel" else "class"
-    for i, column in enumerate(columns):
-        _require_both_classes(column, f"{name} {i}")
-    return sum(roc_auc_score(column, probs[:, i]) for i, column in enumerate(columns)) / probs.shape[1]
+        auc = roc_auc_score(y_true, probs[:, -1])
+        y_pred = (probs[:, -1] > THRESHOLD).astype(int)
+        f1 = f1_score(y_true, y_pred, average="binary", pos_label=1, zero_division=0)
+    else:
+        auc = 0.0
+        for i in range(probs.shape[1]):
+            is_class = (y_true == i).astype(float)
+            _require_both_classes(is_class, f"class {i}")
+            auc += roc_auc_score(is_class, probs[:, i])
+        auc /= probs.shape[1]
+        y_pred = np.argmax(probs, axis=-1)
+        f1 = f1_score(y_true, y_pred, average="macro", zero_division=0)
+    return _as_floats(
+        auc=auc,
+        acc=accuracy_score(y_true, y_pred),
+        f1=f1,
+        f1_weighted=f1_score(y_true, y_pred, average="weighted", zero_division=0),
+        balanced_acc=balanced_accuracy_score(y_true, y_pred),
+    )
+
+
+def _multilabel_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """One binary problem per label on its masked-in rows, then means over labels. Without
+    ignored entries this equals MedMNIST (AUC, ACC) and sklearn's macro/weighted F1."""
+    auc, acc, f1, balanced, positives = (np.zeros(probs.shape[1]) for _ in range(5))
+    for i in range(probs.shape[1]):
+        keep = y_true[:, i] >= 0
+        y, score = y_true[keep, i], probs[keep, i]
+        _require_both_classes(y, f"label {i}")
+        pred = (score > THRESHOLD).astype(int)
+        auc[i] = roc_auc_score(y, score)
+        acc[i] = accuracy_score(y, pred)
+        f1[i] = f1_score(y, pred, zero_division=0)
+        balanced[i] = balanced_accuracy_score(y, pred)
+        positives[i] = y.sum()
+    return _as_floats(
+        auc=auc.sum() / len(auc),
+        acc=acc.sum() / len(acc),
+        f1=f1.mean(),
+        f1_weighted=np.average(f1, weights=positives),
+        balanced_acc=balanced.mean(),
+    )
+
+
+def _as_floats(**metrics: float) -> dict[str, float]:
+    return {name: float(value) for name, value in metrics.items()}
 
 
 def _require_both_classes(y: np.ndarray, what: str) -> None:
@@ -98,7 +115,7 @@ def _validated(y_true: np.ndarray, probs: np.ndarray, kind: LabelKind) -> tuple[
     if kind == "multilabel":
         if y_true.shape != probs.shape:
             raise ValueError(f"multilabel y_true must have the shape of probs {probs.shape}, got {y_true.shape}")
-        valid = np.isin(y_true, (0, 1)).all()
+        valid = np.isin(y_true, (-1, 0, 1)).all()
     else:
         if y_true.shape != (n,):
             raise ValueError(f"{kind} y_true must have shape ({n},) to match probs {probs.shape}, got {y_true.shape}")
@@ -106,7 +123,7 @@ def _validated(y_true: np.ndarray, probs: np.ndarray, kind: LabelKind) -> tuple[
             raise ValueError(f"binary probs must have 2 columns (softmax over both classes), got {c}")
         valid = np.isin(y_true, np.arange(c)).all()
     if not valid:
-        allowed = "{0, 1}" if kind != "multiclass" else f"0..{c - 1}"
+        allowed = {"binary": "{0, 1}", "multiclass": f"0..{c - 1}", "multilabel": "{-1 (ignored), 0, 1}"}[kind]
         raise ValueError(f"{kind} y_true values must be in {allowed}, got {np.unique(y_true)[:10].tolist()}")
     return y_true.astype(int), probs
 
