@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medvlm.errors import ConfigError
 
 Task = Literal["classification", "retrieval", "vqa"]
-Strategy = Literal["zeroshot", "linear", "partial", "full", "lora"]
-FINETUNE_STRATEGIES = ("linear", "partial", "full", "lora")
+Strategy = Literal["zeroshot", "linear", "frozen", "partial", "full", "lora"]
+FINETUNE_STRATEGIES = ("linear", "frozen", "partial", "full", "lora")
 MEDMNIST_SIZES = (28, 64, 128, 224)
 
 
@@ -65,6 +65,10 @@ class RunConfig(BaseModel):
     resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue")
     checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"))
     study: str = Field("", description="study name when this run is a study trial")
+    split: Literal["auto", "image", "official"] = Field("auto", description="VQA split: auto (VQA-RAD by image, else the source's own), image (seeded, no image in two splits) or official")
+    max_rows: int = Field(0, ge=0, description="VQA: keep the first N QA rows of each split (0 = all; smoke tests)")
+    vqa_hidden: int = Field(512, ge=1, description="VQA BAN head hidden size")
+    vqa_glimpses: int = Field(2, ge=1, description="VQA BAN head attention glimpses")
 
     @field_validator("lora_targets", "label_columns", mode="before")
     @classmethod

@@ -42,6 +42,12 @@ class LinearProbe(ZeroShot):
     name = "linear"
 
 
+class Frozen(ZeroShot):
+    """Encoders frozen, a task head trains on their cached features (VQA's counterpart of `linear`)."""
+
+    name = "frozen"
+
+
 class Partial(Strategy):
     """Only the projection heads and the logit scale train (the reference repository's 'partial')."""
 
@@ -97,7 +103,7 @@ def lora_targets(clip: ClipModel, cfg: RunConfig) -> str:
     return lora_target_regex(prefixes, suffixes)
 
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (ZeroShot(), LinearProbe(), Partial(), Full(), Lora())}
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (ZeroShot(), LinearProbe(), Frozen(), Partial(), Full(), Lora())}
 
 
 def get_strategy(name: str) -> Strategy:

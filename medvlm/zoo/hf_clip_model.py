@@ -35,12 +35,18 @@ class HFClipModel(ClipModel):
         return self.net.text_projection(out.pooler_output)
 
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Patch tokens of the last layer (class token excluded), `post_layernorm`-ed and projected: [B, N, D].
+
+        Same semantics as the open_clip backend: the pooled image embedding is the class
+        token through these two maps, so the grid lives in the joint embedding space.
+        """
         hidden = self.net.vision_model(pixel_values=pixels).last_hidden_state
-        return self.net.vision_model.post_layernorm(hidden[:, 1:])
+        return self.net.visual_projection(self.net.vision_model.post_layernorm(hidden[:, 1:]))
 
     def text_tokens(self, text: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every token's final-normed state, projected: ([B, L, D], mask [B, L]); the EOS state is the embedding."""
         out = self.net.text_model(input_ids=text.input_ids, attention_mask=text.attention_mask.long())
-        return out.last_hidden_state, text.attention_mask
+        return self.net.text_projection(out.last_hidden_state), text.attention_mask
 
     def logit_scale(self) -> torch.Tensor:
         return self.net.logit_scale.exp()

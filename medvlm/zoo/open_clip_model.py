@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from open_clip.modified_resnet import ModifiedResNet
+from torch import nn
 
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
 
@@ -47,20 +49,69 @@ class OpenClipModel(ClipModel):
         return self.net.encode_text(text.input_ids)
 
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        out = self.net.forward_intermediates(
-            image=pixels, image_indices=1, intermediates_only=True,
-            normalize_intermediates=True, image_output_fmt="NLC",
-        )
-        return out["image_intermediates"][-1]
+        """Spatial tokens of the last block, final-normed and projected into the joint space: [B, N, D].
+
+        ViT: the patch tokens after `ln_post` (normalize_intermediates), class/prefix tokens
+        excluded (they summarise the image; a grid for attention holds locations only), then
+        `visual.proj` (timm towers: their tokenwise `head`). CNN (ModifiedResNet): the cells
+        of the last feature map through the attention pool's value and output projections
+        (MaskCLIP). Going through the projections keeps the tokens in the space the
+        embeddings live in, so `partial` (which trains the projections) changes them.
+        """
+        visual = self.net.visual
+        if isinstance(visual, ModifiedResNet):
+            cells = visual.forward_intermediates(pixels, indices=1, intermediates_only=True)["image_intermediates"][-1]
+            cells = cells.flatten(2).transpose(1, 2)
+            pool = visual.attnpool
+            return pool.c_proj(pool.v_proj(cells + pool.positional_embedding[1:].to(cells.dtype)))
+        tokens = visual.forward_intermediates(pixels, indices=1, intermediates_only=True,
+                                              normalize_intermediates=True, output_fmt="NLC")["image_intermediates"][-1]
+        return _project(tokens, _image_projection(visual))
 
     def text_tokens(self, text: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net.forward_intermediates(
-            text=text.input_ids, text_indices=1, intermediates_only=True, normalize_intermediates=True,
-        )
-        return out["text_intermediates"][-1], text.attention_mask
+        """States of every token of the last block, final-normed and projected: ([B, L, D], mask [B, L]).
+
+        The pooled text embedding is one of these states (CLIP: the EOT token's; BERT towers:
+        the CLS token's) before pooling. Padded positions hold whatever the tower computed
+        there; consumers must use the mask (causal towers never let padding change the real
+        tokens' states; BERT towers mask it in attention).
+        """
+        text_tower = getattr(self.net, "text", None)
+        if text_tower is None:
+            states = self.net.forward_intermediates(text=text.input_ids, text_indices=1, intermediates_only=True,
+                                                    normalize_intermediates=True)["text_intermediates"][-1]
+            projection = self.net.text_projection
+        elif hasattr(text_tower, "pooler"):
+            states = text_tower.transformer(input_ids=text.input_ids,
+                                            attention_mask=text.attention_mask.long()).last_hidden_state
+            projection = text_tower.proj
+        else:
+            states = text_tower.forward_intermediates(text.input_ids, indices=1, intermediates_only=True,
+                                                      normalize_intermediates=True)["text_intermediates"][-1]
+            projection = text_tower.text_projection
+        return _project(states, projection), text.attention_mask
 
     def logit_scale(self) -> torch.Tensor:
         return self.net.logit_scale.exp()
 
     def logit_bias(self) -> torch.Tensor | None:
         return getattr(self.net, "logit_bias", None)
+
+
+def _image_projection(visual: nn.Module) -> nn.Module | torch.Tensor | None:
+    """The tokenwise map from the vision tower's width to the joint space, or None if it has none.
+
+    open_clip ViTs hold a `proj` matrix; timm towers a `head` of tokenwise layers unless it pools.
+    """
+    if isinstance(getattr(visual, "proj", None), (torch.Tensor, nn.Module)):
+        return visual.proj
+    head = getattr(visual, "head", None)
+    if isinstance(head, nn.Sequential) and not hasattr(head, "pool"):
+        return head
+    return None
+
+
+def _project(tokens: torch.Tensor, projection: nn.Module | torch.Tensor | None) -> torch.Tensor:
+    if projection is None:
+        return tokens
+    return projection(tokens) if isinstance(projection, nn.Module) else tokens @ projection
