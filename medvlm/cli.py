@@ -7,6 +7,7 @@ User-fixable errors print one line and exit 2; the MLflow run (if one started) i
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Callable
 
@@ -20,7 +21,13 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line instead of usage + error."""
 
     def error(self, message: str):
-        raise ConfigError(f"{message}; see `medvlm {self.prog.split()[-1]} --help`")
+        hint = "see `medvlm --help`, or `medvlm params` for every parameter"
+        if message.startswith("unrecognized arguments:"):
+            flag = message.split(":", 1)[1].split()[0].lstrip("-").replace("-", "_")
+            close = difflib.get_close_matches(flag, RunConfig.model_fields, n=1)
+            if close:
+                hint = f"did you mean --{close[0]}?"
+        raise ConfigError(f"{message}; {hint}")
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -35,11 +42,17 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 
 def run_experiment(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None) -> dict[str, float]:
-    """Dispatch to the task's experiment inside the run `cfg` defines (a nested child run for study trials)."""
+    """Dispatch to the task's experiment inside the run `cfg` defines (a nested child run for study trials).
+
+    Seeding first makes head and adapter initialisation part of the seed, so CPU reruns repeat exactly.
+    """
     from medvlm.experiments import EXPERIMENTS
     from medvlm.tracking.session import tracked_run
 
+    from accelerate.utils import set_seed
+
     with tracked_run(cfg, nested=nested, extra_tags=extra_tags):
+        set_seed(cfg.seed)
         return EXPERIMENTS[cfg.task](cfg)
 
 

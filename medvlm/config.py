@@ -102,7 +102,7 @@ def _one_line(err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         close = difflib.get_close_matches(key, RunConfig.model_fields, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"unknown parameter '{key}'{hint}; valid parameters: medvlm params"
+        return f"unknown parameter '{key}'{hint}; `medvlm params` lists every parameter"
     if first["type"] == "missing":
         return f"missing parameter '{key}': pass it as -P {key}=... or --{key.replace('_', '-')} ..."
     return f"invalid parameter {key}={first.get('input')!r}: {first['msg']}"

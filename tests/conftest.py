@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from medvlm.testing import save_tiny_open_clip
@@ -29,7 +30,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def workdir(tmp_path, monkeypatch) -> Path:
     """An isolated working directory with its own MLflow SQLite store, feature cache and checkpoints."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
     monkeypatch.setenv("MEDVLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MEDVLM_CHECKPOINTS", str(tmp_path / "checkpoints"))
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):

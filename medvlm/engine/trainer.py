@@ -151,17 +151,21 @@ def evaluate(accelerator: Accelerator, objective: Objective, dataset: Dataset, c
 
 
 def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConfig, accelerator: Accelerator,
-        checkpoints: Checkpoints | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
-    """Train `objective.module` with early stopping on validation loss; leaves the best weights loaded."""
+        checkpoints: Checkpoints | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        on_resume: Callable[[list[dict[str, float]]], None] | None = None) -> FitResult:
+    """Train `objective.module` with early stopping on validation loss; leaves the best weights loaded.
+
+    The checkpoint is written before an epoch's metrics are reported, and `on_resume` receives the
+    restored history, so a tracker can re-log epochs a kill cut off between the two.
+    """
     set_seed(cfg.seed)
     params = [p for p in objective.module.parameters() if p.requires_grad]
     if not params:
         raise TrainingError(f"strategy '{cfg.strategy}' left no trainable parameters; check the zoo entry's partial/lora lists")
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = EpochShuffle(len(train_set), cfg.seed)
-    module, optimizer, train_loader = accelerator.prepare(objective.module, optimizer,
-                                                          _loader(train_set, cfg.batch_size, cfg, sampler))
+    module, optimizer, train_loader = accelerator.prepare(
+        objective.module, optimizer, _loader(train_set, cfg.batch_size, cfg, EpochShuffle(len(train_set), cfg.seed)))
     val_loader = accelerator.prepare(_loader(val_set, cfg.eval_batch_size, cfg))
 
     start, best_val, best_epoch, bad_epochs, history = 0, float("inf"), -1, 0, []
@@ -175,13 +179,15 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
         start, best_val, best_epoch = state["epoch"] + 1, state["best_val"], state["best_epoch"]
         bad_epochs, history, best_state = state["bad_epochs"], state["history"], state["best_state"]
         seen, train_time = state["seen"], state["train_time"]
+        if on_resume is not None and accelerator.is_main_process:
+            on_resume(history)
 
     epoch = start - 1
     for epoch in range(start, cfg.epochs):
         if bad_epochs >= cfg.patience:
             break
         module.train()
-        sampler.set_epoch(epoch)
+        train_loader.set_epoch(epoch)  # Accelerate's loader re-sets the sampler from its own counter otherwise
         running, steps, t0 = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not accelerator.is_local_main_process or None)
@@ -217,13 +223,13 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
             best_state = trainable_state(accelerator.unwrap_model(module))
         else:
             bad_epochs += 1
-        if on_epoch is not None and accelerator.is_main_process:
-            on_epoch(epoch, row)
         if checkpoints is not None and accelerator.is_main_process:
             checkpoints.save({"trainable": trainable_state(accelerator.unwrap_model(module)),
                               "optimizer": optimizer.state_dict(), "rng": _rng_state(), "epoch": epoch,
                               "best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                               "history": history, "best_state": best_state, "seen": seen, "train_time": train_time})
+        if on_epoch is not None and accelerator.is_main_process:
+            on_epoch(epoch, row)
     accelerator.unwrap_model(module).load_state_dict(best_state, strict=False)
     objective.module = module
     return FitResult(best_epoch=best_epoch, best_val_loss=best_val, epochs_run=epoch + 1,

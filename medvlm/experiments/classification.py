@@ -24,7 +24,7 @@ from medvlm.tasks.classification import (
     zero_shot_head_weights,
 )
 from medvlm.tracking import plots
-from medvlm.tracking.session import log_dataset, log_epoch
+from medvlm.tracking.session import log_dataset, log_epoch, replay_epochs
 from medvlm.zoo import ClipModel, create_model
 
 
@@ -119,7 +119,8 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
     selection = None
     if cfg.strategy != "zeroshot":
         run_id = mlflow.active_run().info.run_id
-        result = fit(objective, train_set, val_set, cfg, accelerator, Checkpoints(cfg.checkpoint_dir, run_id), log_epoch)
+        result = fit(objective, train_set, val_set, cfg, accelerator, Checkpoints(cfg.checkpoint_dir, run_id), log_epoch,
+                     replay_epochs)
         history = result.history
         mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
                             "epochs_run": result.epochs_run})

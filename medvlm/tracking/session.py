@@ -127,6 +127,15 @@ def log_epoch(epoch: int, row: dict[str, float]) -> None:
     mlflow.log_metrics(row, step=epoch, synchronous=False)
 
 
+def replay_epochs(history: list[dict[str, float]]) -> None:
+    """After a resume, log the checkpointed epochs whose metrics never reached the store."""
+    run_id = mlflow.active_run().info.run_id
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train_loss")}
+    for epoch, row in enumerate(history):
+        if epoch not in logged:
+            mlflow.log_metrics(row, step=epoch)
+
+
 def log_dataset(name: str, source: str, digest: str, context: str, extra: dict[str, Any] | None = None) -> None:
     """Dataset lineage: `mlflow.log_input` with the data's digest."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
