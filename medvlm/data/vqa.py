@@ -138,9 +138,19 @@ class VQAData:
         return np.unique(self.splits[split]["image_index"].to_numpy())
 
 
-def load_vqa(dataset: str, *, data_root: str | Path, image_size: int, split: SplitMode = "auto", seed: int = 0,
-             image_column: str = "image", max_rows: int = 0) -> VQAData:
-    """Read a VQA dataset by name (vqa_rad, slake, pathvqa) or path; images decoded at `image_size`.
+@dataclass
+class VQARecords:
+    """Every QA row with its split (column `split`) and image reference, before any image is decoded."""
+
+    name: str
+    source: Path
+    rows: pd.DataFrame
+    split: str
+
+
+def read_vqa(dataset: str, *, data_root: str | Path, split: SplitMode = "auto", seed: int = 0,
+             image_column: str = "image", max_rows: int = 0) -> VQARecords:
+    """Read a VQA dataset by name (vqa_rad, slake, pathvqa) or path and split it; see the module docstring.
 
     `max_rows` > 0 keeps the first rows of each split in a seeded image order (whole images
     first, so few images are decoded): for smoke tests and quick looks, never for results.
@@ -155,19 +165,28 @@ def load_vqa(dataset: str, *, data_root: str | Path, image_size: int, split: Spl
     rows, how = _assign_splits(rows, kind, split, seed, official, path)
     rows = _seeded_image_order(rows, seed)
     if max_rows:
-        rows = rows.groupby("split", sort=False).head(max_rows)
+        rows = rows.groupby("split", sort=False).head(max_rows).reset_index(drop=True)
         how += f"; first {max_rows} rows per split (max_rows)"
     for name in SPLITS:
         if not (rows["split"] == name).any():
             raise DataError(f"split '{name}' of {path} is empty ({how}); add data or use another split mode")
+    return VQARecords(kind if kind != "table" else path.stem, path, rows, how)
+
+
+def load_vqa(dataset: str, *, data_root: str | Path, image_size: int, split: SplitMode = "auto", seed: int = 0,
+             image_column: str = "image", max_rows: int = 0) -> VQAData:
+    """`read_vqa`, then every distinct image decoded once at `image_size`."""
+    records = read_vqa(dataset, data_root=data_root, split=split, seed=seed, image_column=image_column,
+                       max_rows=max_rows)
+    rows = records.rows
     keys = list(dict.fromkeys(rows["image_key"]))
     first = rows.drop_duplicates("image_key").set_index("image_key")["image_source"]
-    images = _decode_all([first[k] for k in keys], image_size, path)
+    images = _decode_all([first[k] for k in keys], image_size, records.source)
     rows = rows.assign(image_index=rows["image_key"].map({k: i for i, k in enumerate(keys)}).astype(np.int64))
     columns = ["image_index", "image_name", "question", "answer", "closed", *[c for c in META_COLUMNS if c in rows]]
     splits = {name: rows[rows["split"] == name][columns].reset_index(drop=True) for name in SPLITS}
-    return VQAData(name=kind if kind != "table" else path.stem, source=str(path), images=images, splits=splits,
-                   split=how, digest=_digest(splits, keys))
+    return VQAData(name=records.name, source=str(records.source), images=images, splits=splits,
+                   split=records.split, digest=_digest(splits, keys))
 
 
 # -- locating -----------------------------------------------------------------------------
@@ -288,7 +307,7 @@ def _text_column(records: pd.DataFrame, name: str) -> pd.Series:
 
 def _table_rows(path: Path, image_column: str) -> pd.DataFrame:
     files = _table_files(path) if path.is_dir() else [path]
-    split_of_file = {f: _split_from_name(f) for f in files}
+    split_of_file = {f: _split_from_name(f) if len(files) > 1 else None for f in files}
     named = [f for f, s in split_of_file.items() if s]
     frames = []
     for f in files:
@@ -411,8 +430,9 @@ def _seeded_image_order(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
 # -- images -------------------------------------------------------------------------------
 
 
-def _decode(source: str | bytes, image_size: int) -> torch.Tensor:
-    return load_image(Path(source) if isinstance(source, str) else io.BytesIO(source), image_size)
+def decode_image(source: str | Path | bytes, image_size: int) -> torch.Tensor:
+    """uint8 [3, S, S] from a path or encoded bytes, preprocessed like every file source (`load_image`)."""
+    return load_image(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source), image_size)
 
 
 def _decode_all(sources: list[str | bytes], image_size: int, where: Path) -> torch.Tensor:
@@ -421,7 +441,7 @@ def _decode_all(sources: list[str | bytes], image_size: int, where: Path) -> tor
         raise DataError(f"no images referenced in {where}")
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        return torch.stack(list(pool.map(lambda s: _decode(s, image_size), sources)))
+        return torch.stack(list(pool.map(lambda s: decode_image(s, image_size), sources)))
 
 
 def _digest(splits: dict[str, pd.DataFrame], keys: list[str]) -> str:

@@ -7,13 +7,16 @@ Tags, checked in this order:
   reference, not the open/closed flag: closed VQA-RAD questions include "left or right?",
   and "yes" is as wrong a type there as for an open question.
 - `paraphrase`: the same answer in other words: equal once spaces and punctuation are
-  dropped ("x-ray" / "xray"), the same content words up to order, plural and articles
-  ("the left kidneys" / "left kidney"), or a token-overlap F1 >= 0.8.
+  dropped ("x-ray" / "xray"), or the same content words up to order, plural and articles
+  ("the left kidneys" / "left kidney").
 - `wrong-granularity`: one phrase is a more specific version of the other. Each phrase is read
   as modifiers + head word (the last content word, singularised). The less specific side
   either has the same head and a proper subset of the modifiers ("kidneys" / "left kidney"),
   or a generic location head (side, region, area, ...) whose modifiers the other side has
   ("right side" / "right lung").
+- `paraphrase` again for the remaining pairs with a token-overlap F1 >= 0.8: high overlap
+  that is not a specificity difference ("upper lobe" / "left upper lobe" overlaps 0.8 but
+  is granularity, checked first).
 - `other`: anything else: wrong organ, wrong finding, a different structure at the same level
   of detail ("right frontal lobe" / "right temporal lobe": same head, but neither modifier set
   contains the other, so neither is more specific).
@@ -88,12 +91,11 @@ def error_tag(answer: str, prediction: str) -> Tag | None:
     if (norm_a in YES_NO) != (norm_p in YES_NO):
         return "inappropriate-type"
     words_a, words_p = content_words(answer), content_words(prediction)
-    if (norm_a.replace(" ", "") == norm_p.replace(" ", "") or sorted(words_a) == sorted(words_p)
-            or _overlap_f1(words_a, words_p) >= PARAPHRASE_F1):
+    if norm_a.replace(" ", "") == norm_p.replace(" ", "") or sorted(words_a) == sorted(words_p):
         return "paraphrase"
     if words_a and words_p and (_less_specific(words_a, words_p) or _less_specific(words_p, words_a)):
         return "wrong-granularity"
-    return "other"
+    return "paraphrase" if _overlap_f1(words_a, words_p) >= PARAPHRASE_F1 else "other"
 
 
 def taxonomy_counts(answers: Iterable[str], predictions: Iterable[str]) -> dict[Tag, int]:
