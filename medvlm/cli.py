@@ -86,8 +86,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_params(args: argparse.Namespace) -> int:
     for name, field in RunConfig.model_fields.items():
-        default = field.default_factory() if field.default_factory else field.default
-        print(f"{name:16} default={default!r:24} {field.description or ''}")
+        default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        print(f"{name:16} {default:24} {field.description or ''}")
     return 0
 
 
