@@ -133,6 +133,11 @@ class VQAData:
     def meta_columns(self) -> list[str]:
         return [c for c in META_COLUMNS if c in self.splits["test"].columns]
 
+    def split_digest(self, split: str) -> str:
+        """Content digest of one split's QA rows (dataset lineage)."""
+        frame = self.splits[split][["image_name", "question", "answer", "closed"]]
+        return hashlib.sha256(frame.to_json(orient="values").encode()).hexdigest()[:16]
+
     def image_indices(self, split: str) -> np.ndarray:
         """The distinct images a split asks about."""
         return np.unique(self.splits[split]["image_index"].to_numpy())
@@ -175,11 +180,15 @@ def read_vqa(dataset: str, *, data_root: str | Path, split: SplitMode = "auto", 
 
 def load_vqa(dataset: str, *, data_root: str | Path, image_size: int, split: SplitMode = "auto", seed: int = 0,
              image_column: str = "image", max_rows: int = 0) -> VQAData:
-    """`read_vqa`, then every distinct image decoded once at `image_size`."""
+    """`read_vqa`, then every distinct image decoded once at `image_size`.
+
+    Images are stored in a canonical (sorted) order, so the seed changes the split but not the
+    image tensor: cached encoder features are reused across seeds.
+    """
     records = read_vqa(dataset, data_root=data_root, split=split, seed=seed, image_column=image_column,
                        max_rows=max_rows)
     rows = records.rows
-    keys = list(dict.fromkeys(rows["image_key"]))
+    keys = sorted(set(rows["image_key"]))
     first = rows.drop_duplicates("image_key").set_index("image_key")["image_source"]
     images = _decode_all([first[k] for k in keys], image_size, records.source)
     rows = rows.assign(image_index=rows["image_key"].map({k: i for i, k in enumerate(keys)}).astype(np.int64))

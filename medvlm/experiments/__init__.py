@@ -14,6 +14,12 @@ def _classification(cfg: RunConfig) -> dict[str, float]:
     return run_classification(cfg)
 
 
+def _vqa(cfg: RunConfig) -> dict[str, float]:
+    from medvlm.experiments.vqa import run_vqa
+
+    return run_vqa(cfg)
+
+
 def _unavailable(task: str) -> Callable[[RunConfig], dict[str, float]]:
     def run(cfg: RunConfig) -> dict[str, float]:
         raise ConfigError(f"task={task} is not available in this medvlm build; use task=classification")
@@ -23,5 +29,5 @@ def _unavailable(task: str) -> Callable[[RunConfig], dict[str, float]]:
 EXPERIMENTS: dict[str, Callable[[RunConfig], dict[str, float]]] = {
     "classification": _classification,
     "retrieval": _unavailable("retrieval"),
-    "vqa": _unavailable("vqa"),
+    "vqa": _vqa,
 }

@@ -1,0 +1,249 @@
+"""One VQA experiment: zero-shot answer ranking or a trained BAN head, evaluated on test and tracked.
+
+Strategies: `zeroshot` ranks the vocabulary's answers by CLIP similarity (no training);
+`frozen` trains the head on token features cached once per (model, data); `partial`, `full`
+and `lora` train the head together with (parts of) the encoders. Every run logs accuracy and
+weighted F1 overall/open/closed, a question/content-type breakdown, the out-of-vocabulary
+count, the error-taxonomy counts and a table of every test prediction with its tag.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from medvlm.config import RunConfig
+from medvlm.data.base import TensorRows
+from medvlm.data.transforms import to_model_input
+from medvlm.data.vqa import SPLITS, VQAData, VQARows, load_vqa
+from medvlm.engine.features import cached_features
+from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, make_accelerator
+from medvlm.errors import ConfigError
+from medvlm.metrics.vqa import breakdown, breakdown_metrics, vqa_metrics
+from medvlm.metrics.vqa_taxonomy import TAGS, error_tag
+from medvlm.strategies import get_strategy
+from medvlm.tasks.classification import text_embeddings
+from medvlm.tasks.vqa import AnswerVocab, BANHead, CachedVQA, VQAModel, tokenize_questions, vqa_loss
+from medvlm.tracking import plots
+from medvlm.tracking.session import log_dataset, log_epoch
+from medvlm.zoo import ClipModel, create_model
+from medvlm.zoo.base import TextBatch
+
+ZERO_SHOT_PROMPT = "{question} {answer}"
+
+
+class VQAObjective:
+    """Cross-entropy over the vocabulary; accuracy and weighted F1 overall/open/closed."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return vqa_loss(outputs, targets)
+
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        scores = vqa_metrics(targets[:, 0].numpy(), outputs.argmax(dim=1).numpy(), targets[:, 1].numpy().astype(bool))
+        return {k: v for k, v in scores.items() if k != "oov"}
+
+
+@dataclass
+class Questions:
+    """Every distinct question tokenised once (sorted: the seed does not change it); `rows[split]` maps each QA row to its question."""
+
+    tokens: TextBatch
+    rows: dict[str, torch.Tensor]
+    max_len: int
+
+    @classmethod
+    def of(cls, clip: ClipModel, data: VQAData) -> Questions:
+        distinct = sorted(set(pd.concat([data.splits[s]["question"] for s in SPLITS])))
+        index = {q: i for i, q in enumerate(distinct)}
+        tokens, max_len = tokenize_questions(clip, distinct)
+        rows = {s: torch.as_tensor(data.splits[s]["question"].map(index).to_numpy(np.int64)) for s in SPLITS}
+        return cls(tokens, rows, max_len)
+
+
+def targets_of(data: VQAData, vocab: AnswerVocab) -> dict[str, torch.Tensor]:
+    """[N, 2] per split: answer index (0 = unknown) and closed flag."""
+    return {s: torch.from_numpy(np.stack([vocab.encode(df["answer"]), df["closed"].to_numpy(np.int64)], axis=1))
+            for s, df in data.splits.items()}
+
+
+def image_rows(data: VQAData, split: str) -> torch.Tensor:
+    return torch.as_tensor(data.splits[split]["image_index"].to_numpy(np.int64))
+
+
+def encoder_sets(data: VQAData, questions: Questions, targets: dict[str, torch.Tensor]) -> dict[str, VQARows]:
+    """Raw uint8 images and token ids: the encoders run (and train) inside the model."""
+    return {s: VQARows({"images": (data.images, image_rows(data, s)),
+                        "input_ids": (questions.tokens.input_ids, questions.rows[s]),
+                        "attention_mask": (questions.tokens.attention_mask, questions.rows[s])}, targets[s])
+            for s in SPLITS}
+
+
+def cached_sets(clip: ClipModel, data: VQAData, questions: Questions, targets: dict[str, torch.Tensor],
+                cfg: RunConfig, device: torch.device) -> dict[str, VQARows]:
+    """Image token grids per distinct image and question states per distinct question, encoded once (disk-cached)."""
+    images = TensorRows(data.images, torch.arange(len(data.images)))
+    grids, _ = cached_features(clip, images, cfg.eval_batch_size, device, cfg.precision, kind="vqa_image_tokens",
+                               encode=lambda x: clip.image_tokens(to_model_input(x, clip.preprocess)))
+    n = questions.max_len
+    packed = torch.stack([questions.tokens.input_ids, questions.tokens.attention_mask.long()], dim=1)
+    states, _ = cached_features(clip, TensorRows(packed, torch.arange(len(packed))), cfg.eval_batch_size, device,
+                                cfg.precision, kind=f"vqa_text_tokens:{n}",
+                                encode=lambda x: clip.text_tokens(TextBatch(x[:, 0], x[:, 1].bool()))[0][:, :n])
+    mask = questions.tokens.attention_mask[:, :n].bool()
+    return {s: VQARows({"image_tokens": (grids, image_rows(data, s)), "text_tokens": (states, questions.rows[s]),
+                        "text_mask": (mask, questions.rows[s])}, targets[s])
+            for s in SPLITS}
+
+
+@torch.no_grad()
+def token_dims(clip: ClipModel, data: VQAData, questions: Questions) -> tuple[int, int]:
+    """Widths of the image and question tokens, from one real image and question."""
+    device = next(clip.parameters()).device
+    v = clip.image_tokens(to_model_input(data.images[:1].to(device), clip.preprocess))
+    q, _ = clip.text_tokens(questions.tokens[:1].to(device))
+    return int(v.shape[-1]), int(q.shape[-1])
+
+
+@torch.no_grad()
+def zero_shot_logits(clip: ClipModel, data: VQAData, vocab: AnswerVocab, cfg: RunConfig,
+                     device: torch.device) -> torch.Tensor:
+    """logit_scale · cos(image, "question answer") for each candidate answer; -inf for non-candidates.
+
+    Open questions rank every vocabulary answer but `unknown`; closed questions only the
+    answers seen for closed questions. Each distinct question's prompts are encoded once.
+    """
+    test = data.splits["test"]
+    distinct = data.image_indices("test")
+    images = TensorRows(data.images[distinct], torch.as_tensor(distinct))
+    embeddings, _ = cached_features(clip, images, cfg.eval_batch_size, device, cfg.precision)
+    position = np.zeros(len(data.images), dtype=np.int64)
+    position[distinct] = np.arange(len(distinct))
+    row_embeddings = F.normalize(embeddings, dim=-1)[position[test["image_index"].to_numpy()]].to(device)
+    everything = list(range(1, len(vocab)))
+    candidates = {False: everything, True: vocab.closed or everything}
+    scale = clip.logit_scale().float()
+    logits = torch.full((len(test), len(vocab)), float("-inf"))
+    prompts = 0
+    for (question, closed), rows in test.groupby(["question", "closed"], sort=False).indices.items():
+        ids = candidates[bool(closed)]
+        texts = text_embeddings(clip, [ZERO_SHOT_PROMPT.format(question=question, answer=vocab.answers[i]) for i in ids])
+        logits[np.ix_(rows, ids)] = (scale * row_embeddings[rows] @ texts.T).cpu()
+        prompts += len(ids)
+    mlflow.log_metric("zeroshot_prompts", prompts)
+    return logits
+
+
+def log_lineage(data: VQAData) -> None:
+    for split, rows in data.splits.items():
+        log_dataset(f"{data.name}/{split}", data.source, data.split_digest(split), context=split,
+                    extra={"n": len(rows), "images": int(rows["image_index"].nunique()), "split": data.split})
+
+
+def examples_table(data: VQAData, vocab: AnswerVocab, y: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
+    """Every test question with its prediction and, where wrong, its taxonomy tag."""
+    test = data.splits["test"]
+    predictions = vocab.decode(pred)
+    tags = [error_tag(a, p) if t != q else None for a, p, t, q in zip(test["answer"], predictions, y, pred)]
+    return pd.DataFrame({
+        "image": test["image_name"], "question": test["question"], "answer": test["answer"],
+        "prediction": predictions, "correct": y == pred, "oov": y == 0,
+        "answer_type": np.where(test["closed"], "closed", "open"), "tag": [t or "" for t in tags],
+        **{c: test[c] for c in data.meta_columns},
+    })
+
+
+def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: VQAData, vocab: AnswerVocab,
+                     history: list[dict[str, float]]) -> dict[str, float]:
+    y, pred, closed = targets[:, 0].numpy(), logits.argmax(dim=1).numpy(), targets[:, 1].numpy().astype(bool)
+    scores = vqa_metrics(y, pred, closed)
+    groups = breakdown(y, pred, data.splits["test"][data.meta_columns])
+    scores.update(breakdown_metrics(groups))
+    examples = examples_table(data, vocab, y, pred)
+    counts = examples["tag"].value_counts()
+    scores.update({f"err_{tag.replace('-', '_')}": float(counts.get(tag, 0)) for tag in TAGS})
+    metrics = {f"test_{k}": v for k, v in scores.items()}
+    mlflow.log_metrics(metrics)
+    mlflow.log_table(examples, "examples.json")
+    mlflow.log_table(groups, "breakdown.json")
+    if history:
+        fig = plots.learning_curves_figure(history)
+        mlflow.log_figure(fig, "plots/learning_curves.png")
+        plots.close(fig)
+    return metrics
+
+
+def _check_strategy(cfg: RunConfig) -> None:
+    if cfg.strategy == "linear":
+        raise ConfigError("task=vqa has no linear probe; use strategy=frozen (frozen encoders, BAN head on cached tokens)")
+
+
+def run_vqa(cfg: RunConfig) -> dict[str, float]:
+    """Run inside an active MLflow run; returns the test metrics."""
+    _check_strategy(cfg)
+    accelerator = make_accelerator(cfg)
+    device = accelerator.device
+    clip = create_model(cfg.model, device=device)
+    data = load_vqa(cfg.dataset, data_root=cfg.data_root, image_size=clip.preprocess.image_size, split=cfg.split,
+                    seed=cfg.seed, image_column=cfg.image_column, max_rows=cfg.max_rows)
+    log_lineage(data)
+    trainval = pd.concat([data.splits["train"], data.splits["val"]])
+    vocab = AnswerVocab.build(trainval["answer"], trainval["closed"])
+    targets = targets_of(data, vocab)
+    mlflow.log_dict({**vocab.to_dict(), "split": data.split}, "answers.json")
+    mlflow.log_metrics({"vocab_size": len(vocab), **{f"n_{s}": len(data.splits[s]) for s in SPLITS}})
+    strategy = get_strategy(cfg.strategy)
+    clip = strategy.prepare(clip, cfg)
+
+    history: list[dict[str, float]] = []
+    if cfg.strategy == "zeroshot":
+        mlflow.log_metric("trainable_params", 0)
+        logits = zero_shot_logits(clip, data, vocab, cfg, device)
+        return log_test_results(logits, targets["test"], data, vocab, history)
+
+    questions = Questions.of(clip, data)
+    mlflow.log_metric("questions_truncated", questions.tokens.truncated)
+    if strategy.trains_encoder:
+        sets = encoder_sets(data, questions, targets)
+        v_dim, q_dim = token_dims(clip, data, questions)
+    else:
+        t0 = time.perf_counter()
+        sets = cached_sets(clip, data, questions, targets, cfg, device)
+        mlflow.log_metric("encode_s", time.perf_counter() - t0)
+        v_dim, q_dim = (sets["train"].fields[k][0].shape[-1] for k in ("image_tokens", "text_tokens"))
+    head = BANHead(v_dim, q_dim, len(vocab), hidden=cfg.vqa_hidden, glimpses=cfg.vqa_glimpses).to(device)
+    module = VQAModel(clip, head) if strategy.trains_encoder else CachedVQA(head)
+    objective = VQAObjective(module)
+    mlflow.log_metric("trainable_params", count_trainable(module))
+    checkpoints = Checkpoints(cfg.checkpoint_dir, mlflow.active_run().info.run_id)
+    result = fit(objective, sets["train"], sets["val"], cfg, accelerator, checkpoints, log_epoch)
+    history = result.history
+    mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
+                        "epochs_run": result.epochs_run})
+    _, _, logits, _ = evaluate(accelerator, objective, sets["test"], cfg)
+    metrics = log_test_results(logits, targets["test"], data, vocab, history)
+    if cfg.strategy == "lora" and cfg.register_adapter:
+        register(cfg, clip, head, vocab, ("val_acc", history[result.best_epoch]["val_acc"], True))
+    checkpoints.clear()
+    return metrics
+
+
+def register(cfg: RunConfig, clip: ClipModel, head: BANHead, vocab: AnswerVocab,
+             selection: tuple[str, float, bool]) -> None:
+    """Log the LoRA adapter + BAN head as `medvlm-<model>-<dataset>-vqa`, a model that answers questions."""
+    from medvlm.tracking.adapter_model import log_adapter, registered_name
+    from medvlm.tracking.vqa_adapter_model import VQAAdapterModel
+
+    meta = {"model": cfg.model, "pin": clip.spec.pin, "task": "vqa", "dataset": cfg.dataset,
+            "head": head.config, "vocab": vocab.to_dict()}
+    log_adapter(VQAAdapterModel(), clip.net, {"head": head}, meta, registered_name(cfg.model, cfg.dataset, "vqa"),
+                selection)
+
