@@ -11,7 +11,7 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -22,6 +22,7 @@ Task = Literal["classification", "retrieval", "vqa"]
 Strategy = Literal["zeroshot", "linear", "frozen", "partial", "full", "lora"]
 FINETUNE_STRATEGIES = ("linear", "frozen", "partial", "full", "lora")
 MEDMNIST_SIZES = (28, 64, 128, 224)
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 
 def default_data_root() -> str:
@@ -65,6 +66,9 @@ class RunConfig(BaseModel):
     resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue")
     checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"))
     study: str = Field("", description="study name when this run is a study trial")
+    train_fraction: float = Field(1.0, gt=0, le=1, description="fraction of the train split to use: a label-stratified subsample (data-fraction ablations)")
+    subsample_val: bool = Field(False, description="subsample the validation split by train_fraction too (the paper's ablation did)")
+    subsample_seed: int = Field(0, description="seed of the train_fraction subsample; fixed apart from seed so seeds vary training, not data")
     split: Literal["auto", "image", "official"] = Field("auto", description="VQA split: auto (VQA-RAD by image, else the source's own), image (seeded, no image in two splits) or official")
     max_rows: int = Field(0, ge=0, description="VQA: keep the first N QA rows of each split (0 = all; smoke tests)")
     vqa_hidden: int = Field(512, ge=1, description="VQA BAN head hidden size")
@@ -96,28 +100,37 @@ class RunConfig(BaseModel):
         return json.loads(self.model_dump_json())
 
 
-def _one_line(err: ValidationError) -> str:
+def _one_line(err: ValidationError, schema: type[BaseModel] = RunConfig,
+              listing: str = "`medvlm params` lists every parameter") -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "config"
     if first["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key, RunConfig.model_fields, n=1)
+        close = difflib.get_close_matches(key, schema.model_fields, n=1) if len(first["loc"]) == 1 else []
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"unknown parameter '{key}'{hint}; `medvlm params` lists every parameter"
+        return f"unknown parameter '{key}'{hint}; {listing}"
     if first["type"] == "missing":
         return f"missing parameter '{key}': pass it as -P {key}=... or --{key.replace('_', '-')} ..."
     return f"invalid parameter {key}={first.get('input')!r}: {first['msg']}"
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+def validated(schema: type[SchemaT], data: dict[str, Any], listing: str) -> SchemaT:
+    """`schema(**data)` for the other schemas (study specs), failing with RunConfig's one-line wording."""
+    try:
+        return schema(**data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, schema, listing)) from None
+
+
+def load_yaml(path: str | os.PathLike, flag: str = "config") -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}; pass an existing YAML file as config=PATH")
+        raise ConfigError(f"{flag} file not found: {p}; pass an existing YAML file as {flag}=PATH")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"{flag} file {p} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of parameter: value")
+        raise ConfigError(f"{flag} file {p} must hold a mapping of parameter: value")
     return data
 
 
