@@ -60,6 +60,8 @@ class RunConfig(BaseModel):
     label_policy: Literal["ones", "zeros", "ignore"] = Field("zeros", description="CheXpert-style uncertain (-1) labels")
     image_column: str = Field("image", description="CSV/parquet column with image paths")
     label_columns: list[str] = Field(default_factory=list, description="CSV/parquet label columns (several = multi-label)")
+    caption_column: str = Field("caption", description="retrieval: CSV/parquet column with captions")
+    subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)")
     num_workers: int = Field(0, ge=0)
     experiment: str = "medvlm"
     register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry")
