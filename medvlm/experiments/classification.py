@@ -12,6 +12,7 @@ import torch
 from medvlm.config import RunConfig
 from medvlm.data.base import ClassificationData, LabelKind, TensorRows
 from medvlm.data.registry import load_classification
+from medvlm.data.subsample import subsample_splits
 from medvlm.engine.features import cached_features
 from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, make_accelerator
 from medvlm.metrics.classification import classification_metrics, probabilities
@@ -42,9 +43,12 @@ class ClassificationObjective:
 
 
 def load_data(cfg: RunConfig, clip: ClipModel) -> ClassificationData:
-    return load_classification(dataset=cfg.dataset, size=cfg.size, data_root=cfg.data_root,
+    """The dataset's splits, with `train_fraction` applied (so lineage and feature caches see the subset)."""
+    data = load_classification(dataset=cfg.dataset, size=cfg.size, data_root=cfg.data_root,
                                image_size=clip.preprocess.image_size, seed=cfg.seed, image_column=cfg.image_column,
                                label_columns=cfg.label_columns, label_policy=cfg.label_policy)
+    data.splits = subsample_splits(data.splits, cfg)
+    return data
 
 
 def log_lineage(data: ClassificationData) -> None:
