@@ -22,6 +22,7 @@ from torch import nn
 
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel, ModelSpec
+from medvlm.zoo.checkpoints import open_clip_local_kwargs
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".tar")
@@ -104,7 +105,8 @@ def build_open_clip(entry: dict, spec: ModelSpec, location: str | None) -> ClipM
     if entry.get("context_length"):
         kwargs["context_length"] = entry["context_length"]
     try:
-        net = open_clip.create_model(model_name, pretrained=pretrained, load_weights=True, **entry.get("create_kwargs", {}))
+        net = open_clip.create_model(model_name, pretrained=pretrained, load_weights=True,
+                                     **entry.get("create_kwargs", {}), **open_clip_local_kwargs(location))
         tokenizer = open_clip.get_tokenizer(model_name, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise _open_clip_error(spec.name, location or model_name + (f" (tag {pretrained})" if pretrained else ""), exc) from None

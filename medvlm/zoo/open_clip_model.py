@@ -21,7 +21,8 @@ class OpenClipModel(ClipModel):
             std=tuple(cfg["std"]),
             interpolation="bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic",
         )
-        embed_dim = int(getattr(net, "embed_dim", 0) or net.visual.output_dim)
+        # CustomTextCLIP with a timm trunk (BiomedCLIP) has neither `embed_dim` nor `visual.output_dim`.
+        embed_dim = int(getattr(net, "embed_dim", 0) or getattr(net.visual, "output_dim", 0) or net.text.output_dim)
         super().__init__(spec, preprocess, embed_dim)
         self.net = net
         self.tokenizer = tokenizer
