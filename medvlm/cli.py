@@ -92,6 +92,10 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def print_metrics(metrics: dict[str, float]) -> None:
+    from medvlm.tracking.session import process_rank
+
+    if process_rank() != 0:
+        return
     for key, value in sorted(metrics.items()):
         print(f"{key:28} {value:.4f}")
 

@@ -122,7 +122,7 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
     history: list[dict[str, float]] = []
     selection = None
     if cfg.strategy != "zeroshot":
-        run_id = mlflow.active_run().info.run_id
+        run_id = cfg.resume or mlflow.active_run().info.run_id  # every rank must read rank 0's checkpoint
         result = fit(objective, train_set, val_set, cfg, accelerator, Checkpoints(cfg.checkpoint_dir, run_id), log_epoch,
                      replay_epochs)
         history = result.history
@@ -139,6 +139,6 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
                 "class_names": data.class_names, "dataset": cfg.dataset}
         log_adapter(ClassifierAdapterModel(), clip.net, {"head": head}, meta,
                     registered_name(cfg.model, cfg.dataset, "classification"), selection)
-    if cfg.strategy != "zeroshot":
-        Checkpoints(cfg.checkpoint_dir, mlflow.active_run().info.run_id).clear()
+    if cfg.strategy != "zeroshot" and accelerator.is_main_process:
+        Checkpoints(cfg.checkpoint_dir, run_id).clear()
     return metrics

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,8 +30,23 @@ class TrackingError(MedvlmError):
     """The tracking server cannot be reached."""
 
 
+def process_rank() -> int:
+    """The distributed rank (torchrun / accelerate launch set RANK); 0 when not distributed."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def ensure_tracking() -> str:
-    """Use the env's tracking URI or the embedded SQLite store; fail fast if a server is down."""
+    """Use the env's tracking URI or the embedded SQLite store; fail fast if a server is down.
+
+    Under multi-process training only rank 0 tracks; the other ranks log into a throwaway
+    store in a temporary folder, so experiment code needs no rank checks and no stray runs appear.
+    """
+    if process_rank() != 0:
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+            os.environ.pop(var, None)
+        uri = f"sqlite:///{tempfile.mkdtemp(prefix=f'medvlm-rank{process_rank()}-')}/mlflow.db"
+        mlflow.set_tracking_uri(uri)
+        return uri
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
@@ -89,10 +105,11 @@ def log_config(run_id: str, cfg: RunConfig) -> None:
 def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume) the run for `cfg`; always end it with the right status."""
     ensure_tracking()
-    inside_project = "MLFLOW_RUN_ID" in os.environ and mlflow.active_run() is None and not nested
-    if not inside_project and not nested and "MLFLOW_EXPERIMENT_ID" not in os.environ:
+    inside_project = ("MLFLOW_RUN_ID" in os.environ and mlflow.active_run() is None and not nested
+                      and process_rank() == 0)
+    if not inside_project and not nested and ("MLFLOW_EXPERIMENT_ID" not in os.environ or process_rank() != 0):
         mlflow.set_experiment(cfg.experiment)
-    if cfg.resume:
+    if cfg.resume and process_rank() == 0:
         try:
             _check_resume(cfg.resume, cfg)
         except mlflow.exceptions.MlflowException:
