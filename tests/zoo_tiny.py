@@ -27,10 +27,13 @@ BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def randomise(module: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state dict with every floating tensor drawn at random (unique values), indices kept."""
+    """A state dict with every floating tensor drawn at random (unique values), integer buffers kept."""
     gen = torch.Generator().manual_seed(seed)
-    return {k: (torch.randn(v.shape, generator=gen) * 0.2).to(v.dtype) if v.is_floating_point() else v.clone()
-            for k, v in module.state_dict().items()}
+    state = {k: (torch.randn(v.shape, generator=gen) * 0.2).to(v.dtype) if v.is_floating_point() else v.clone()
+             for k, v in module.state_dict().items()}
+    for key in [k for k in state if k.endswith("running_var")]:
+        state[key] = state[key].abs() + 0.5  # BatchNorm variances must stay positive
+    return state
 
 
 def write_bert_tokenizer(folder: Path, lowercase: bool = True) -> Path:

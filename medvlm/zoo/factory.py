@@ -11,6 +11,7 @@ folder, or the authors' checkpoint); nothing then touches the network.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 from collections.abc import Callable
@@ -123,9 +124,21 @@ def build_transformers_clip(entry: dict, spec: ModelSpec, location: str | None) 
     return load_transformers_clip(entry, spec, location)
 
 
+def _custom(module: str, function: str) -> Callable[[dict, ModelSpec, str | None], ClipModel]:
+    """A builder from a backend module imported on first use (each pulls in its own dependencies)."""
+    def build(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
+        return getattr(importlib.import_module(f"medvlm.zoo.{module}"), function)(entry, spec, location)
+    return build
+
+
 BACKENDS: dict[str, Callable[[dict, ModelSpec, str | None], ClipModel]] = {
     "open_clip": build_open_clip,
     "transformers": build_transformers_clip,
+    "pmc_clip": _custom("pmc_clip", "load_pmc_clip"),
+    "cxr_clip": _custom("cxr_clip", "load_cxr_clip"),
+    "medclip": _custom("medclip", "load_medclip"),
+    "siglip": _custom("siglip", "load_siglip"),
+    "blip2": _custom("blip2", "load_blip2"),
 }
 
 
