@@ -182,7 +182,6 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
         if on_resume is not None and accelerator.is_main_process:
             on_resume(history)
 
-    epoch = start - 1
     for epoch in range(start, cfg.epochs):
         if bad_epochs >= cfg.patience:
             break
@@ -232,5 +231,5 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
             on_epoch(epoch, row)
     accelerator.unwrap_model(module).load_state_dict(best_state, strict=False)
     objective.module = module
-    return FitResult(best_epoch=best_epoch, best_val_loss=best_val, epochs_run=epoch + 1,
+    return FitResult(best_epoch=best_epoch, best_val_loss=best_val, epochs_run=len(history),
                      images_per_s=seen / train_time if train_time > 0 else 0.0, history=history)
