@@ -53,6 +53,28 @@ def test_open_clip_resnet_tokens_are_feature_map_cells():
     assert grid.shape == (2, (64 // 32) ** 2, 16) and torch.isfinite(grid).all()
 
 
+def test_open_clip_timm_tower_and_separate_text_tower_tokens_match_their_embeddings():
+    """BiomedCLIP's layout: a timm ViT with a `head.proj`, and a text tower of its own (`net.text`)."""
+    from medvlm.zoo.open_clip_model import OpenClipModel
+
+    torch.manual_seed(0)
+    net = open_clip.CustomTextCLIP(
+        embed_dim=16, vision_cfg={"timm_model_name": "test_vit", "timm_model_pretrained": False, "image_size": 160,
+                                  "timm_pool": "", "timm_proj": "linear"},
+        text_cfg={"context_length": 8, "vocab_size": 50, "width": 16, "heads": 2, "layers": 1}).eval()
+    net.visual.preprocess_cfg = {"size": 160, "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    model = OpenClipModel(net, type("Tok", (), {"context_length": 8})(), ModelSpec(name="timm", source="test"))
+    pixels = torch.randn(2, 3, 160, 160)
+    ids = torch.tensor([[47, 5, 6, 49, 0, 0, 0, 0], [47, 5, 6, 7, 8, 49, 0, 0]])
+    text = TextBatch(ids, ids != 0)
+    with torch.no_grad():
+        features = net.visual.trunk.forward_features(pixels)
+        torch.testing.assert_close(net.visual.head(features[:, 0]), model.encode_image(pixels))
+        torch.testing.assert_close(model.image_tokens(pixels), net.visual.head(features[:, 1:]))
+        states, _ = model.text_tokens(text)
+        torch.testing.assert_close(states[torch.arange(2), ids.argmax(dim=1)], model.encode_text(text))
+
+
 def test_transformers_clip_tokens_match_its_embeddings():
     from transformers import CLIPConfig, CLIPModel
 

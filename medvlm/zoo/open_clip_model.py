@@ -88,7 +88,7 @@ class OpenClipModel(ClipModel):
             projection = text_tower.proj
         else:
             states = text_tower.forward_intermediates(text.input_ids, indices=1, intermediates_only=True,
-                                                      normalize_intermediates=True)["text_intermediates"][-1]
+                                                      normalize_intermediates=True, output_fmt="NLC")["text_intermediates"][-1]
             projection = text_tower.text_projection
         return _project(states, projection), text.attention_mask
 
