@@ -1,4 +1,4 @@
-"""Hugging Face pieces the custom backends share: a text tower's config and tokenizer, and tokenising.
+"""Hugging Face pieces the custom backends share: towers' configs, tokenizers, strict BERT/Swin loading.
 
 The authors' checkpoints (PMC-CLIP, CXR-CLIP, MedCLIP) hold every weight of their BERT text
 tower but not its config or vocabulary; those come from the BERT's own Hub repository,
@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import nn
+
 from medvlm.errors import ModelError
 from medvlm.zoo.base import TextBatch
-from medvlm.zoo.checkpoints import hub_source
+from medvlm.zoo.checkpoints import drop_index_buffers, hf_from_state, hub_source, take
 
 
 def _hub_error(name: str, repo_id: str, what: str, exc: Exception) -> ModelError:
@@ -22,6 +25,7 @@ def _hub_error(name: str, repo_id: str, what: str, exc: Exception) -> ModelError
 
 
 def text_config(repo_id: str, name: str) -> Any:
+    """The config.json of a Hub repository the model depends on (any tower, despite the name)."""
     from transformers import AutoConfig
 
     source = hub_source(repo_id)
@@ -46,3 +50,41 @@ def tokenize(tok: Any, texts: list[str], length: int) -> TextBatch:
     full = tok(list(texts), add_special_tokens=True)["input_ids"]
     enc = tok(list(texts), padding="max_length", truncation=True, max_length=length, return_tensors="pt")
     return TextBatch(enc["input_ids"], enc["attention_mask"].bool(), sum(len(ids) > length for ids in full))
+
+
+def bert_from_state(state: dict[str, torch.Tensor], repo_id: str, name: str) -> nn.Module:
+    """A BERT text tower (no pooler) with exactly the checkpoint's weights.
+
+    Two groups of keys are dropped knowingly: `embeddings.position_ids`, a constant that
+    transformers < 4.31 saved and current versions rebuild (checked equal to 0..n-1), and
+    `pooler.*`, BERT's pooler, which none of these models' embeddings use (left in, its
+    parameters would get no gradient, which distributed training rejects).
+    """
+    from transformers import BertModel
+
+    positions = state.get("embeddings.position_embeddings.weight")
+    drop_index_buffers(state, "embeddings.position_ids", None if positions is None else torch.arange(len(positions)),
+                       name)
+    take(state, "pooler.")
+    return hf_from_state(BertModel, text_config(repo_id, name), state, name, f"text encoder ({repo_id})",
+                         add_pooling_layer=False)
+
+
+def swin_from_state(state: dict[str, torch.Tensor], repo_id: str, name: str) -> nn.Module:
+    """A transformers SwinModel with exactly the checkpoint's weights, saved by transformers 4.x.
+
+    transformers' own renames map the 4.x keys (`attention.self.query`, ...) to today's; the
+    4.x checkpoints also hold `relative_position_index` buffers, constants that today's
+    Swin rebuilds: each is checked equal to the rebuilt one and dropped.
+    """
+    from transformers import SwinModel
+
+    indices = {k: state.pop(k) for k in [k for k in state if k.endswith("relative_position_index")]}
+    model = hf_from_state(SwinModel, text_config(repo_id, name), state, name, f"image encoder ({repo_id})")
+    rebuilt = {k: v for k, v in model.named_buffers() if k.endswith("relative_position_index")}
+    for key, value in indices.items():
+        match = key.replace("attention.self.", "attention.relative_position_bias.")
+        if match not in rebuilt or not torch.equal(rebuilt[match].long(), value.long()):
+            raise ModelError(f"model '{name}': {key} does not match the Swin window layout; the checkpoint is "
+                             f"not the release medvlm reads")
+    return model

@@ -27,11 +27,9 @@ from torch import nn
 from medvlm.errors import ModelError
 from medvlm.zoo import hf_parts
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
-from medvlm.zoo.checkpoints import (checkpoint_file, drop_index_buffers, hf_from_state, load_exact,
-                                    load_torch_checkpoint, take)
+from medvlm.zoo.checkpoints import checkpoint_file, load_exact, load_torch_checkpoint, take
 
-UNUSED_PREFIXES = ("fusion_module.", "mlm_projection", "img_special_token", "positional_embedding", "ln_final.",
-                   "text_encoder.pooler.")
+UNUSED_PREFIXES = ("fusion_module.", "mlm_projection", "img_special_token", "positional_embedding", "ln_final.")
 HEAD_WIDTH = 64
 
 
@@ -117,8 +115,6 @@ def _visual_from(state: dict[str, torch.Tensor], embed_dim: int, name: str) -> M
 
 
 def load_pmc_clip(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
-    from transformers import BertModel
-
     from medvlm.zoo.factory import weights_digest
 
     path = checkpoint_file(spec.name, location, entry["checkpoint"], entry.get("download"))
@@ -126,12 +122,7 @@ def load_pmc_clip(entry: dict, spec: ModelSpec, location: str | None) -> ClipMod
     state = {k.removeprefix("module."): v for k, v in ckpt.get("state_dict", ckpt).items()}
     for prefix in UNUSED_PREFIXES:
         take(state, prefix)
-    positions = state.get("text_encoder.embeddings.position_embeddings.weight")
-    drop_index_buffers(state, "embeddings.position_ids", None if positions is None else torch.arange(len(positions)),
-                       spec.name)
-    text_encoder = hf_from_state(BertModel, hf_parts.text_config(entry["text_tower"], spec.name),
-                                 take(state, "text_encoder."), spec.name, "PubMedBERT text encoder",
-                                 add_pooling_layer=False)
+    text_encoder = hf_parts.bert_from_state(take(state, "text_encoder."), entry["text_tower"], spec.name)
     if "text_projection" not in state:
         raise ModelError(f"model '{spec.name}': checkpoint {path} has no text_projection; it is not a PMC-CLIP checkpoint")
     net = PMCCLIPNet(_visual_from(state, state["text_projection"].shape[1], spec.name), text_encoder,
