@@ -41,6 +41,18 @@ def overrides_from(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in RunConfig.model_fields or k == "config"}
 
 
+def add_study_flags(parser: argparse.ArgumentParser) -> None:
+    """`--spec` and the study flags, generated from `StudyConfig` like the run flags are from RunConfig."""
+    from medvlm.studies.spec import STUDY_FLAGS, StudyConfig
+
+    parser.add_argument("--spec", help="YAML study spec, e.g. sweeps/midl2026.yaml (flags override its keys)")
+    for name in STUDY_FLAGS:
+        field = StudyConfig.model_fields[name]
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        switch = {"nargs": "?", "const": "true"} if field.annotation is bool else {}
+        parser.add_argument(*flags, dest=name, default=None, metavar="VALUE", help=field.description, **switch)
+
+
 def run_experiment(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None) -> dict[str, float]:
     """Dispatch to the task's experiment inside the run `cfg` defines (a nested child run for study trials).
 
@@ -69,6 +81,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                           f"use `medvlm zeroshot` for zero-shot")
     print_metrics(run_experiment(cfg))
     return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """`ablation`, `stability` and `sweep`: run flags set every trial's defaults, study flags the study."""
+    from medvlm.studies.runner import run_study
+    from medvlm.studies.spec import STUDY_FLAGS
+
+    return run_study(args.command, overrides_from(args), {k: getattr(args, k) for k in STUDY_FLAGS}, args.spec)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -105,7 +125,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, bool]] = {
     "finetune": (cmd_finetune, "one training run (strategy: linear, partial, full, lora)", True),
     "models": (cmd_models, "print the model zoo", False),
     "params": (cmd_params, "print every parameter with its default", False),
+    "ablation": (cmd_study, "one configuration over training-data fractions (stratified subsample, fixed seed)", True),
+    "stability": (cmd_study, "N trials per strategy with perturbed hyperparameters: mean, std, min, max", True),
+    "sweep": (cmd_study, "every experiment a YAML spec in sweeps/ declares; resumable, many workers", True),
 }
+STUDY_COMMANDS = ("ablation", "stability", "sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if takes_config:
             add_config_flags(p)
+        if name in STUDY_COMMANDS:
+            add_study_flags(p)
         p.set_defaults(func=func)
     return parser
 

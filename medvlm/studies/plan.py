@@ -1,0 +1,67 @@
+"""The trials a study runs: one per cell (sweep, ablation) or `trials` perturbed copies (stability).
+
+Every worker recomputes the plan from the spec and flags; its digest, stored with the Optuna
+study, makes sure that workers and resumed runs all mean the same experiments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from medvlm.config import RunConfig, build_config
+from medvlm.studies.spec import Cell, StudyConfig, expand_cells, identity_of
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    """One experiment of a study: its Optuna params (`cell` plus any perturbed keys) and its config."""
+
+    cell: Cell
+    params: dict[str, Any]
+    distributions: dict[str, Any]
+    config: RunConfig
+
+    @property
+    def label(self) -> str:
+        extra = " ".join(f"{k}={_short(v)}" for k, v in self.params.items() if k != "cell")
+        return f"{self.cell.label}  {extra}".rstrip()
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def build_plan(study: StudyConfig, run_flags: dict[str, Any]) -> list[PlannedTrial]:
+    """Expand and validate everything a study will run; nothing is started."""
+    from optuna.distributions import IntDistribution
+
+    cells = expand_cells(study, run_flags)
+    cell_dist = IntDistribution(0, len(cells) - 1)
+    if study.kind == "stability":
+        from medvlm.studies.stability import perturbed_trials
+
+        return perturbed_trials(study, cells, cell_dist)
+    return [PlannedTrial(c, {"cell": c.index}, {"cell": cell_dist}, c.config) for c in cells]
+
+
+def trial_config(cells: list[Cell], params: dict[str, Any]) -> RunConfig:
+    """A trial's config from its Optuna params alone (so a retried trial needs nothing else)."""
+    cell = cells[params["cell"]]
+    return build_config({}, base={**cell.values, **{k: v for k, v in params.items() if k != "cell"}})
+
+
+def plan_digest(plan: list[PlannedTrial]) -> str:
+    payload = [[t.params, identity_of(t.config)] for t in plan]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def describe(study: StudyConfig, plan: list[PlannedTrial]) -> str:
+    """The dry-run listing: one numbered line per experiment, then the count."""
+    width = len(str(len(plan)))
+    lines = [f"study '{study.name}' ({study.kind}): {len(plan)} experiments"]
+    lines += [f"  {i:>{width}}  {t.config.task:<14} {t.label}" for i, t in enumerate(plan, 1)]
+    lines.append(f"{len(plan)} experiments")
+    return "\n".join(lines)

@@ -1,0 +1,356 @@
+"""Running a study: Optuna is the shared, resumable work queue; MLflow holds the results.
+
+- The first worker to create the Optuna study (creation is atomic in the storage) makes the
+  MLflow parent run (the `mlflow run` project run when there is one), records its id in the
+  study's user attrs and enqueues every planned trial with fixed params. Other workers wait for
+  that and check that they planned the same trials (the plan digest).
+- Workers claim WAITING trials with the storage's atomic WAITING->RUNNING switch, so no trial
+  runs twice and a rerun only picks up what is left: completed trials are never rerun.
+- A running trial beats a heartbeat; a trial whose worker died (kill -9, lost machine) goes
+  stale after `grace_period`, is marked FAIL by the next worker that looks, its MLflow child is
+  marked KILLED, and it is re-enqueued with the same params (at most `max_retry` times). A retry
+  whose predecessor had already finished its MLflow run reuses that run instead of repeating it.
+- A trial that fails for a real reason (a MedvlmError: bad config, NaN loss) is FAIL with its
+  message in the `error` user attr, and the study goes on. A bug (any other exception) is FAIL
+  too, and stops the worker with its traceback.
+- Each trial is a child run nested under the parent by an explicit `mlflow.parentRunId` tag,
+  so children from every machine land under the same parent (`start_run(nested=True)` only
+  nests under a run active in the same process).
+- The worker that finds nothing left queued or running writes the summary (`summary.py`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from medvlm.errors import ConfigError, MedvlmError
+from medvlm.studies.plan import PlannedTrial, build_plan, describe, plan_digest, trial_config
+from medvlm.studies.spec import Kind, StudyConfig, load_study_config
+from medvlm.studies.summary import PRIMARY_METRIC, child_runs, format_summary, log_summary, summary_table
+
+PARENT_ATTR, EXPERIMENT_ATTR, DIGEST_ATTR, KIND_ATTR, READY_ATTR = (
+    "mlflow_parent_run_id", "mlflow_experiment_id", "plan_digest", "kind", "ready")
+JOIN_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Parent:
+    run_id: str
+    experiment_id: str
+
+
+def run_study(command: Kind, run_flags: dict[str, Any], study_flags: dict[str, Any], spec: str | None) -> int:
+    """The `ablation`, `stability` and `sweep` commands. Returns 0, or 1 when trials failed for good."""
+    import optuna
+
+    try:
+        study_cfg = load_study_config(command, spec, study_flags)
+        plan = build_plan(study_cfg, run_flags)
+    except ConfigError as exc:
+        raise ConfigError(f"spec {spec}: {exc}" if spec and not str(exc).startswith("spec ") else str(exc)) from None
+    if study_cfg.dry_run:
+        print(describe(study_cfg, plan))
+        return 0
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    project_run = os.environ.pop("MLFLOW_RUN_ID", None)  # consumed here, so no trial resumes it by accident
+    from medvlm.tracking.session import ensure_tracking
+
+    ensure_tracking()
+    storage = open_storage(study_cfg)
+    study, parent = join_study(storage, study_cfg, plan, project_run)
+    if project_run and project_run != parent.run_id:
+        MlflowClient().set_tag(project_run, "medvlm.study_parent", parent.run_id)
+    mlflow.set_experiment(experiment_id=parent.experiment_id)
+    if not study_cfg.summarize_only:
+        cells = list({t.cell.index: t.cell for t in plan}.values())
+        work(study, storage, study_cfg, cells, parent)
+    return finish(study, study_cfg, parent)
+
+
+def storage_url(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 (a medvlm dependency) when psycopg is absent."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme) and importlib.util.find_spec("psycopg") is None:
+            return "postgresql+psycopg2://" + url[len(scheme):]
+    return url
+
+
+def redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as given, it holds no parsed password
+        return url
+
+
+def open_storage(cfg: StudyConfig):
+    """The Optuna RDB storage with heartbeats and the kill handler."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = storage_url(cfg.storage)
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
+                                          heartbeat_stale_trial_callback=RetryKilled(cfg.max_retry))
+    except (SQLAlchemyError, ValueError, ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot open the Optuna storage {redacted(url)} ({reason}); start the database "
+                          f"or pass another storage=... (default sqlite:///optuna.db)") from None
+
+
+class RetryKilled:
+    """Optuna's heartbeat-stale callback: mark the dead trial's MLflow child KILLED, then re-enqueue the trial."""
+
+    def __init__(self, max_retry: int):
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.max_retry = max_retry
+
+    def __call__(self, study, trial) -> None:
+        parent = study.user_attrs.get(PARENT_ATTR)
+        if parent:
+            client = MlflowClient()
+            for run_id in trial_runs(client, parent, [trial.number], status="RUNNING"):
+                client.set_tag(run_id, "medvlm.error", "its worker stopped (no heartbeat); the trial is retried")
+                client.set_terminated(run_id, "KILLED")
+        retries = len(frozen.system_attrs.get("retry_history", []))
+        print(f"medvlm: trial {trial.number} lost its worker; "
+              + ("re-enqueued" if retries < self.max_retry else f"not retried (max_retry={self.max_retry})"), file=sys.stderr)
+        self.retry(study, trial)
+
+
+def trial_runs(client: MlflowClient, parent_id: str, numbers: list[int], status: str) -> list[str]:
+    """Child runs of `parent_id` for these trial numbers, in this status."""
+    experiment = client.get_run(parent_id).info.experiment_id
+    found = []
+    for number in numbers:
+        query = (f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`medvlm.trial` = '{number}' "
+                 f"and attributes.status = '{status}'")
+        found += [r.info.run_id for r in client.search_runs([experiment], filter_string=query)]
+    return found
+
+
+def join_study(storage, cfg: StudyConfig, plan: list[PlannedTrial], project_run: str | None):
+    """Create the study and its parent run (first worker), or load it and check it is the same plan."""
+    import optuna
+
+    if cfg.summarize_only:
+        try:
+            study = optuna.load_study(study_name=cfg.name, storage=storage)
+        except KeyError:
+            raise ConfigError(f"no study '{cfg.name}' in {redacted(cfg.storage)}; check study= and storage=") from None
+        return study, _check_joined(study, cfg, plan)
+    try:
+        study = optuna.create_study(storage=storage, study_name=cfg.name, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=cfg.name, storage=storage)
+        return study, _check_joined(study, cfg, plan)
+    parent = create_parent(cfg, plan, project_run)
+    for key, value in {PARENT_ATTR: parent.run_id, EXPERIMENT_ATTR: parent.experiment_id,
+                       DIGEST_ATTR: plan_digest(plan), KIND_ATTR: cfg.kind}.items():
+        study.set_user_attr(key, value)
+    study.add_trials([optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=t.params,
+                                                distributions=t.distributions,
+                                                user_attrs={"label": t.label, "group": t.cell.group})
+                      for t in plan])
+    study.set_user_attr(READY_ATTR, True)
+    return study, parent
+
+
+def _check_joined(study, cfg: StudyConfig, plan: list[PlannedTrial]) -> Parent:
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while not study.user_attrs.get(READY_ATTR):
+        if time.monotonic() > deadline:
+            raise ConfigError(f"study '{cfg.name}' in {redacted(cfg.storage)} was created but never set up (its first "
+                              f"worker stopped early); delete it (optuna delete-study --study-name {cfg.name} "
+                              f"--storage URL) and rerun")
+        time.sleep(1.0)
+    attrs = study.user_attrs
+    if attrs[DIGEST_ATTR] != plan_digest(plan) or attrs[KIND_ATTR] != cfg.kind:
+        raise ConfigError(f"study '{cfg.name}' in {redacted(cfg.storage)} holds another plan ({attrs[KIND_ATTR]}, "
+                          f"{attrs[DIGEST_ATTR]}) than this spec and these flags ({cfg.kind}, {plan_digest(plan)}); "
+                          f"rerun with the original ones, or pass study=NEW_NAME for a new study")
+    return Parent(attrs[PARENT_ATTR], attrs[EXPERIMENT_ATTR])
+
+
+def create_parent(cfg: StudyConfig, plan: list[PlannedTrial], project_run: str | None) -> Parent:
+    """The study's parent run: the `mlflow run` project run if there is one, else a new run."""
+    client = MlflowClient()
+    name = f"{cfg.kind} · {cfg.name}"
+    if project_run:
+        run = client.get_run(project_run)
+    else:
+        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or _experiment_id(client, plan[0].config.experiment)
+        run = client.create_run(experiment_id, run_name=name)
+    run_id = run.info.run_id
+    client.set_tag(run_id, "mlflow.runName", name)
+    for key, value in {"medvlm.study": cfg.name, "medvlm.study_kind": cfg.kind, "medvlm.study_role": "parent"}.items():
+        client.set_tag(run_id, key, value)
+    for key, value in {"study.kind": cfg.kind, "study.trials_planned": len(plan), "study.plan_digest": plan_digest(plan),
+                       "study.storage": redacted(cfg.storage)}.items():
+        client.log_param(run_id, key, value)
+    client.log_dict(run_id, {**cfg.model_dump(mode="json"), "storage": redacted(cfg.storage)}, "study/study.json")
+    client.log_text(run_id, describe(cfg, plan), "study/plan.txt")
+    return Parent(run_id, run.info.experiment_id)
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def work(study, storage, cfg: StudyConfig, cells: list, parent: Parent) -> None:
+    """Claim and run queued trials until none is left; look for killed trials between trials."""
+    fail_killed_trials(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    while (trial_id := claim(storage, study_id)) is not None:
+        run_trial(study, storage, trial_id, cfg, cells, parent)
+        fail_killed_trials(study)
+
+
+def fail_killed_trials(study) -> None:
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def claim(storage, study_id: int) -> int | None:
+    """Atomically switch one WAITING trial to RUNNING for this worker; its id, or None when the queue is empty."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                storage.record_heartbeat(trial_id)
+                return trial_id
+        except UpdateFinishedTrialError:
+            continue
+    return None
+
+
+@contextmanager
+def heartbeat(storage, trial_id: int, interval: float) -> Iterator[None]:
+    """Record the trial's heartbeat every `interval` seconds while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the trial itself goes on
+                print(f"medvlm: heartbeat of trial id {trial_id} not recorded ({type(exc).__name__}); retrying",
+                      file=sys.stderr)
+
+    thread = threading.Thread(target=beat, name=f"medvlm-heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, parent: Parent) -> None:
+    """One trial as a nested MLflow child run; tells Optuna COMPLETE (with the task's headline metric) or FAIL."""
+    import optuna
+
+    from medvlm.cli import run_experiment
+
+    frozen, trial = storage.get_trial(trial_id), optuna.Trial(study, trial_id)
+    label = frozen.user_attrs.get("label", f"trial {trial.number}")
+    config = trial_config(cells, frozen.params)
+    tags = {"mlflow.parentRunId": parent.run_id, "medvlm.trial": str(trial.number),
+            "medvlm.group": frozen.user_attrs.get("group", ""), "medvlm.study_kind": cfg.kind}
+    client = MlflowClient()
+    print(f"medvlm: trial {trial.number}: {label}", file=sys.stderr)
+    try:
+        with heartbeat(storage, trial_id, cfg.heartbeat_interval):
+            earlier = trial_runs(client, parent.run_id, frozen.system_attrs.get("retry_history", []), status="FINISHED")
+            if earlier:
+                trial.set_user_attr("reused_run", earlier[0])
+                metrics = {k: v for k, v in client.get_run(earlier[0]).data.metrics.items() if k.startswith("test_")}
+            else:
+                metrics = run_experiment(config, nested=True, extra_tags=tags)
+    except MedvlmError as exc:
+        _fail(study, trial, str(exc))
+        return
+    except KeyboardInterrupt:
+        _fail(study, trial, "interrupted")
+        storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id))
+        raise
+    except BaseException as exc:
+        _fail(study, trial, f"{type(exc).__name__}: {exc}")
+        raise
+    trial.set_user_attr("metrics", metrics)
+    headline = PRIMARY_METRIC.get(config.task, "")
+    value = metrics.get(headline, float("nan"))
+    if not math.isfinite(value):
+        _fail(study, trial, f"{headline} is {value} (missing or undefined); the run is kept in MLflow")
+        return
+    try:
+        study.tell(trial, value)
+    except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+        print(f"medvlm: trial {trial.number} finished after another worker declared it lost ({exc}); "
+              f"its retry reuses this run", file=sys.stderr)
+
+
+def _fail(study, trial, message: str) -> None:
+    from optuna.trial import TrialState
+
+    line = message.strip().splitlines()[0][:500] if message.strip() else "failed"
+    print(f"medvlm: trial {trial.number} failed: {line}", file=sys.stderr)
+    try:
+        trial.set_user_attr("error", line)
+        study.tell(trial, state=TrialState.FAIL)
+    except Exception as exc:  # noqa: BLE001 - already finished elsewhere; the failure is printed above
+        print(f"medvlm: could not record trial {trial.number} as failed ({type(exc).__name__})", file=sys.stderr)
+
+
+def finish(study, cfg: StudyConfig, parent: Parent) -> int:
+    """Write the summary when nothing is queued or running (or when asked to); 1 if trials failed for good."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state for t in trials)
+    pending = states[TrialState.WAITING] + states[TrialState.RUNNING]
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]
+    counts = {"complete": states[TrialState.COMPLETE], "failed": len(failed), "pending": pending}
+    print(f"study '{cfg.name}': {counts['complete']} complete, {counts['failed']} failed, {pending} queued or running")
+    for t in failed:
+        print(f"  trial {t.number} ({t.user_attrs.get('label', '')}) failed: {t.user_attrs.get('error', 'its worker stopped')}")
+    if pending and not cfg.summarize_only:
+        print("other workers are still running trials; the last one to finish writes the summary "
+              "(or run this command again with summarize_only=true)")
+        return 1 if failed else 0
+    client = MlflowClient()
+    children = child_runs(client, parent.run_id)
+    table = summary_table(children)
+    log_summary(client, parent.run_id, cfg.kind, children, table, counts)
+    client.set_tag(parent.run_id, "medvlm.failed_trials", str(len(failed)))
+    if not pending:
+        client.set_terminated(parent.run_id, "FINISHED")
+    print(format_summary(cfg.kind, table))
+    return 1 if failed else 0
