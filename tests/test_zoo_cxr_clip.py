@@ -14,23 +14,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.models.resnet import Bottleneck, ResNet
-from transformers import BertModel, SwinConfig, SwinModel
+from transformers import BertModel, SwinModel
 
 from medvlm.data.transforms import to_model_input
 from medvlm.errors import ModelError
 from medvlm.zoo import create_model, zoo_entries
 from tests.zoo_tiny import (assert_all_loaded, assert_preprocess_reaches_pixels, assert_tasks_run, bert_config,
-                            randomise, uint8_images, write_bert_repo)
+                            legacy_swin, randomise, swin_config, uint8_images, write_bert_repo)
 
 CLINICAL_BERT = "emilyalsentzer/Bio_ClinicalBERT"
 SWIN = "microsoft/swin-tiny-patch4-window7-224"
 PROMPTS = [["No pneumonia"], ["pneumonia"]]
 CAPTIONS = ["no finding.", "left lung mass", "chest x-ray showing pneumonia", "right effusion"]
-# transformers 5 name -> the name transformers 4.26 (the authors' pin) saved, for Swin blocks
-SWIN_4X = [("attention.q_proj", "attention.self.query"), ("attention.k_proj", "attention.self.key"),
-           ("attention.v_proj", "attention.self.value"), ("attention.o_proj", "attention.output.dense"),
-           ("attention.relative_position_bias.", "attention.self."), ("mlp.fc1", "intermediate.dense"),
-           ("mlp.fc2", "output.dense")]
 
 
 def omegaconf_standins() -> dict[str, types.ModuleType]:
@@ -68,10 +63,6 @@ def omegaconf_standins() -> dict[str, types.ModuleType]:
     return modules
 
 
-def swin_config() -> SwinConfig:
-    return SwinConfig(image_size=224, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=7)
-
-
 def image_part(architecture: str) -> tuple[dict, dict]:
     """(checkpoint entries under image_encoder., reference state for an independent encoder)."""
     if architecture == "resnet50":
@@ -79,13 +70,8 @@ def image_part(architecture: str) -> tuple[dict, dict]:
         del resnet.fc
         state = randomise(resnet, seed=3)
         return {f"image_encoder.resnet.{k}": v for k, v in state.items()}, state
-    state = randomise(SwinModel(swin_config()), seed=3)
-    saved = {}
-    for key, value in state.items():
-        for new, old in SWIN_4X:
-            key = key.replace(new, old)
-        saved[f"image_encoder.image_encoder.{key}"] = value
-    return saved, state
+    saved, state = legacy_swin()
+    return {f"image_encoder.image_encoder.{k}": v for k, v in saved.items()}, state
 
 
 @pytest.fixture(scope="module", params=["cxr-clip", "cxr-clip-swint"])

@@ -47,19 +47,19 @@ def write_bert_tokenizer(folder: Path, lowercase: bool = True) -> Path:
     return folder
 
 
-def bert_config(max_positions: int = 80):
+def bert_config(max_positions: int = 80, layers: int = 2):
     from transformers import BertConfig
 
     vocab = len(dict.fromkeys(BERT_SPECIALS + WORDS + list(string.ascii_lowercase)
                               + [f"##{c}" for c in string.ascii_lowercase]))
-    return BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    return BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
                       intermediate_size=64, max_position_embeddings=max_positions, pad_token_id=0)
 
 
-def write_bert_repo(folder: Path, max_positions: int = 80) -> Path:
+def write_bert_repo(folder: Path, max_positions: int = 80, layers: int = 2) -> Path:
     """A Hub BERT repository mirror: config.json plus tokenizer files (weights come from the CLIP checkpoint)."""
     write_bert_tokenizer(folder)
-    bert_config(max_positions).save_pretrained(str(folder))
+    bert_config(max_positions, layers).save_pretrained(str(folder))
     return folder
 
 
@@ -139,3 +139,32 @@ def assert_tasks_run(model: ClipModel, class_prompts: list[list[str]], captions:
     assert 0.0 <= result.metrics["image_to_text_R@1"] <= 1.0
     assert grid.ndim == 3 and grid.shape[0] == len(captions) and grid.shape[1] > 1 and torch.isfinite(grid).all()
     assert states.shape[:2] == mask.shape and mask.dtype == torch.bool and mask.any(dim=1).all()
+
+
+# transformers 5 Swin names -> the names transformers 4.x saved (the CXR-CLIP and MedCLIP releases)
+SWIN_4X = [("attention.q_proj", "attention.self.query"), ("attention.k_proj", "attention.self.key"),
+           ("attention.v_proj", "attention.self.value"), ("attention.o_proj", "attention.output.dense"),
+           ("attention.relative_position_bias.", "attention.self."), ("mlp.fc1", "intermediate.dense"),
+           ("mlp.fc2", "output.dense")]
+
+
+def swin_config():
+    from transformers import SwinConfig
+
+    return SwinConfig(image_size=224, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=7)
+
+
+def legacy_swin(seed: int = 3) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(a tiny Swin's weights under transformers-4.x key names incl. its persistent relative_position_index
+    buffers, the same weights under today's names for an independent reference model)."""
+    from transformers import SwinModel
+
+    swin = SwinModel(swin_config())
+    state = randomise(swin, seed=seed)
+    indices = {k: v.clone() for k, v in swin.named_buffers() if k.endswith("relative_position_index")}
+    saved = {}
+    for key, value in {**state, **indices}.items():
+        for new, old in SWIN_4X:
+            key = key.replace(new, old)
+        saved[key] = value
+    return saved, state

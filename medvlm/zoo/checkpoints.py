@@ -157,6 +157,13 @@ def take(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]
     return {k[len(prefix):]: state.pop(k) for k in keys}
 
 
+def required(state: dict[str, torch.Tensor], key: str, name: str) -> torch.Tensor:
+    """A tensor the architecture is sized from; its absence means the file is some other checkpoint."""
+    if key not in state:
+        raise ModelError(f"model '{name}': checkpoint has no '{key}'; it is not the release medvlm reads")
+    return state[key]
+
+
 def drop_index_buffers(state: dict[str, torch.Tensor], suffix: str, expected: torch.Tensor | None,
                        name: str) -> list[str]:
     """Drop stale constant index buffers (e.g. BERT's `position_ids`) after checking their values.

@@ -28,7 +28,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from medvlm.errors import ModelError
 from medvlm.zoo import hf_parts
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
-from medvlm.zoo.checkpoints import checkpoint_file, load_exact, load_torch_checkpoint, take
+from medvlm.zoo.checkpoints import checkpoint_file, load_exact, load_torch_checkpoint, required, take
 
 ARCHITECTURES = {"image_encoder.resnet.": "resnet50", "image_encoder.image_encoder.": "swin"}
 
@@ -154,9 +154,9 @@ def load_cxr_clip(entry: dict, spec: ModelSpec, location: str | None) -> ClipMod
     else:
         layers = [len({k.split(".")[3] for k in state if k.startswith(f"image_encoder.resnet.layer{i}.")})
                   for i in range(1, 5)]
-        width = state["image_encoder.resnet.layer1.0.conv1.weight"].shape[0]
+        width = required(state, "image_encoder.resnet.layer1.0.conv1.weight", spec.name).shape[0]
         image, image_dim, loaded = ResNetEncoder(layers, width), 512 * Bottleneck.expansion, ("text_encoder.",)
-    embed_dim = state["text_projection.projection.weight"].shape[0]
+    embed_dim = required(state, "text_projection.projection.weight", spec.name).shape[0]
     net = CXRCLIPNet(image, text, image_dim, embed_dim)
     load_exact(net, state, spec.name, "CXR-CLIP", loaded=loaded)
     preprocess = Preprocess(image_size=entry["image_size"], mean=tuple(entry["mean"]), std=tuple(entry["std"]),

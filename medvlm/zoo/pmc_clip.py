@@ -27,7 +27,7 @@ from torch import nn
 from medvlm.errors import ModelError
 from medvlm.zoo import hf_parts
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
-from medvlm.zoo.checkpoints import checkpoint_file, load_exact, load_torch_checkpoint, take
+from medvlm.zoo.checkpoints import checkpoint_file, load_exact, load_torch_checkpoint, required, take
 
 UNUSED_PREFIXES = ("fusion_module.", "mlm_projection", "img_special_token", "positional_embedding", "ln_final.")
 HEAD_WIDTH = 64
@@ -106,7 +106,7 @@ def _visual_from(state: dict[str, torch.Tensor], embed_dim: int, name: str) -> M
     layers = [len({k.split(".")[2] for k in state if k.startswith(f"visual.layer{i}.")}) for i in range(1, 5)]
     if not all(layers) or "visual.attnpool.positional_embedding" not in state:
         raise ModelError(f"model '{name}': checkpoint has no ModifiedResNet image encoder under 'visual.'")
-    width = state["visual.conv3.weight"].shape[0]
+    width = required(state, "visual.conv3.weight", name).shape[0]
     grid = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
     heads = width * 32 // HEAD_WIDTH
     visual = ModifiedResNet(layers, embed_dim, heads=heads, image_size=grid * 32, width=width)
@@ -123,10 +123,8 @@ def load_pmc_clip(entry: dict, spec: ModelSpec, location: str | None) -> ClipMod
     for prefix in UNUSED_PREFIXES:
         take(state, prefix)
     text_encoder = hf_parts.bert_from_state(take(state, "text_encoder."), entry["text_tower"], spec.name)
-    if "text_projection" not in state:
-        raise ModelError(f"model '{spec.name}': checkpoint {path} has no text_projection; it is not a PMC-CLIP checkpoint")
-    net = PMCCLIPNet(_visual_from(state, state["text_projection"].shape[1], spec.name), text_encoder,
-                     state["text_projection"].shape[1])
+    embed_dim = required(state, "text_projection", spec.name).shape[1]
+    net = PMCCLIPNet(_visual_from(state, embed_dim, spec.name), text_encoder, embed_dim)
     load_exact(net, state, spec.name, "PMC-CLIP", loaded=("text_encoder.",))
     preprocess = Preprocess(image_size=net.visual.image_size, mean=tuple(entry["mean"]), std=tuple(entry["std"]))
     spec.pin = {"model": str(path.resolve()), "sha256": weights_digest(path)}
