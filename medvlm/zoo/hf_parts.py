@@ -48,7 +48,8 @@ def tokenizer(repo_id: str, name: str) -> Any:
 def tokenize(tok: Any, texts: list[str], length: int) -> TextBatch:
     """Ids padded and cut to `length` tokens (special tokens included); counts the texts cut short."""
     full = tok(list(texts), add_special_tokens=True)["input_ids"]
-    enc = tok(list(texts), padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+    enc = tok(list(texts), padding="max_length", truncation=True, max_length=length, return_attention_mask=True,
+              return_tensors="pt")
     return TextBatch(enc["input_ids"], enc["attention_mask"].bool(), sum(len(ids) > length for ids in full))
 
 
