@@ -29,6 +29,16 @@ def test_open_clip_image_tokens_are_the_projected_patch_grid(tiny):
     torch.testing.assert_close(grid, every[:, 1:])
 
 
+def assert_trimmed_ids_give_the_same_states(model, text: TextBatch) -> None:
+    """Callers may drop trailing padding: the kept positions must get their full-context states."""
+    n = int(text.attention_mask.sum(dim=1).max())
+    with torch.no_grad():
+        full, _ = model.text_tokens(text)
+        trimmed, mask = model.text_tokens(TextBatch(text.input_ids[:, :n], text.attention_mask[:, :n]))
+    assert trimmed.shape[1] == n < full.shape[1] and mask.shape == (len(text), n)
+    torch.testing.assert_close(trimmed, full[:, :n])
+
+
 def test_open_clip_text_tokens_hold_the_text_embedding_at_eot(tiny):
     text = tiny.tokenize(["is there a fracture?", "which organ is shown in this image"])
     with torch.no_grad():
@@ -38,6 +48,24 @@ def test_open_clip_text_tokens_hold_the_text_embedding_at_eot(tiny):
     torch.testing.assert_close(states[torch.arange(2), eot], embedding)
     assert torch.equal(mask, text.attention_mask)
     assert mask.sum(dim=1).tolist() == (eot + 1).tolist()
+    assert_trimmed_ids_give_the_same_states(tiny, text)
+
+
+def test_non_causal_text_tower_sees_full_context_padding_even_from_trimmed_ids():
+    from medvlm.zoo.open_clip_model import OpenClipModel
+
+    torch.manual_seed(0)
+    net = open_clip.CLIP(embed_dim=16, vision_cfg={"layers": 1, "width": 16, "head_width": 8, "patch_size": 8, "image_size": 16},
+                         text_cfg={"context_length": 8, "vocab_size": 50, "width": 16, "heads": 2, "layers": 1,
+                                   "no_causal_mask": True}).eval()
+    net.visual.preprocess_cfg = {"size": 16, "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    model = OpenClipModel(net, type("Tok", (), {"context_length": 8})(), ModelSpec(name="bidi", source="test"))
+    ids = torch.tensor([[47, 5, 6, 49, 0, 0, 0, 0], [47, 5, 6, 7, 8, 49, 0, 0]])
+    text = TextBatch(ids, ids != 0)
+    with torch.no_grad():
+        states, _ = model.text_tokens(text)
+        torch.testing.assert_close(states[torch.arange(2), ids.argmax(dim=1)], model.encode_text(text))
+    assert_trimmed_ids_give_the_same_states(model, text)
 
 
 def test_open_clip_resnet_tokens_are_feature_map_cells():
@@ -73,6 +101,7 @@ def test_open_clip_timm_tower_and_separate_text_tower_tokens_match_their_embeddi
         torch.testing.assert_close(model.image_tokens(pixels), net.visual.head(features[:, 1:]))
         states, _ = model.text_tokens(text)
         torch.testing.assert_close(states[torch.arange(2), ids.argmax(dim=1)], model.encode_text(text))
+    assert_trimmed_ids_give_the_same_states(model, text)
 
 
 def test_transformers_clip_tokens_match_its_embeddings():
@@ -101,6 +130,7 @@ def test_transformers_clip_tokens_match_its_embeddings():
         cls = model.net.visual_projection(model.net.vision_model.post_layernorm(vision[:, 0]))
         torch.testing.assert_close(cls, model.encode_image(pixels))
     assert grid.shape == (2, 16, 8) and torch.equal(mask, text.attention_mask)
+    assert_trimmed_ids_give_the_same_states(model, text)
 
 
 def _head_inputs(seed: int = 0):

@@ -65,7 +65,7 @@ class Questions:
         distinct = sorted(set(pd.concat([data.splits[s]["question"] for s in SPLITS])))
         index = {q: i for i, q in enumerate(distinct)}
         tokens, max_len = tokenize_questions(clip, distinct)
-        rows = {s: torch.as_tensor(data.splits[s]["question"].map(index).to_numpy(np.int64)) for s in SPLITS}
+        rows = {s: torch.tensor(data.splits[s]["question"].map(index).to_numpy(np.int64)) for s in SPLITS}
         return cls(tokens, rows, max_len)
 
 
@@ -76,7 +76,7 @@ def targets_of(data: VQAData, vocab: AnswerVocab) -> dict[str, torch.Tensor]:
 
 
 def image_rows(data: VQAData, split: str) -> torch.Tensor:
-    return torch.as_tensor(data.splits[split]["image_index"].to_numpy(np.int64))
+    return torch.tensor(data.splits[split]["image_index"].to_numpy(np.int64))
 
 
 def encoder_sets(data: VQAData, questions: Questions, targets: dict[str, torch.Tensor]) -> dict[str, VQARows]:
@@ -97,7 +97,7 @@ def cached_sets(clip: ClipModel, data: VQAData, questions: Questions, targets: d
     packed = torch.stack([questions.tokens.input_ids, questions.tokens.attention_mask.long()], dim=1)
     states, _ = cached_features(clip, TensorRows(packed, torch.arange(len(packed))), cfg.eval_batch_size, device,
                                 cfg.precision, kind=f"vqa_text_tokens:{n}",
-                                encode=lambda x: clip.text_tokens(TextBatch(x[:, 0], x[:, 1].bool()))[0][:, :n])
+                                encode=lambda x: clip.text_tokens(TextBatch(x[:, 0, :n], x[:, 1, :n].bool()))[0])
     mask = questions.tokens.attention_mask[:, :n].bool()
     return {s: VQARows({"image_tokens": (grids, image_rows(data, s)), "text_tokens": (states, questions.rows[s]),
                         "text_mask": (mask, questions.rows[s])}, targets[s])

@@ -147,8 +147,9 @@ class BANHead(nn.Module):
 class VQAModel(nn.Module):
     """CLIP token grids into the BAN head; takes uint8 images and question token ids from the loader.
 
-    The question states are cut after the batch's longest question: padding carries no
-    information and the head ignores it.
+    Token ids are cut after the batch's longest question (right padding) before the text
+    tower runs: `text_tokens` gives the real tokens the states a full-context forward gives
+    them, and the head ignores padding, so this only saves compute.
     """
 
     def __init__(self, clip: ClipModel, head: BANHead):
@@ -157,9 +158,10 @@ class VQAModel(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         v = self.clip.image_tokens(to_model_input(inputs["images"], self.clip.preprocess))
-        q, mask = self.clip.text_tokens(TextBatch(inputs["input_ids"], inputs["attention_mask"].bool()))
+        mask = inputs["attention_mask"].bool()
         n = int(mask.sum(dim=1).max())
-        return self.head(v, q[:, :n], mask[:, :n])
+        q, mask = self.clip.text_tokens(TextBatch(inputs["input_ids"][:, :n], mask[:, :n]))
+        return self.head(v, q, mask)
 
 
 class CachedVQA(nn.Module):

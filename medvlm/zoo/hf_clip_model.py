@@ -44,7 +44,11 @@ class HFClipModel(ClipModel):
         return self.net.visual_projection(self.net.vision_model.post_layernorm(hidden[:, 1:]))
 
     def text_tokens(self, text: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every token's final-normed state, projected: ([B, L, D], mask [B, L]); the EOS state is the embedding."""
+        """Every token's final-normed state, projected: ([B, L, D], mask [B, L]); the EOS state is the embedding.
+
+        `L` may be shorter than the context (trailing padding dropped): the tower is causal and
+        masks padding, so real tokens get the states of a full-context forward.
+        """
         out = self.net.text_model(input_ids=text.input_ids, attention_mask=text.attention_mask.long())
         return self.net.text_projection(out.last_hidden_state), text.attention_mask
 

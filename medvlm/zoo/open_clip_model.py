@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
@@ -73,24 +74,37 @@ class OpenClipModel(ClipModel):
         """States of every token of the last block, final-normed and projected: ([B, L, D], mask [B, L]).
 
         The pooled text embedding is one of these states (CLIP: the EOT token's; BERT towers:
-        the CLS token's) before pooling. Padded positions hold whatever the tower computed
-        there; consumers must use the mask (causal towers never let padding change the real
-        tokens' states; BERT towers mask it in attention).
+        the CLS token's) before pooling. `L` may be shorter than the context length (callers
+        drop trailing padding to save compute): every position gets the state it has in a
+        full-context forward. Causal towers never let later (padding) tokens reach earlier
+        ones and BERT towers mask padding, so both run on the ids as given; other towers see
+        the padding they were trained with. Padded positions hold whatever the tower computed
+        there; consumers must use the mask.
         """
-        text_tower = getattr(self.net, "text", None)
-        if text_tower is None:
-            states = self.net.forward_intermediates(text=text.input_ids, text_indices=1, intermediates_only=True,
-                                                    normalize_intermediates=True)["text_intermediates"][-1]
-            projection = self.net.text_projection
-        elif hasattr(text_tower, "pooler"):
-            states = text_tower.transformer(input_ids=text.input_ids,
-                                            attention_mask=text.attention_mask.long()).last_hidden_state
-            projection = text_tower.proj
+        tower = getattr(self.net, "text", None)
+        if tower is not None and hasattr(tower, "pooler"):
+            states = tower.transformer(input_ids=text.input_ids,
+                                       attention_mask=text.attention_mask.long()).last_hidden_state
+            return _project(states, tower.proj), text.attention_mask
+        tower = self.net if tower is None else tower
+        n = text.input_ids.shape[1]
+        if tower.attn_mask is not None:
+            x = tower.token_embedding(text.input_ids) + tower.positional_embedding[:n]
+            states = tower.ln_final(tower.transformer(x, attn_mask=tower.attn_mask[:n, :n]))
         else:
-            states = text_tower.forward_intermediates(text.input_ids, indices=1, intermediates_only=True,
-                                                      normalize_intermediates=True, output_fmt="NLC")["text_intermediates"][-1]
-            projection = text_tower.text_projection
-        return _project(states, projection), text.attention_mask
+            full = F.pad(text.input_ids, (0, self.spec.context_length - n), value=self._pad_id())
+            states = self._full_context_states(full)[:, :n]
+        return _project(states, tower.text_projection), text.attention_mask
+
+    def _full_context_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """Final-normed last-block states of a non-causal open_clip text transformer on full-context ids."""
+        if getattr(self.net, "text", None) is None:
+            out = self.net.forward_intermediates(text=ids, text_indices=1, intermediates_only=True,
+                                                 normalize_intermediates=True)
+        else:
+            out = self.net.text.forward_intermediates(ids, indices=1, intermediates_only=True,
+                                                      normalize_intermediates=True, output_fmt="NLC")
+        return out["text_intermediates"][-1]
 
     def logit_scale(self) -> torch.Tensor:
         return self.net.logit_scale.exp()
