@@ -105,8 +105,10 @@ def open_storage(cfg: StudyConfig):
 
     url = storage_url(cfg.storage)
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
-                                          heartbeat_stale_trial_callback=RetryKilled(cfg.max_retry))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
+                                              heartbeat_stale_trial_callback=RetryKilled(cfg.max_retry))
     except (SQLAlchemyError, ValueError, ImportError) as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot open the Optuna storage {redacted(url)} ({reason}); start the database "
