@@ -121,7 +121,7 @@ def assert_preprocess_reaches_pixels(model: ClipModel, size: int, mean: tuple, s
 
 
 def assert_tasks_run(model: ClipModel, class_prompts: list[list[str]], captions: list[str]) -> None:
-    """Zero-shot classification, retrieval and the VQA token grids run and are well-formed."""
+    """Zero-shot classification, retrieval and the VQA token grids run and are well-formed; strategies find their modules."""
     images = uint8_images(len(captions))
     with torch.no_grad():
         pixels = to_model_input(images, model.preprocess)
@@ -139,6 +139,7 @@ def assert_tasks_run(model: ClipModel, class_prompts: list[list[str]], captions:
     assert 0.0 <= result.metrics["image_to_text_R@1"] <= 1.0
     assert grid.ndim == 3 and grid.shape[0] == len(captions) and grid.shape[1] > 1 and torch.isfinite(grid).all()
     assert states.shape[:2] == mask.shape and mask.dtype == torch.bool and mask.any(dim=1).all()
+    assert_strategy_targets(model)
 
 
 # transformers 5 Swin names -> the names transformers 4.x saved (the CXR-CLIP and MedCLIP releases)
@@ -168,3 +169,21 @@ def legacy_swin(seed: int = 3) -> tuple[dict[str, torch.Tensor], dict[str, torch
             key = key.replace(new, old)
         saved[key] = value
     return saved, state
+
+
+def assert_strategy_targets(model: ClipModel) -> None:
+    """The entry's `partial` names real parameters and its LoRA suffixes hit Linear layers only, in each tower."""
+    import re
+
+    from medvlm.strategies import get_strategy
+    from medvlm.strategies.lora import lora_target_regex
+
+    get_strategy("partial").prepare(model, None)
+    assert any(p.requires_grad for p in model.parameters())
+    for prefix, suffixes in ((model.spec.vision_prefix, model.spec.lora_vision),
+                             (model.spec.text_prefix, model.spec.lora_text)):
+        if not suffixes:
+            continue
+        pattern = lora_target_regex([prefix], suffixes)
+        hits = [m for name, m in model.net.named_modules() if re.fullmatch(pattern, name)]
+        assert hits and all(isinstance(m, torch.nn.Linear) for m in hits), (prefix, suffixes)
