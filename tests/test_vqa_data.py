@@ -137,3 +137,19 @@ def test_vqa_rows_gather_shared_tables_per_batch():
     assert torch.equal(inputs["images"], images[[2, 2]]) and torch.equal(inputs["ids"], ids[[1, 3]])
     assert torch.equal(targets, torch.tensor([[7, 1], [5, 1]]))
     assert len(rows) == 3 and rows.digest() == VQARows(rows.fields, rows.targets.clone()).digest()
+
+
+def test_train_fraction_subsamples_training_rows_keeping_the_open_closed_share(tmp_path):
+    from medvlm.config import build_config
+    from medvlm.experiments.vqa import apply_train_fraction
+
+    write_slake(tmp_path / "slake", images_per_split={"train": 10, "val": 4, "test": 2})
+    cfg = build_config({"model": "m", "dataset": "slake", "task": "vqa", "train_fraction": 0.4, "subsample_seed": 3})
+    data = apply_train_fraction(load_vqa("slake", data_root=tmp_path, image_size=8), cfg)
+    train = data.splits["train"]
+    assert len(train) == 12 and int(train["closed"].sum()) == 4
+    assert len(data.splits["val"]) == 12 and len(data.splits["test"]) == 6
+    again = apply_train_fraction(load_vqa("slake", data_root=tmp_path, image_size=8), cfg)
+    assert again.splits["train"].equals(train)
+    both = apply_train_fraction(load_vqa("slake", data_root=tmp_path, image_size=8), cfg.model_copy(update={"subsample_val": True}))
+    assert len(both.splits["val"]) == 5

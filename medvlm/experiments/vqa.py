@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from medvlm.config import RunConfig
 from medvlm.data.base import TensorRows
+from medvlm.data.subsample import stratified_indices
 from medvlm.data.transforms import to_model_input
 from medvlm.data.vqa import SPLITS, VQAData, VQARows, load_vqa
 from medvlm.engine.features import cached_features
@@ -67,6 +68,16 @@ class Questions:
         tokens, max_len = tokenize_questions(clip, distinct)
         rows = {s: torch.tensor(data.splits[s]["question"].map(index).to_numpy(np.int64)) for s in SPLITS}
         return cls(tokens, rows, max_len)
+
+
+def apply_train_fraction(data: VQAData, cfg: RunConfig) -> VQAData:
+    """`train_fraction` of the training QA rows (and validation with `subsample_val`), keeping the open/closed share."""
+    chosen = ("train", "val") if cfg.subsample_val else ("train",)
+    for name in chosen:
+        rows = data.splits[name]
+        keep = stratified_indices(rows["closed"].to_numpy(np.int64), cfg.train_fraction, cfg.subsample_seed)
+        data.splits[name] = rows.iloc[keep].reset_index(drop=True)
+    return data
 
 
 def targets_of(data: VQAData, vocab: AnswerVocab) -> dict[str, torch.Tensor]:
@@ -194,6 +205,7 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
     clip = create_model(cfg.model, device=device)
     data = load_vqa(cfg.dataset, data_root=cfg.data_root, image_size=clip.preprocess.image_size, split=cfg.split,
                     seed=cfg.seed, image_column=cfg.image_column, max_rows=cfg.max_rows)
+    data = apply_train_fraction(data, cfg)
     log_lineage(data)
     trainval = pd.concat([data.splits["train"], data.splits["val"]])
     vocab = AnswerVocab.build(trainval["answer"], trainval["closed"])
