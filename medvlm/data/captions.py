@@ -21,8 +21,9 @@ column; without one only `mixed` (every row) applies.
 
 Splits: ROCO's folders (no `validation/` folder: validation = a seeded fifth of the training
 images); tables by file name (`train*`, `val*`/`validation*`, `test*`) or a `split` column, else
-image-based and seeded (test 20 % of the images, validation 20 % of the rest). Only the splits a
-run needs are read: zero-shot reads just `test`.
+image-based and seeded (test 20 % of the images, validation 20 % of the rest; a function of the
+table, missing files included, so a partial download splits its images the same way). Only the
+splits a run needs are read: zero-shot reads just `test`.
 
 Images stay encoded (paths or bytes) and are decoded a batch at a time at the model's input
 size (`IndexedImages`), since a ROCO training split does not fit in memory decoded.

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from medvlm.config import RunConfig
-from medvlm.errors import ConfigError
 
 
 def _classification(cfg: RunConfig) -> dict[str, float]:
@@ -20,14 +19,14 @@ def _vqa(cfg: RunConfig) -> dict[str, float]:
     return run_vqa(cfg)
 
 
-def _unavailable(task: str) -> Callable[[RunConfig], dict[str, float]]:
-    def run(cfg: RunConfig) -> dict[str, float]:
-        raise ConfigError(f"task={task} is not available in this medvlm build; use task=classification")
-    return run
+def _retrieval(cfg: RunConfig) -> dict[str, float]:
+    from medvlm.experiments.retrieval import run_retrieval
+
+    return run_retrieval(cfg)
 
 
 EXPERIMENTS: dict[str, Callable[[RunConfig], dict[str, float]]] = {
     "classification": _classification,
-    "retrieval": _unavailable("retrieval"),
+    "retrieval": _retrieval,
     "vqa": _vqa,
 }

@@ -1,0 +1,226 @@
+"""One image-text retrieval experiment: zero-shot or contrastive fine-tuning, recall@k on the whole
+test split, tracked.
+
+Strategies: `zeroshot` embeds the test gallery with the frozen model; `partial`, `full` and
+`lora` fine-tune with symmetric InfoNCE (`medvlm.tasks.retrieval`), stop early on the validation
+loss and embed the test gallery with the best weights. The gallery is the whole test split, each
+image and caption embedded once; recall is computed in chunks (`medvlm.metrics.retrieval`).
+
+MLflow metric names cannot hold '@', so recall@k is logged as `..._R<k>`:
+`test_image_to_text_R1`, `test_text_to_image_R10`, `val_image_to_text_R5` per epoch. Also logged:
+`test_mean_recall` (mean of the six), median ranks, per split the image/caption counts, captions
+the tokenizer truncated, duplicate captions and skipped rows; a table of the worst-ranked queries
+and the recall@k-against-k curve (plot and table).
+"""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from medvlm.config import RunConfig
+from medvlm.data.captions import SPLITS, CaptionData, CaptionSplit, load_captions
+from medvlm.engine.trainer import Checkpoints, count_trainable, fit, make_accelerator
+from medvlm.errors import ConfigError
+from medvlm.metrics.retrieval import DEFAULT_KS, RetrievalResult, retrieval_metrics
+from medvlm.strategies import get_strategy
+from medvlm.tasks.retrieval import DualEncoder, TokenizedPairs, blockwise_info_nce, embed_gallery, unpack
+from medvlm.tracking import plots
+from medvlm.tracking.session import log_dataset, log_epoch, replay_epochs
+from medvlm.zoo import create_model
+from medvlm.zoo.base import TextBatch
+
+STRATEGIES = ("zeroshot", "partial", "full", "lora")
+CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
+WORST_QUERIES = 50
+DIRECTIONS = ("image_to_text", "text_to_image")
+
+
+def metric_names(metrics: dict[str, float]) -> dict[str, float]:
+    """`image_to_text_R@1` -> `image_to_text_R1`: MLflow metric names allow no '@'."""
+    return {k.replace("@", ""): v for k, v in metrics.items()}
+
+
+def summary(result: RetrievalResult) -> dict[str, float]:
+    """Recall@1/5/10 both ways, their mean, and the median rank of each direction."""
+    scores = metric_names(result.metrics)
+    scores["mean_recall"] = float(np.mean([scores[f"{d}_R{k}"] for d in DIRECTIONS for k in DEFAULT_KS]))
+    for direction, ranks in zip(DIRECTIONS, (result.i2t_ranks, result.t2i_ranks)):
+        scores[f"{direction}_median_rank"] = float(ranks.float().median())
+    return scores
+
+
+def pair_recall(outputs: torch.Tensor, targets: torch.Tensor) -> RetrievalResult:
+    """Recall over a set of embedded pairs (targets [N, 2] = pair index, image index); an image
+    several pairs show enters the gallery once."""
+    image, text, _ = unpack(outputs)
+    images, text_to_image = torch.unique(targets[:, 1], return_inverse=True)
+    first = torch.full((len(images),), len(targets)).scatter_reduce_(0, text_to_image, torch.arange(len(targets)), "amin")
+    return retrieval_metrics(image[first], text, text_to_image)
+
+
+class RetrievalObjective:
+    """Blockwise symmetric InfoNCE (blocks of the training batch size) and recall on the pairs."""
+
+    def __init__(self, module: DualEncoder, block: int):
+        self.module, self.block = module, block
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return blockwise_info_nce(outputs, self.block)
+
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        scores = summary(pair_recall(outputs, targets))
+        return {k: v for k, v in scores.items() if "median" not in k}
+
+
+def log_lineage(data: CaptionData) -> None:
+    for name, split in data.splits.items():
+        log_dataset(f"{data.name}/{name}", data.source, split.digest(), context=name,
+                    extra={"images": split.n_images, "captions": len(split.captions), "subset": data.subset,
+                           "split": data.split, "skipped": split.skipped})
+
+
+def log_counts(data: CaptionData, tokens: dict[str, TextBatch]) -> None:
+    """Per split: images, captions, captions cut by the tokenizer, duplicate captions, skipped rows."""
+    counts = {}
+    for name, split in data.splits.items():
+        counts.update({f"n_{name}_images": split.n_images, f"n_{name}_captions": len(split.captions),
+                       f"{name}_captions_truncated": tokens[name].truncated,
+                       f"{name}_duplicate_captions": split.duplicate_captions,
+                       **{f"{name}_skipped_{why}": n for why, n in split.skipped.items()}})
+    mlflow.log_metrics(counts)
+
+
+@torch.no_grad()
+def worst_queries(result: RetrievalResult, image_emb: torch.Tensor, text_emb: torch.Tensor, split: CaptionSplit,
+                  n: int = WORST_QUERIES) -> pd.DataFrame:
+    """The n worst-ranked queries of each direction: the query, its image, the rank and score of its best
+    positive, and what came first instead (with that item's image, which shows a duplicate caption winning)."""
+    names, captions, t2i = split.image_names, split.captions, split.text_to_image
+    frames = []
+    for direction, ranks in zip(DIRECTIONS, (result.i2t_ranks, result.t2i_ranks)):
+        to_text = direction == "image_to_text"
+        query, gallery = (image_emb, text_emb) if to_text else (text_emb, image_emb)
+        order = torch.argsort(ranks, descending=True, stable=True)[:n]
+        scores = (query[order.to(query.device)] @ gallery.T).float().cpu()
+        query_image = order if to_text else t2i[order]
+        gallery_image = t2i if to_text else torch.arange(split.n_images)
+        positive = scores.masked_fill(gallery_image[None, :] != query_image[:, None], -torch.inf).max(dim=1)
+        top = scores.max(dim=1)
+        item = (lambda j: captions[j]) if to_text else (lambda j: names[j])
+        frames.append(pd.DataFrame({
+            "direction": direction,
+            "query_index": order.numpy(),
+            "query": [names[i] if to_text else captions[i] for i in order.tolist()],
+            "query_image": [names[i] for i in query_image.tolist()],
+            "rank": ranks[order].numpy(),
+            "best_positive": [item(j) for j in positive.indices.tolist()],
+            "positive_score": positive.values.numpy(),
+            "top1": [item(j) for j in top.indices.tolist()],
+            "top1_image": [names[i] for i in gallery_image[top.indices].tolist()],
+            "top1_score": top.values.numpy(),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def recall_curve(result: RetrievalResult) -> pd.DataFrame:
+    """Recall@k for k in CURVE_KS up to each direction's gallery size (and at the full gallery)."""
+    rows = []
+    for direction, ranks, gallery in (("image_to_text", result.i2t_ranks, len(result.t2i_ranks)),
+                                      ("text_to_image", result.t2i_ranks, len(result.i2t_ranks))):
+        for k in sorted({k for k in CURVE_KS if k < gallery} | {gallery}):
+            rows.append({"direction": direction, "k": k, "recall": float((ranks <= k).float().mean())})
+    return pd.DataFrame(rows)
+
+
+def recall_figure(curve: pd.DataFrame) -> Figure:
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for direction, part in curve.groupby("direction"):
+        ax.plot(part["k"], part["recall"], marker="o", label=direction.replace("_", " "))
+    ax.set(xscale="log", xlabel="k", ylabel="recall@k", ylim=(0, 1.02), title="recall@k (test)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def log_test_results(result: RetrievalResult, image_emb: torch.Tensor, text_emb: torch.Tensor,
+                     split: CaptionSplit, history: list[dict[str, float]]) -> dict[str, float]:
+    metrics = {f"test_{k}": v for k, v in summary(result).items()}
+    mlflow.log_metrics(metrics)
+    mlflow.log_table(worst_queries(result, image_emb, text_emb, split), "worst_queries.json")
+    curve = recall_curve(result)
+    mlflow.log_table(curve, "recall_at_k.json")
+    mlflow.log_figure(recall_figure(curve), "plots/recall_at_k.png")
+    if history:
+        fig = plots.learning_curves_figure(history)
+        mlflow.log_figure(fig, "plots/learning_curves.png")
+        plots.close(fig)
+    return metrics
+
+
+def _check_strategy(cfg: RunConfig) -> None:
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"task=retrieval has no head for strategy={cfg.strategy} to train; use strategy=partial, "
+                          f"full or lora (or `medvlm zeroshot`)")
+
+
+def run_retrieval(cfg: RunConfig) -> dict[str, float]:
+    """Run inside an active MLflow run; returns the test metrics."""
+    _check_strategy(cfg)
+    accelerator = make_accelerator(cfg)
+    device = accelerator.device
+    clip = create_model(cfg.model, device=device)
+    zeroshot = cfg.strategy == "zeroshot"
+    data = load_captions(cfg.dataset, data_root=cfg.data_root, subset=cfg.subset,
+                         splits=("test",) if zeroshot else SPLITS, seed=cfg.seed, image_column=cfg.image_column,
+                         caption_column=cfg.caption_column)
+    log_lineage(data)
+    tokens = {name: clip.tokenize(split.captions) for name, split in data.splits.items()}
+    log_counts(data, tokens)
+    clip = get_strategy(cfg.strategy).prepare(clip, cfg)
+    encoder = DualEncoder(clip)
+    mlflow.log_metric("trainable_params", count_trainable(encoder))
+
+    history: list[dict[str, float]] = []
+    if not zeroshot:
+        size = clip.preprocess.image_size
+        sets = {s: TokenizedPairs(data.splits[s].pairs(size), tokens[s]) for s in ("train", "val")}
+        checkpoints = Checkpoints(cfg.checkpoint_dir, mlflow.active_run().info.run_id)
+        fitted = fit(RetrievalObjective(encoder, cfg.batch_size), sets["train"], sets["val"], cfg, accelerator,
+                     checkpoints, log_epoch, replay_epochs)
+        history = fitted.history
+        mlflow.log_metrics({"train_images_per_s": fitted.images_per_s, "best_epoch": fitted.best_epoch + 1,
+                            "epochs_run": fitted.epochs_run})
+        selection = ("val_mean_recall", history[fitted.best_epoch]["val_mean_recall"], True)
+
+    test = data.splits["test"]
+    t0 = time.perf_counter()
+    image_emb, text_emb = embed_gallery(encoder, test, tokens["test"], cfg.eval_batch_size, device, cfg.precision,
+                                        cache=zeroshot, num_workers=cfg.num_workers)
+    mlflow.log_metric("embed_gallery_s", time.perf_counter() - t0)
+    image_emb, text_emb = image_emb.to(device), text_emb.to(device)
+    result = retrieval_metrics(image_emb, text_emb, test.text_to_image.to(device))
+    metrics = log_test_results(result, image_emb, text_emb, test, history)
+
+    if cfg.strategy == "lora" and cfg.register_adapter:
+        register(cfg, encoder, data, selection)
+    if not zeroshot:
+        checkpoints.clear()
+    return metrics
+
+
+def register(cfg: RunConfig, encoder: DualEncoder, data: CaptionData, selection: tuple[str, float, bool]) -> None:
+    """Log the LoRA adapter as `medvlm-<model>-<dataset>-retrieval`, a model that embeds images and texts."""
+    from medvlm.tracking.adapter_model import log_adapter, registered_name
+    from medvlm.tracking.retrieval_adapter_model import RetrievalAdapterModel
+
+    meta = {"model": cfg.model, "pin": encoder.clip.spec.pin, "task": "retrieval", "dataset": cfg.dataset,
+            "subset": data.subset}
+    log_adapter(RetrievalAdapterModel(), encoder.clip.net, {}, meta,
+                registered_name(cfg.model, cfg.dataset, "retrieval"), selection)
