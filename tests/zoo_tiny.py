@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from medvlm.data.transforms import to_model_input
 from medvlm.metrics import retrieval_metrics
 from medvlm.tasks.classification import LinearHead, zero_shot_head_weights
-from medvlm.zoo.base import ClipModel
+from medvlm.zoo.base import ClipModel, TextBatch
 
 WORDS = ["a", "an", "photo", "image", "of", "the", "chest", "x", "-", "ray", "breast", "ultrasound", "normal",
          "benign", "malignant", "tumor", "lesion", "no", "finding", "pneumonia", "showing", "or", ".", "ct",
@@ -133,12 +133,17 @@ def assert_tasks_run(model: ClipModel, class_prompts: list[list[str]], captions:
         result = retrieval_metrics(F.normalize(image_emb.float(), dim=-1), F.normalize(text_emb.float(), dim=-1),
                                    torch.arange(len(captions)))
         grid = model.image_tokens(pixels)
-        states, mask = model.text_tokens(model.tokenize(captions))
+        tokens = model.tokenize(captions)
+        states, mask = model.text_tokens(tokens)
+        n = int(tokens.attention_mask.sum(dim=1).max())
+        short, _ = model.text_tokens(TextBatch(tokens.input_ids[:, :n], tokens.attention_mask[:, :n]))
     assert image_emb.shape == (len(captions), model.embed_dim) and text_emb.shape == image_emb.shape
     assert torch.allclose(probs.sum(-1), torch.ones(len(captions))) and torch.isfinite(probs).all()
     assert 0.0 <= result.metrics["image_to_text_R@1"] <= 1.0
     assert grid.ndim == 3 and grid.shape[0] == len(captions) and grid.shape[1] > 1 and torch.isfinite(grid).all()
     assert states.shape[:2] == mask.shape and mask.dtype == torch.bool and mask.any(dim=1).all()
+    real = mask[:, :n]  # ids cut after the longest text must give the real tokens their full-context states
+    torch.testing.assert_close(short[real], states[:, :n][real], rtol=1e-4, atol=1e-5)
     assert_strategy_targets(model)
 
 

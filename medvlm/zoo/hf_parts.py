@@ -53,6 +53,15 @@ def tokenize(tok: Any, texts: list[str], length: int) -> TextBatch:
     return TextBatch(enc["input_ids"], enc["attention_mask"].bool(), sum(len(ids) > length for ids in full))
 
 
+def full_context(text: TextBatch, length: int, pad_id: int) -> TextBatch:
+    """Ids right-padded back to `length` (callers may cut trailing padding off), for towers that attend to padding."""
+    missing = length - text.input_ids.shape[1]
+    if missing <= 0:
+        return text
+    return TextBatch(torch.nn.functional.pad(text.input_ids, (0, missing), value=pad_id),
+                     torch.nn.functional.pad(text.attention_mask, (0, missing), value=False), text.truncated)
+
+
 def bert_from_state(state: dict[str, torch.Tensor], repo_id: str, name: str) -> nn.Module:
     """A BERT text tower (no pooler) with exactly the checkpoint's weights.
 

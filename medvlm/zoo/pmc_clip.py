@@ -84,8 +84,13 @@ class PMCCLIPModel(ClipModel):
         return self.net.visual(pixels)
 
     def _states(self, text: TextBatch) -> torch.Tensor:
-        """BERT states as PMC-CLIP computes them: no attention mask, padding attended."""
-        return self.net.text_encoder(input_ids=text.input_ids).last_hidden_state
+        """BERT states as PMC-CLIP computes them: ids padded to 77, no attention mask, padding attended.
+
+        Ids cut short by a caller are padded back first, so every position gets its full-context state.
+        """
+        n = text.input_ids.shape[1]
+        full = hf_parts.full_context(text, self.spec.context_length, self.tokenizer.pad_token_id)
+        return self.net.text_encoder(input_ids=full.input_ids).last_hidden_state[:, :n]
 
     def encode_text(self, text: TextBatch) -> torch.Tensor:
         return self._states(text)[:, 0] @ self.net.text_projection

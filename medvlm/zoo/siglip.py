@@ -42,6 +42,8 @@ class SiglipClipModel(ClipModel):
         return hf_parts.tokenize(self.tokenizer, texts, self.spec.context_length)
 
     def _text(self, text: TextBatch):
+        """The text tower on full-length ids (it pools the last position; without a mask padding is attended)."""
+        text = hf_parts.full_context(text, self.spec.context_length, self.tokenizer.pad_token_id)
         mask = text.attention_mask.long() if self.pass_mask else None
         return self.net.text_model(input_ids=text.input_ids, attention_mask=mask)
 
@@ -56,8 +58,12 @@ class SiglipClipModel(ClipModel):
         return self.net.vision_model(pixel_values=pixels).last_hidden_state
 
     def text_tokens(self, text: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final-normed token states through the text `head`; the last position's is the embedding."""
-        return self.net.text_model.head(self._text(text).last_hidden_state), text.attention_mask
+        """Final-normed token states through the text `head`; the last position's is the embedding.
+
+        Ids cut short by a caller get the states of the full 64-token forward.
+        """
+        n = text.input_ids.shape[1]
+        return self.net.text_model.head(self._text(text).last_hidden_state[:, :n]), text.attention_mask
 
     def logit_scale(self) -> torch.Tensor:
         return self.net.logit_scale.exp()
