@@ -9,7 +9,7 @@ from medvlm.config import RunConfig
 
 TRAINING_ONLY = {"strategy", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "grad_accum", "patience",
                  "head_init", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_text", "register_adapter",
-                 "resume", "checkpoint_dir"}
+                 "resume", "checkpoint_dir", "vqa_hidden", "vqa_glimpses"}
 
 
 def entry_point_params() -> dict[str, list[str]]:

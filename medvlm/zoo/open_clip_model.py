@@ -39,10 +39,18 @@ class OpenClipModel(ClipModel):
             return [len(ids) for ids in hf(texts, add_special_tokens=True)["input_ids"]]
         return [len(self.tokenizer.encode(t)) + 2 for t in texts]
 
+    def _real_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Mask of real tokens. CLIP's BPE pads with id 0, which is also the token '!', so the mask
+        runs up to the end-of-text token (the largest id) instead of comparing with the pad id."""
+        if getattr(self.tokenizer, "tokenizer", None) is not None:
+            return ids != self._pad_id()
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return positions.unsqueeze(0) <= ids.argmax(dim=1, keepdim=True)
+
     def tokenize(self, texts: list[str]) -> TextBatch:
         ids = self.tokenizer(list(texts))
         truncated = sum(n > self.spec.context_length for n in self._token_counts(list(texts)))
-        return TextBatch(ids, ids != self._pad_id(), truncated)
+        return TextBatch(ids, self._real_tokens(ids), truncated)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net.encode_image(pixels)
