@@ -64,12 +64,12 @@ def test_zeroshot_head_is_logit_scale_times_cosine(workdir, tiny_model_dir):
 
     from medvlm.data.registry import load_classification
     from medvlm.data.transforms import to_model_input
-    from medvlm.tasks.classification import ImageClassifier, LinearHead, zero_shot_head_weights
+    from medvlm.tasks.classification import ImageClassifier, LinearHead, zero_shot_head
 
     clip = create_model(f"local-dir:{tiny_model_dir}")
     data = load_classification("breastmnist", data_root=BREAST_ROOT, size=28)
     head = LinearHead(clip.embed_dim, 2)
-    head.set_zero_shot(zero_shot_head_weights(clip, data.prompts, data.class_names, data.kind))
+    head.set_zero_shot(zero_shot_head(clip, data.prompts, data.class_names, data.kind))
     images = data.splits["test"].images[:8]
     with torch.no_grad():
         logits = ImageClassifier(clip, head)(images)
@@ -80,7 +80,7 @@ def test_zeroshot_head_is_logit_scale_times_cosine(workdir, tiny_model_dir):
             classes.append(F.normalize(emb, dim=-1))
         expected = clip.logit_scale() * img @ torch.stack(classes).T
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-5)
-    swapped = zero_shot_head_weights(clip, data.prompts[::-1], data.class_names[::-1], data.kind)
+    swapped, _ = zero_shot_head(clip, data.prompts[::-1], data.class_names[::-1], data.kind)
     torch.testing.assert_close(swapped, head.linear.weight.flip(0))
 
 

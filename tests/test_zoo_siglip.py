@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from medvlm.data.transforms import to_model_input
 from medvlm.errors import ModelError
-from medvlm.tasks.classification import LinearHead, zero_shot_head_weights
+from medvlm.tasks.classification import LinearHead, zero_shot_head
 from medvlm.zoo import create_model, zoo_entries
 from tests.zoo_tiny import (WORDS, assert_all_loaded, assert_preprocess_reaches_pixels, assert_tasks_run, randomise,
                             state_of, uint8_images)
@@ -97,7 +97,7 @@ def test_binary_zero_shot_is_the_bias_free_pairwise_softmax(model):
     with torch.no_grad():
         image = F.normalize(model.encode_image(pixels), dim=-1)
         head = LinearHead(model.embed_dim, 2)
-        head.set_zero_shot(zero_shot_head_weights(model, PROMPTS, ["malignant tumor", "normal or benign tissue"],
+        head.set_zero_shot(zero_shot_head(model, PROMPTS, ["malignant tumor", "normal or benign tissue"],
                                                   "binary"))
         p1 = head(image).softmax(-1)[:, 1]
         classes = F.normalize(model.encode_text(model.tokenize([p[0] for p in PROMPTS])), dim=-1)
@@ -105,6 +105,20 @@ def test_binary_zero_shot_is_the_bias_free_pairwise_softmax(model):
         s, b = model.logit_scale(), model.logit_bias()
     torch.testing.assert_close(p1, torch.sigmoid(s * (cos[:, 1] - cos[:, 0])))
     assert (torch.sigmoid(s * cos + b) < 0.5).all()  # why the biased sigmoid must not feed the 0.5 threshold
+
+
+def test_multilabel_zero_shot_is_siglip_own_sigmoid(model):
+    """Multi-label: each label's probability is sigmoid(s*cos + b), the model's own pairwise probability."""
+    from medvlm.tasks.classification import class_embeddings
+
+    pixels = to_model_input(uint8_images(4), model.preprocess)
+    names = ["malignant tumor", "normal or benign tissue"]
+    with torch.no_grad():
+        image = F.normalize(model.encode_image(pixels), dim=-1)
+        head = LinearHead(model.embed_dim, 2)
+        head.set_zero_shot(zero_shot_head(model, PROMPTS, names, "multilabel"))
+        expected = torch.sigmoid(model.logit_scale() * image @ class_embeddings(model, PROMPTS).T + model.logit_bias())
+        torch.testing.assert_close(torch.sigmoid(head(image)), expected)
 
 
 def test_preprocess_tasks_and_gated_message(weights, model, tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from medvlm.data.transforms import to_model_input
 from medvlm.metrics import retrieval_metrics
-from medvlm.tasks.classification import LinearHead, zero_shot_head_weights
+from medvlm.tasks.classification import LinearHead, zero_shot_head
 from medvlm.zoo.base import ClipModel, TextBatch
 
 WORDS = ["a", "an", "photo", "image", "of", "the", "chest", "x", "-", "ray", "breast", "ultrasound", "normal",
@@ -127,7 +127,7 @@ def assert_tasks_run(model: ClipModel, class_prompts: list[list[str]], captions:
         pixels = to_model_input(images, model.preprocess)
         image_emb = model.encode_image(pixels)
         head = LinearHead(model.embed_dim, len(class_prompts))
-        head.set_zero_shot(zero_shot_head_weights(model, class_prompts, [p[0] for p in class_prompts], "multiclass"))
+        head.set_zero_shot(zero_shot_head(model, class_prompts, [p[0] for p in class_prompts], "multiclass"))
         probs = head(image_emb).softmax(-1)
         text_emb = model.encode_text(model.tokenize(captions))
         result = retrieval_metrics(F.normalize(image_emb.float(), dim=-1), F.normalize(text_emb.float(), dim=-1),

@@ -22,7 +22,7 @@ from medvlm.tasks.classification import (
     LinearHead,
     classification_loss,
     head_outputs,
-    zero_shot_head_weights,
+    zero_shot_head,
 )
 from medvlm.tracking import plots
 from medvlm.tracking.session import log_dataset, log_epoch, replay_epochs
@@ -101,7 +101,7 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
     strategy = get_strategy(cfg.strategy)
     head = LinearHead(clip.embed_dim, head_outputs(data.kind, data.num_classes)).to(device)
     if cfg.strategy == "zeroshot" or cfg.head_init == "zeroshot":
-        head.set_zero_shot(zero_shot_head_weights(clip, data.prompts, data.class_names, data.kind))
+        head.set_zero_shot(zero_shot_head(clip, data.prompts, data.class_names, data.kind))
     if cfg.strategy == "zeroshot":
         head.requires_grad_(False)
     mlflow.log_dict({"class_names": data.class_names, "prompts": data.prompts}, "prompts.json")

@@ -43,20 +43,26 @@ def negated_prompts(prompts: list[list[str]], class_names: list[str]) -> list[li
             for class_prompts, name in zip(prompts, class_names)]
 
 
-def zero_shot_head_weights(model: ClipModel, prompts: list[list[str]], class_names: list[str],
-                           kind: LabelKind) -> torch.Tensor:
-    """Head weights that reproduce zero-shot logits.
+def zero_shot_head(model: ClipModel, prompts: list[list[str]], class_names: list[str],
+                   kind: LabelKind) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head weight and bias that reproduce zero-shot logits.
 
-    Binary/multi-class: `logit_scale * class_emb`, so softmax(head(x)) = softmax(s * cos).
-    Multi-label: per label, a 2-way softmax between positive and negated prompts equals
-    sigmoid(s * (cos_pos - cos_neg)), so the weight is `s * (pos - neg)`.
+    Binary/multi-class: `logit_scale * class_emb`, bias 0, so softmax(head(x)) = softmax(s * cos);
+    for SigLIP-style models the shared bias cancels in the softmax, so the same holds.
+    Multi-label, softmax-CLIP: per label a 2-way softmax between positive and negated prompts,
+    i.e. sigmoid(s * (cos_pos - cos_neg)), so the weight is `s * (pos - neg)`.
+    Multi-label, sigmoid models (SigLIP): their own per-pair probability sigmoid(s * cos + b).
     """
     scale = model.logit_scale().detach().float()
     positive = class_embeddings(model, prompts)
-    if kind == "multilabel":
-        negative = class_embeddings(model, negated_prompts(prompts, class_names))
-        return scale * (positive - negative)
-    return scale * positive
+    bias = torch.zeros(len(prompts), device=positive.device)
+    if kind != "multilabel":
+        return scale * positive, bias
+    logit_bias = model.logit_bias()
+    if logit_bias is not None:
+        return scale * positive, bias + logit_bias.detach().float().reshape(-1)[0]
+    negative = class_embeddings(model, negated_prompts(prompts, class_names))
+    return scale * (positive - negative), bias
 
 
 class LinearHead(nn.Module):
@@ -70,9 +76,10 @@ class LinearHead(nn.Module):
         return self.linear(F.normalize(embeddings.float(), dim=-1))
 
     @torch.no_grad()
-    def set_zero_shot(self, weights: torch.Tensor) -> None:
-        self.linear.weight.copy_(weights)
-        self.linear.bias.zero_()
+    def set_zero_shot(self, weight_and_bias: tuple[torch.Tensor, torch.Tensor]) -> None:
+        weight, bias = weight_and_bias
+        self.linear.weight.copy_(weight)
+        self.linear.bias.copy_(bias)
 
 
 class ImageClassifier(nn.Module):
