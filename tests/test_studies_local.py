@@ -4,6 +4,7 @@ failing trials, the `mlflow run` parent and the shared feature cache."""
 from __future__ import annotations
 
 import math
+import time
 
 import mlflow
 import optuna
@@ -12,10 +13,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import medvlm.engine.features as features
-from medvlm.cli import main
+from medvlm.cli import main, run_experiment
 from medvlm.data.medmnist import load_medmnist
 from medvlm.data.subsample import subsample
+from medvlm.studies.plan import build_plan
+from medvlm.studies.runner import claim, join_study, open_storage
+from medvlm.studies.spec import load_study_config
 from medvlm.studies.summary import metric_key
+from medvlm.tracking.session import ensure_tracking
 from tests.conftest import BREAST_ROOT, needs_breastmnist
 
 FRACTIONS = (0.1, 0.25, 0.5)
@@ -80,6 +85,8 @@ def test_ablation_on_real_breastmnist_gives_a_parent_with_one_child_per_fraction
     assert main(argv) == 0
     assert "3 complete, 0 failed, 0 queued" in capsys.readouterr().out
     assert len(children_of(client, parent)) == 3
+    assert main([*argv, "--summarize-only"]) == 0 and "10%" in capsys.readouterr().out
+    assert client.get_run(parent.info.run_id).data.metrics == parent.data.metrics  # the same summary, rewritten
     study = optuna.load_study(study_name="abl", storage="sqlite:///optuna.db")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
 
@@ -133,3 +140,31 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on_under_the_project_run
     assert study.user_attrs["mlflow_parent_run_id"] == project.info.run_id  # the project's run is the parent
     children = {c.data.params["dataset"]: c for c in children_of(client, client.get_run(project.info.run_id))}
     assert children["nosuchmnist"].info.status == "FAILED" and children["breastmnist"].info.status == "FINISHED"
+
+
+@needs_breastmnist
+def test_a_trial_whose_worker_died_after_its_run_finished_reuses_that_run(workdir, tiny_model_dir, capsys):
+    """The worst moment to die: the child run is FINISHED but Optuna was not told. The retry must not rerun it."""
+    flags = ["--model", f"local-dir:{tiny_model_dir}", "--dataset", "breastmnist", "--size", "28", "--data_root", str(BREAST_ROOT),
+             "--study", "late", "--heartbeat_interval", "1", "--grace_period", "2"]
+    run_flags = {"model": f"local-dir:{tiny_model_dir}", "dataset": "breastmnist", "size": 28, "data_root": str(BREAST_ROOT),
+                 "study": "late"}
+    cfg = load_study_config("sweep", None, {"heartbeat_interval": 1, "grace_period": 2})
+    plan = build_plan(cfg, run_flags)
+    ensure_tracking()
+    storage = open_storage(cfg)
+    study, parent = join_study(storage, cfg, plan, None)
+    trial_id = claim(storage, storage.get_study_id_from_name("late"))
+    number = storage.get_trial(trial_id).number
+    mlflow.set_experiment(experiment_id=parent.experiment_id)
+    run_experiment(plan[0].config, nested=True, extra_tags={"mlflow.parentRunId": parent.run_id, "medvlm.trial": str(number)})
+    time.sleep(3)  # ... and the worker is gone: no tell, no heartbeat for longer than grace_period
+
+    assert main(["sweep", *flags]) == 0
+    assert f"trial {number} lost its worker; re-enqueued" in capsys.readouterr().err
+    trials = optuna.load_study(study_name="late", storage="sqlite:///optuna.db").trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    children = children_of(MlflowClient(), MlflowClient().get_run(parent.run_id))
+    assert len(children) == 1 and children[0].info.status == "FINISHED"  # one run for the experiment, not two
+    assert trials[1].user_attrs["reused_run"] == children[0].info.run_id
+    assert trials[1].value == pytest.approx(children[0].data.metrics["test_auc"])

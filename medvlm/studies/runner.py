@@ -45,6 +45,7 @@ from medvlm.studies.summary import PRIMARY_METRIC, child_runs, format_summary, l
 PARENT_ATTR, EXPERIMENT_ATTR, DIGEST_ATTR, KIND_ATTR, READY_ATTR = (
     "mlflow_parent_run_id", "mlflow_experiment_id", "plan_digest", "kind", "ready")
 JOIN_TIMEOUT_S = 300.0
+SCHEMA_RACE_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,23 @@ def open_storage(cfg: StudyConfig):
     from sqlalchemy.exc import SQLAlchemyError
 
     url = storage_url(cfg.storage)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
-                                              heartbeat_stale_trial_callback=RetryKilled(cfg.max_retry))
-    except (SQLAlchemyError, ValueError, ImportError) as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=cfg.heartbeat_interval,
+                                                  grace_period=cfg.grace_period,
+                                                  heartbeat_stale_trial_callback=RetryKilled(cfg.max_retry))
+        except SQLAlchemyError as exc:
+            # Workers starting together on an empty database race to create Optuna's tables and
+            # enum types; the losers see "already exists" and succeed once the winner is done.
+            if "already exists" in str(exc) and attempt < SCHEMA_RACE_RETRIES:
+                time.sleep(1.0 + attempt)
+                continue
+            error = exc
+        except (ValueError, ImportError) as exc:
+            error = exc
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise ConfigError(f"cannot open the Optuna storage {redacted(url)} ({reason}); start the database "
                           f"or pass another storage=... (default sqlite:///optuna.db)") from None
 
@@ -133,7 +144,7 @@ class RetryKilled:
             for run_id in trial_runs(client, parent, [trial.number], status="RUNNING"):
                 client.set_tag(run_id, "medvlm.error", "its worker stopped (no heartbeat); the trial is retried")
                 client.set_terminated(run_id, "KILLED")
-        retries = len(frozen.system_attrs.get("retry_history", []))
+        retries = len(trial.system_attrs.get("retry_history", []))
         print(f"medvlm: trial {trial.number} lost its worker; "
               + ("re-enqueued" if retries < self.max_retry else f"not retried (max_retry={self.max_retry})"), file=sys.stderr)
         self.retry(study, trial)
@@ -220,11 +231,29 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 
 
 def work(study, storage, cfg: StudyConfig, cells: list, parent: Parent) -> None:
-    """Claim and run queued trials until none is left; look for killed trials between trials."""
-    fail_killed_trials(study)
+    """Claim and run queued trials until none is left, looking for killed trials between trials.
+
+    With nothing left to claim while trials still run elsewhere, wait (at most one grace period,
+    or until they end) so that a trial whose worker died is detected, re-enqueued and run here.
+    """
+    from optuna.trial import TrialState
+
     study_id = storage.get_study_id_from_name(study.study_name)
-    while (trial_id := claim(storage, study_id)) is not None:
-        run_trial(study, storage, trial_id, cfg, cells, parent)
+    fail_killed_trials(study)
+    deadline = None
+    while True:
+        trial_id = claim(storage, study_id)
+        if trial_id is not None:
+            run_trial(study, storage, trial_id, cfg, cells, parent)
+            fail_killed_trials(study)
+            deadline = None
+            continue
+        if not storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        deadline = deadline or time.monotonic() + cfg.grace_period + cfg.heartbeat_interval
+        if time.monotonic() > deadline:
+            return
+        time.sleep(cfg.heartbeat_interval)
         fail_killed_trials(study)
 
 

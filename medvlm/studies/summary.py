@@ -32,8 +32,9 @@ def child_runs(client: MlflowClient, parent_id: str, status: str | None = "FINIS
         page = client.search_runs([experiment], filter_string=query, max_results=1000, page_token=token)
         for run in page:
             tags, params = run.data.tags, run.data.params
+            group = tags.get("medvlm.group") or " · ".join(params.get(k, "?") for k in ("model", "dataset", "strategy"))
             rows.append({"run_id": run.info.run_id, "status": run.info.status, "trial": int(tags.get("medvlm.trial", -1)),
-                         "group": tags.get("medvlm.group", ""), "model": params.get("model", ""),
+                         "group": group, "model": params.get("model", ""),
                          "dataset": params.get("dataset", ""), "task": params.get("task", ""),
                          "strategy": params.get("strategy", ""), "train_fraction": float(params.get("train_fraction", 1.0)),
                          **{k: v for k, v in run.data.metrics.items() if k.startswith("test_")}})
