@@ -91,6 +91,14 @@ def cmd_study(args: argparse.Namespace) -> int:
     return run_study(args.command, overrides_from(args), {k: getattr(args, k) for k in STUDY_FLAGS}, args.spec)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from medvlm.report import run_report
+    from medvlm.report.config import report_config
+
+    run_report(report_config(vars(args)))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from medvlm.zoo import zoo_entries
 
@@ -129,6 +137,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, bool]] = {
     "ablation": (cmd_study, "one configuration over training-data fractions (stratified subsample, fixed seed)", True),
     "stability": (cmd_study, "N trials per strategy with perturbed hyperparameters: mean, std, min, max", True),
     "sweep": (cmd_study, "every experiment a YAML spec in sweeps/ declares; resumable, many workers", True),
+    "report": (cmd_report, "paper-style tables, medical − general gaps, bootstrap intervals and a recommendation from tracked runs", False),
 }
 STUDY_COMMANDS = ("ablation", "stability", "sweep")
 
@@ -142,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
             add_config_flags(p)
         if name in STUDY_COMMANDS:
             add_study_flags(p)
+        if name == "report":
+            from medvlm.report.config import add_report_flags
+
+            add_report_flags(p)
         p.set_defaults(func=func)
     return parser
 

@@ -1,0 +1,72 @@
+"""The report's parameters: one pydantic schema for `medvlm report` flags and MLproject `-P` values.
+
+Values arrive as strings ("" = not given, as MLproject defaults are); errors are RunConfig's one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from medvlm.config import validated
+
+
+def _names(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ReportConfig(BaseModel):
+    """Which runs a report reads, and how it puts uncertainty on them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: list[str] = Field(default_factory=lambda: ["medvlm"],
+                                  description="MLflow experiment name(s) to read, comma-separated; the report run is logged in the first")
+    study: list[str] = Field(default_factory=list, description="only runs of these studies (medvlm.study tag), comma-separated")
+    spec: str = Field("", description="a study spec (sweeps/*.yaml): only runs of the study it defines")
+    parent_run: list[str] = Field(default_factory=list, description="only child runs of these study parent run ids, comma-separated")
+    tags: dict[str, str] = Field(default_factory=dict, description="only runs with these tag values: key=value,key=value (e.g. medvlm.dataset=breastmnist)")
+    filter: str = Field("", description="extra MLflow search filter, e.g. \"params.size = '28'\"")
+    resamples: int = Field(1000, ge=100, description="bootstrap resamples per metric (1000+ for reported intervals)")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="confidence level of the percentile intervals")
+    seed: int = Field(0, description="bootstrap seed (same seed, same intervals)")
+    workers: int = Field(0, ge=0, description="processes for the bootstrap (0 = one per CPU)")
+    output: str = Field("", description="also write the report (markdown, CSV, PNG) into this folder")
+
+    @field_validator("experiment", "study", "parent_run", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _names(value)
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _pairs(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        pairs = {}
+        for part in _names(value):
+            key, sep, tag_value = part.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"'{part}' is not key=value")
+            pairs[key.strip()] = tag_value.strip()
+        return pairs
+
+
+LISTING = "`medvlm report --help` lists every report parameter"
+
+
+def report_config(values: dict[str, Any]) -> ReportConfig:
+    """The validated config from flags/-P values; None and "" mean "not given"."""
+    given = {k: v for k, v in values.items() if k in ReportConfig.model_fields and v is not None and v != ""}
+    return validated(ReportConfig, given, LISTING)
+
+
+def add_report_flags(parser: argparse.ArgumentParser) -> None:
+    """`--name` (and `--na-me`) for every ReportConfig field, as `medvlm` does for RunConfig."""
+    for name, field in ReportConfig.model_fields.items():
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        parser.add_argument(*flags, dest=name, default=None, metavar="VALUE", help=field.description)
