@@ -41,6 +41,7 @@ from medvlm.errors import ConfigError, MedvlmError
 from medvlm.studies.plan import PlannedTrial, build_plan, describe, plan_digest, trial_config
 from medvlm.studies.spec import Kind, StudyConfig, load_study_config
 from medvlm.studies.summary import PRIMARY_METRIC, child_runs, format_summary, log_summary, summary_table
+from medvlm.tracking.session import ensure_tracking
 
 PARENT_ATTR, EXPERIMENT_ATTR, DIGEST_ATTR, KIND_ATTR, READY_ATTR = (
     "mlflow_parent_run_id", "mlflow_experiment_id", "plan_digest", "kind", "ready")
@@ -68,8 +69,6 @@ def run_study(command: Kind, run_flags: dict[str, Any], study_flags: dict[str, A
         return 0
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     project_run = os.environ.pop("MLFLOW_RUN_ID", None)  # consumed here, so no trial resumes it by accident
-    from medvlm.tracking.session import ensure_tracking
-
     ensure_tracking()
     storage = open_storage(study_cfg)
     study, parent = join_study(storage, study_cfg, plan, project_run)

@@ -46,8 +46,8 @@ def default_storage() -> str:
 class Perturbation(BaseModel):
     """How one RunConfig key varies around a cell's value, from a point u in [0, 1).
 
-    factor: log-uniform in [base/factor, base*factor]; low/high (log): uniform between them
-    (integers for int keys: low..high inclusive); choices: one of a list.
+    factor: log-uniform in [base/factor, base*factor]; low/high: uniform between them (log-uniform
+    with `log: true`; for int keys every integer low..high equally likely); choices: one of a list.
     """
 
     model_config = ConfigDict(extra="forbid")
