@@ -1,15 +1,21 @@
 """Regenerate MLproject from the config schema, so `-P` names can never drift from RunConfig.
 
+Every default is "" (not given): an explicit value would override a YAML `config` or a study
+spec, and medvlm resolves the schema's defaults itself.
+
 Usage: python scripts/gen_mlproject.py > MLproject   (tests/test_config.py checks it is current)
 """
 
 from __future__ import annotations
 
 from medvlm.config import RunConfig
+from medvlm.studies.spec import STUDY_FLAGS
 
 TRAINING_ONLY = {"strategy", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "grad_accum", "patience",
                  "head_init", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_text", "register_adapter",
-                 "resume", "checkpoint_dir", "vqa_hidden", "vqa_glimpses"}
+                 "resume", "checkpoint_dir", "vqa_hidden", "vqa_glimpses", "train_fraction", "subsample_val",
+                 "subsample_seed"}
+STUDIES = ("ablation", "stability", "sweep")
 
 
 def entry_point_params() -> dict[str, list[str]]:
@@ -17,22 +23,15 @@ def entry_point_params() -> dict[str, list[str]]:
     return {
         "zeroshot": ["config"] + [f for f in fields if f not in TRAINING_ONLY],
         "finetune": ["config"] + fields,
+        **{study: ["config", "spec", *STUDY_FLAGS, *fields] for study in STUDIES},
     }
-
-
-def default_of(name: str) -> str:
-    """The schema's static default; "" where it depends on the environment (data_root, checkpoint_dir)."""
-    field = RunConfig.model_fields.get(name)
-    if field is None or field.default_factory is not None or field.default is None:
-        return ""
-    return str(field.default)
 
 
 def render() -> str:
     lines = ["name: medvlm", "", "conda_env: conda.yaml", "", "entry_points:"]
     for name, params in entry_point_params().items():
         lines += [f"  {name}:", "    parameters:"]
-        lines += [f'      {p}: {{type: string, default: "{default_of(p)}"}}' for p in params]
+        lines += [f'      {p}: {{type: string, default: ""}}' for p in params]
         args = " ".join(f"--{p} {{{p}}}" for p in params)
         lines += [f'    command: "python entrypoints/{name}.py {args}"', ""]
     return "\n".join(lines)

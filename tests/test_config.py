@@ -11,6 +11,7 @@ from medvlm.cli import build_parser, overrides_from
 from medvlm.config import RunConfig, build_config
 from medvlm.data.transforms import to_model_input
 from medvlm.errors import ConfigError
+from medvlm.studies.spec import STUDY_FLAGS
 from medvlm.zoo.base import Preprocess
 from scripts.gen_mlproject import entry_point_params, render
 from tests.conftest import REPO
@@ -64,7 +65,7 @@ def test_mlproject_is_generated_from_the_schema():
     for name, entry in project["entry_points"].items():
         for param in entry["parameters"]:
             assert f"--{param} {{{param}}}" in entry["command"], (name, param)
-            assert param in RunConfig.model_fields or param == "config"
+            assert param in RunConfig.model_fields or param in ("config", "spec", *STUDY_FLAGS)
 
 
 def test_preprocess_reaches_the_pixels():

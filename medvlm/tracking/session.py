@@ -88,16 +88,11 @@ def _check_resume(run_id: str, cfg: RunConfig) -> None:
 def log_config(run_id: str, cfg: RunConfig) -> None:
     """The resolved config as params and `config.json`.
 
-    Under `mlflow run` the -P values are already logged and MLflow params are immutable, so only
-    the missing keys are added; keys whose resolved value differs (a YAML `config` overrode them,
-    or an environment default) are named in the `medvlm.resolved_differently` tag.
+    Under `mlflow run` the -P values are already logged ("" = not given) and MLflow params are
+    immutable, so only the keys it did not log are added; `config.json` always holds every resolved value.
     """
     logged = mlflow.get_run(run_id).data.params
-    flat = flat_params(cfg)
-    mlflow.log_params({k: v for k, v in flat.items() if k not in logged})
-    differs = sorted(k for k, v in flat.items() if k in logged and logged[k] != v)
-    if differs:
-        mlflow.set_tag("medvlm.resolved_differently", ",".join(differs))
+    mlflow.log_params({k: v for k, v in flat_params(cfg).items() if k not in logged})
     mlflow.log_dict(cfg.resolved(), "config.json")
 
 
