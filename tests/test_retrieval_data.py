@@ -95,6 +95,14 @@ def test_pair_dataset_shows_each_captions_own_image(tmp_path):
     assert int(j) == len(pairs) - 1 and torch.equal(single, gallery_images[0])
 
 
+def test_select_images_keeps_every_caption_of_each_chosen_image(tmp_path):
+    test = load_captions(str(write_caption_parquet(tmp_path / "hf")), data_root=tmp_path).splits["test"]
+    chosen = test.select_images([2, 0])
+    assert chosen.image_names == [test.image_names[2], test.image_names[0]]
+    assert chosen.captions == [test.captions[0], test.captions[2], test.captions[-1]]
+    assert chosen.text_to_image.tolist() == [1, 0, 1]
+
+
 def test_hf_parquet_reads_only_the_needed_split_files(tmp_path):
     folder = write_caption_parquet(tmp_path / "hf")
     (folder / "data" / "train-00000-of-00001.parquet").write_bytes(b"not parquet")

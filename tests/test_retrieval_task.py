@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader
 
 from medvlm.data.captions import load_captions
 from medvlm.data.transforms import to_model_input
-from medvlm.experiments.retrieval import RetrievalObjective, pair_recall
-from medvlm.metrics.retrieval import retrieval_metrics
+from medvlm.config import build_config
+from medvlm.experiments.retrieval import RetrievalObjective, apply_train_fraction, pair_recall, summary
+from medvlm.metrics.retrieval import RetrievalResult, retrieval_metrics
 from medvlm.tasks.retrieval import (
     MAX_LOGIT_SCALE,
     DualEncoder,
@@ -27,7 +28,7 @@ from medvlm.tasks.retrieval import (
     unpack,
 )
 from medvlm.zoo import create_model
-from tests.retrieval_fixtures import caption, jpeg, write_caption_parquet
+from tests.retrieval_fixtures import caption, jpeg, write_caption_parquet, write_roco
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +144,31 @@ def test_pair_recall_enters_a_shared_image_once():
     got = pair_recall(outputs, torch.stack([torch.arange(5), image_of_pair], dim=1))
     expected = retrieval_metrics(image, text, image_of_pair)
     assert got.metrics == expected.metrics and len(got.i2t_ranks) == 4
+
+
+def test_summary_names_mean_recall_and_median_rank_by_hand():
+    i2t, t2i = torch.tensor([1, 4, 3, 8]), torch.tensor([1, 1, 3])
+    metrics = {f"{d}_R@{k}": float((r <= k).float().mean()) for d, r in (("image_to_text", i2t), ("text_to_image", t2i))
+               for k in (1, 5, 10)}
+    got = summary(RetrievalResult(metrics, i2t, t2i))
+    assert got["image_to_text_R1"] == 0.25 and got["image_to_text_R5"] == 0.75
+    assert got["text_to_image_R1"] == pytest.approx(2 / 3)
+    assert got["mean_recall"] == pytest.approx((0.25 + 0.75 + 1 + 2 / 3 + 1 + 1) / 6)
+    assert got["image_to_text_median_rank"] == 3 and got["text_to_image_median_rank"] == 1  # median 3.5 rounds down
+    assert not any("@" in k for k in got)  # MLflow metric names allow no '@'
+
+
+def test_train_fraction_keeps_whole_images_and_the_subset_share(tmp_path):
+    root = write_roco(tmp_path / "roco")
+    data = load_captions(str(root), data_root=tmp_path)
+    before = data.splits["train"]
+    pairs_before = dict(zip(before.captions, (before.image_names[i] for i in before.text_to_image)))
+    cfg = build_config({"model": "m", "dataset": "d", "train_fraction": 0.3, "subsample_seed": 5})
+    after = apply_train_fraction(data, cfg).splits["train"]
+    assert after.n_images == 6 and sorted(after.image_subsets) == ["non-radiology"] * 3 + ["radiology"] * 3
+    assert len(after.captions) == 6 and set(after.image_names) <= set(before.image_names)
+    assert all(pairs_before[c] == after.image_names[i] for c, i in zip(after.captions, after.text_to_image.tolist()))
+    assert data.splits["val"].n_images == 8  # subsample_val is off
 
 
 def _gallery_table(folder, n_images: int = 30, seed: int = 0):

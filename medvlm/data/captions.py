@@ -109,12 +109,14 @@ class IndexedImages(Dataset):
 
 @dataclass
 class CaptionSplit:
-    """One split: distinct images (`image_*`, in first-mention order) and captions; caption j shows
-    image `text_to_image[j]`. `skipped` counts dropped caption rows by reason."""
+    """One split: distinct images (`image_*`, in first-mention order; `image_subsets` is radiology,
+    non-radiology or '' where the source does not say) and captions; caption j shows image
+    `text_to_image[j]`. `skipped` counts dropped caption rows by reason."""
 
     image_keys: list[str]
     image_sources: list[str | bytes]
     image_names: list[str]
+    image_subsets: list[str]
     captions: list[str]
     text_to_image: torch.Tensor
     skipped: dict[str, int] = field(default_factory=dict)
@@ -129,6 +131,20 @@ class CaptionSplit:
         count each as a hit on the wrong image)."""
         return len(self.captions) - len(set(self.captions))
 
+    def select_images(self, indices: Sequence[int]) -> CaptionSplit:
+        """These images, in this order, with all their captions (data-fraction ablations)."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        position = torch.full((self.n_images,), -1, dtype=torch.long)
+        position[idx] = torch.arange(len(idx))
+        keep = position[self.text_to_image] >= 0
+        pick = idx.tolist()
+        return CaptionSplit(image_keys=[self.image_keys[i] for i in pick],
+                            image_sources=[self.image_sources[i] for i in pick],
+                            image_names=[self.image_names[i] for i in pick],
+                            image_subsets=[self.image_subsets[i] for i in pick],
+                            captions=[c for c, k in zip(self.captions, keep.tolist()) if k],
+                            text_to_image=position[self.text_to_image][keep], skipped=dict(self.skipped))
+
     def images(self, image_size: int) -> IndexedImages:
         """The gallery: each distinct image once, item index = image index."""
         return IndexedImages(self.image_sources, self.image_keys, torch.arange(self.n_images), image_size)
@@ -138,10 +154,9 @@ class CaptionSplit:
         return IndexedImages(self.image_sources, self.image_keys, self.text_to_image, image_size)
 
     def digest(self) -> str:
-        h = hashlib.sha256()
-        for key, caption, image in zip(self.image_keys, self.captions, self.text_to_image.tolist()):
-            h.update(f"{key}\t{caption}\t{image}\n".encode())
-        h.update("\n".join(self.image_keys).encode())
+        h = hashlib.sha256("\n".join(self.image_keys).encode())
+        for caption, image in zip(self.captions, self.text_to_image.tolist()):
+            h.update(f"\n{image}\t{caption}".encode())
         return h.hexdigest()[:16]
 
 
@@ -278,7 +293,9 @@ def _table_rows(path: Path, image_column: str, caption_column: str, subset: Subs
         raise DataError(f"{path} has no rows for subset={subset} in splits {sorted(needed)}; check the table or the subset")
     keys, sources, names = zip(*(_image_ref(v, Path(folder)) for v, folder in zip(table[image_column], table["_folder"])))
     rows = pd.DataFrame({"image_key": keys, "image_source": sources, "image_name": names,
-                         "caption": table[caption_column].map(lambda c: "" if pd.isna(c) else str(c)).to_numpy()})
+                         "caption": table[caption_column].map(lambda c: "" if pd.isna(c) else str(c)).to_numpy(),
+                         "subset": table["subset"].astype(str).str.strip().str.lower().to_numpy()
+                         if "subset" in table.columns else ""})
     if named:
         rows["split"], how = table["split"].to_numpy(), "file names"
     elif "split" in table.columns:
@@ -320,5 +337,6 @@ def _build_split(rows: pd.DataFrame, split: str, where: Path) -> CaptionSplit:
     codes, keys = pd.factorize(kept["image_key"])
     first = kept.drop_duplicates("image_key")
     return CaptionSplit(image_keys=list(keys), image_sources=list(first["image_source"]),
-                        image_names=list(first["image_name"]), captions=list(captions[keep]),
+                        image_names=list(first["image_name"]), image_subsets=list(first["subset"]),
+                        captions=list(captions[keep]),
                         text_to_image=torch.as_tensor(codes, dtype=torch.long), skipped=skipped)

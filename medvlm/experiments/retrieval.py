@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from medvlm.config import RunConfig
 from medvlm.data.captions import SPLITS, CaptionData, CaptionSplit, load_captions
+from medvlm.data.subsample import stratified_indices
 from medvlm.engine.trainer import Checkpoints, count_trainable, fit, make_accelerator
 from medvlm.errors import ConfigError
 from medvlm.metrics.retrieval import DEFAULT_KS, RetrievalResult, retrieval_metrics
@@ -47,11 +48,12 @@ def metric_names(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def summary(result: RetrievalResult) -> dict[str, float]:
-    """Recall@1/5/10 both ways, their mean, and the median rank of each direction."""
+    """Recall@1/5/10 both ways, their mean, and the median rank (MedR) of each direction, rounded down
+    as VSE++ and its successors report it."""
     scores = metric_names(result.metrics)
     scores["mean_recall"] = float(np.mean([scores[f"{d}_R{k}"] for d in DIRECTIONS for k in DEFAULT_KS]))
     for direction, ranks in zip(DIRECTIONS, (result.i2t_ranks, result.t2i_ranks)):
-        scores[f"{direction}_median_rank"] = float(ranks.float().median())
+        scores[f"{direction}_median_rank"] = float(np.floor(np.median(ranks.numpy())))
     return scores
 
 
@@ -74,8 +76,17 @@ class RetrievalObjective:
         return blockwise_info_nce(outputs, self.block)
 
     def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        scores = summary(pair_recall(outputs, targets))
-        return {k: v for k, v in scores.items() if "median" not in k}
+        return summary(pair_recall(outputs, targets))
+
+
+def apply_train_fraction(data: CaptionData, cfg: RunConfig) -> CaptionData:
+    """`train_fraction` of the training images with all their captions (and of validation with
+    `subsample_val`), keeping the radiology/non-radiology share."""
+    for name in ("train", "val") if cfg.subsample_val else ("train",):
+        split = data.splits[name]
+        data.splits[name] = split.select_images(
+            stratified_indices(np.asarray(split.image_subsets), cfg.train_fraction, cfg.subsample_seed))
+    return data
 
 
 def log_lineage(data: CaptionData) -> None:
@@ -180,6 +191,8 @@ def run_retrieval(cfg: RunConfig) -> dict[str, float]:
     data = load_captions(cfg.dataset, data_root=cfg.data_root, subset=cfg.subset,
                          splits=("test",) if zeroshot else SPLITS, seed=cfg.seed, image_column=cfg.image_column,
                          caption_column=cfg.caption_column)
+    if not zeroshot and cfg.train_fraction < 1.0:
+        data = apply_train_fraction(data, cfg)
     log_lineage(data)
     tokens = {name: clip.tokenize(split.captions) for name, split in data.splits.items()}
     log_counts(data, tokens)
