@@ -17,7 +17,9 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from medvlm.cli import main
 from medvlm.config import build_config
-from medvlm.errors import TrainingError
+from medvlm.errors import ConfigError, TrainingError
+from medvlm.report.config import report_config
+from medvlm.report.select import select_runs
 from medvlm.tracking.session import tracked_run
 from tests.report_fixtures import EXPERIMENT, binary_probs, log_classification_run, log_vqa_run, vqa_test_rows
 
@@ -245,3 +247,28 @@ def test_stability_ablation_recommendation_and_missing_runs(tracked):
     assert f"({ids['failed']}): FAILED" in missing
     assert f"study 'stab' (parent run {tracked['parent']}): 2 of 3 planned runs finished" in missing
     assert "clip-vit-b32 · full" not in missing.split("Runs not finished")[0]  # a failed run is not a grid column
+
+
+def test_runs_are_selected_by_study_spec_parent_tags_and_filter(tracked, tmp_path):
+    client, ids = tracked["client"], tracked["ids"]
+
+    def picked(**values) -> set[str]:
+        return {r.run_id for r in select_runs(client, report_config({"experiment": EXPERIMENT, **values})).runs}
+
+    stability = {ids["bio-lora-0"], ids["bio-lora-1"]}
+    spec = tmp_path / "stability.yaml"
+    spec.write_text("kind: stability\nname: stab\ndefaults: {model: biomedclip, dataset: breastmnist}\n")
+    assert picked(study="stab") == picked(parent_run=tracked["parent"]) == picked(spec=str(spec)) == stability
+    assert picked(tags="medvlm.model=quiltnet") == {ids["quilt-lora"], ids["quilt-lora-half"]}
+    assert picked(tags="medvlm.task=vqa,medvlm.model=biomedclip") == {ids["vqa-bio"]}
+    assert picked(filter="params.train_fraction = '0.5'") == {ids["quilt-lora-half"]}
+    with pytest.raises(ConfigError, match="no MLflow experiment named 'nope'"):
+        picked(experiment="nope")
+    with pytest.raises(ConfigError, match="invalid filter"):
+        picked(filter="params.train_fraction ~ 1")
+
+
+def test_a_selection_without_runs_is_a_one_line_error(tracked, capsys):
+    assert main(["report", "--experiment", EXPERIMENT, "--study", "nosuch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medvlm: error: no finished medvlm runs match") and "\n" not in err

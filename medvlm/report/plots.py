@@ -11,7 +11,7 @@ from medvlm.tracking.plots import plt
 
 def gap_heatmaps(gaps: pd.DataFrame) -> dict[str, object]:
     """One heatmap per task and (medical strategy, general strategy): model pairs × test sets,
-    annotated with the gap, * where p < 0.05, and whether the dataset is ID/OOD for the medical model."""
+    annotated with the gap, * where its interval excludes 0, and whether the dataset is ID/OOD for the medical model."""
     figures = {}
     if gaps.empty:
         return figures
@@ -23,7 +23,7 @@ def gap_heatmaps(gaps: pd.DataFrame) -> dict[str, object]:
         for row in part.itertuples():
             i, j = pairs.index(f"{row.a_model} − {row.b_model}"), testsets.index(row.testset)
             values[i, j] = row.difference
-            star = "*" if row.paired and row.p_value < 0.05 else ""
+            star = "*" if row.significant else ""
             notes[i][j] = f"{row.difference:+.3f}{star}\n{row.medical_in_domain}"
         limit = max(np.nanmax(np.abs(values)), 1e-3)
         width = max(5.5, 3.5 + 1.4 * len(testsets))
@@ -36,7 +36,7 @@ def gap_heatmaps(gaps: pd.DataFrame) -> dict[str, object]:
         ax.set_xticks(range(len(testsets)), testsets, rotation=20, ha="right", fontsize=8)
         ax.set_yticks(range(len(pairs)), [p[-48:] for p in pairs], fontsize=8)
         metric = metric_name(part["metric"].iloc[0])
-        ax.set_title(f"{TASK_NAMES[task]}: medical ({s_med}) − general ({s_gen})\n{metric} gap, * p < 0.05, "
+        ax.set_title(f"{TASK_NAMES[task]}: medical ({s_med}) − general ({s_gen})\n{metric} gap, * interval excludes 0, "
                      "ID/OOD of the medical model", fontsize=9)
         fig.colorbar(image, ax=ax, label=f"{metric} gap")
         fig.tight_layout()

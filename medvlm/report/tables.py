@@ -281,9 +281,9 @@ def difference_row(a: Cell, b: Cell, metric: str, diff: Difference | str) -> dic
             "b_model": b.label, "b_strategy": b.strategy, "a_value": a.value(metric), "b_value": b.value(metric)}
     if isinstance(diff, str):
         return {**base, "difference": _diff(a, b, metric), "ci_low": math.nan, "ci_high": math.nan,
-                "p_value": math.nan, "paired": False, "note": diff}
+                "p_value": math.nan, "significant": False, "paired": False, "note": diff}
     return {**base, "difference": diff.estimate, "ci_low": diff.low, "ci_high": diff.high, "p_value": diff.p,
-            "paired": True, "note": ""}
+            "significant": diff.significant, "paired": True, "note": ""}
 
 
 def _diff(a: Cell, b: Cell, metric: str) -> float:
@@ -340,13 +340,13 @@ def gap_table(gaps: pd.DataFrame) -> Table | None:
         "gap": [gap_text(r) for r in same.itertuples()],
     })
     return Table("gaps", "Medical minus general (same strategy)", view, gaps,
-                 "heatmaps per strategy pair are in plots/; * marks p < 0.05")
+                 "heatmaps per strategy pair are in plots/; * marks a gap whose interval excludes 0")
 
 
 def gap_text(row) -> str:
     if not row.paired:
         return f"{row.difference:+.3f} (unpaired: {row.note})"
-    star = "*" if row.p_value < 0.05 else ""
+    star = "*" if row.significant else ""
     return f"{row.difference:+.3f}{star} [{row.ci_low:+.3f}, {row.ci_high:+.3f}], p={p_text(row.p_value)}"
 
 
