@@ -7,12 +7,12 @@ module's forward (as DistributedDataParallel requires). Its output packs, per pa
 L2-normalised image and text embeddings and the model's logit scale into one tensor (see
 `unpack`), because the engine gathers one output tensor per batch.
 
-The loss is CLIP's symmetric InfoNCE with the model's own logit scale, capped at 100 as in
-CLIP's training: exactly open_clip's `ClipLoss`. Two pairs of one batch that show the same image
-(a multi-caption source) get identical image embeddings, and for identical embeddings the
+The loss is CLIP's symmetric InfoNCE with the model's own logit scale, i.e. open_clip's
+`ClipLoss`; the scale is capped at 100, as CLIP's training clamps it. Two pairs of one batch that
+show the same image (a multi-caption source) get identical image embeddings, and then the
 diagonal targets give the same loss and gradients as counting both captions as positives of
-both rows, so no special case is needed. InfoNCE depends on the batch: every
-other pair in it is a negative. The validation loss is therefore the mean InfoNCE over
+both rows, so no special case is needed. InfoNCE depends on the batch: every other pair in it
+is a negative. The validation loss is therefore the mean InfoNCE over
 consecutive, nearly equal blocks of the validation set no larger than the training batch
 (`blockwise_info_nce`), which keeps it on the scale of the training loss; it is comparable
 between runs with the same batch size only.
