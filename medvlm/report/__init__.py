@@ -128,7 +128,7 @@ def run_report(cfg: ReportConfig) -> str:
     report = build_report(client, selection, cfg)
     inside_project = "MLFLOW_RUN_ID" in os.environ and mlflow.active_run() is None
     if not inside_project and "MLFLOW_EXPERIMENT_ID" not in os.environ:
-        mlflow.set_experiment(cfg.experiment[0] if cfg.experiment else "medvlm")
+        mlflow.set_experiment(cfg.experiment[0])
     with mlflow.start_run(run_name=f"report · {selection.description}"[:250]) as run:
         mlflow.set_tags({REPORT_TAG: "true", "mlflow.runName": f"report · {selection.description}"[:250]})
         _log_params(run.info.run_id, cfg)

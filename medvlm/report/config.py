@@ -24,7 +24,7 @@ class ReportConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    experiment: list[str] = Field(default_factory=lambda: ["medvlm"],
+    experiment: list[str] = Field(default_factory=lambda: ["medvlm"], min_length=1,
                                   description="MLflow experiment name(s) to read, comma-separated; the report run is logged in the first")
     study: list[str] = Field(default_factory=list, description="only runs of these studies (medvlm.study tag), comma-separated")
     spec: str = Field("", description="a study spec (sweeps/*.yaml): only runs of the study it defines")

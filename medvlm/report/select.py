@@ -57,8 +57,6 @@ class Selection:
 
 
 def experiment_ids(client: MlflowClient, names: list[str]) -> list[str]:
-    if not names:
-        return [e.experiment_id for e in client.search_experiments()]
     ids = []
     for name in names:
         experiment = client.get_experiment_by_name(name)
@@ -142,7 +140,7 @@ def select_runs(client: MlflowClient, cfg: ReportConfig) -> Selection:
     records = sorted(records, key=lambda r: (r.start_time, r.run_id))
     finished = with_testsets([r for r in records if r.status == "FINISHED"])
     unfinished = with_testsets([r for r in records if r.status != "FINISHED"])
-    what = [f"experiment {', '.join(cfg.experiment) or '(all)'}"]
+    what = [f"experiment {', '.join(cfg.experiment)}"]
     what += [f"study {', '.join(sorted(studies))}"] if studies else []
     what += [f"parent run {', '.join(sorted(parents))}"] if parents else []
     what += [f"filter {query}"] if query else []

@@ -186,8 +186,8 @@ def finetune_tables(grid: Grid, unc: Uncertainty, missing: Missing) -> list[Tabl
     tables = []
     for task in grid.tasks():
         strategies = grid.strategies(task)
-        if strategies == ["zeroshot"]:
-            continue
+        if strategies == ["zeroshot"] and task in ZERO_SHOT_METRICS:
+            continue  # the zero-shot table shows them
         for testset, metric in itertools.product(grid.testsets(task), FINETUNE_METRICS.get(task, (PRIMARY[task],))):
             found = {(row, s): grid.get(task, testset, row, s) for row in grid.rows(task) for s in strategies}
             values = {key: c.value(metric) for key, c in found.items() if c is not None and c.value(metric) is not None}
