@@ -13,7 +13,8 @@ Exact procedure (so anyone can recompute an interval with numpy and the same see
 3. A cell with k >= 2 runs (seeds, perturbed hyperparameters) is a two-level bootstrap: for each
    resample b, k runs are drawn with replacement, `default_rng([seed, k]).integers(0, k, (B, k))`,
    and the cell's replicate is the mean of their replicates at b. Its interval then covers
-   run-to-run (training) variation as well as test-set sampling.
+   run-to-run (training) variation as well as test-set sampling. Every cell with k runs gets the
+   same draws, so runs in the same trial position (one stability perturbation) stay paired.
 4. Interval: the (1 - confidence)/2 and (1 + confidence)/2 percentiles of the replicates
    (numpy's default linear interpolation).
 5. Paired difference A - B: the replicates d_b = a_b - b_b; estimate = A's value - B's value,
