@@ -26,9 +26,9 @@ def project_runs(tmp_path_factory, tiny_model_dir):
     """Run `mlflow run . -e …` once per strategy into one SQLite store; return (tracking uri, {strategy: run})."""
     root = tmp_path_factory.mktemp("mlflow-project")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MEDVLM_CACHE": str(root / "cache"),
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # no run/experiment leaked by other tests
+    env = {**clean, "MLFLOW_TRACKING_URI": uri, "MEDVLM_CACHE": str(root / "cache"),
            "MEDVLM_CHECKPOINTS": str(root / "ckpt"), "MLFLOW_EXPERIMENT_NAME": "e2e"}
-    env.pop("MLFLOW_RUN_ID", None)
     common = ["-P", f"model=local-dir:{tiny_model_dir}", "-P", "dataset=breastmnist", "-P", "size=28",
               "-P", f"data_root={BREAST_ROOT}"]
     for strategy in STRATEGIES:

@@ -102,7 +102,8 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
     ensure_tracking()
     inside_project = ("MLFLOW_RUN_ID" in os.environ and mlflow.active_run() is None and not nested
                       and process_rank() == 0)
-    if not inside_project and not nested and ("MLFLOW_EXPERIMENT_ID" not in os.environ or process_rank() != 0):
+    if not inside_project and not nested:
+        # not MLFLOW_EXPERIMENT_ID: mlflow.set_experiment itself exports it, so it would pin every later run
         mlflow.set_experiment(cfg.experiment)
     if cfg.resume and process_rank() == 0:
         try:
