@@ -21,13 +21,15 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line instead of usage + error."""
 
     def error(self, message: str):
-        hint = "see `medvlm --help`, or `medvlm params` for every parameter"
-        if message.startswith("unrecognized arguments:"):
-            flag = message.split(":", 1)[1].split()[0].lstrip("-").replace("-", "_")
-            close = difflib.get_close_matches(flag, RunConfig.model_fields, n=1)
-            if close:
-                hint = f"did you mean --{close[0]}?"
-        raise ConfigError(f"{message}; {hint}")
+        raise ConfigError(f"{message}; see `medvlm --help`, or `medvlm params` for every parameter")
+
+
+def unknown_flags_error(extras: list[str], known: list[str]) -> ConfigError:
+    """One line for unrecognised flags, with the closest flag of the same subcommand."""
+    flag = extras[0].lstrip("-").replace("-", "_")
+    close = difflib.get_close_matches(flag, known, n=1)
+    hint = f"did you mean --{close[0]}?" if close else "see `medvlm COMMAND --help`"
+    return ConfigError(f"unrecognized arguments: {' '.join(extras)}; {hint}")
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -161,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args, extras = build_parser().parse_known_args(argv)
+        if extras:
+            raise unknown_flags_error(extras, [k for k in vars(args) if k not in ("func", "command")])
         return args.func(args)
     except MedvlmError as exc:
         print(f"medvlm: error: {exc}", file=sys.stderr)

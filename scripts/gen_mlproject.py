@@ -9,6 +9,7 @@ Usage: python scripts/gen_mlproject.py > MLproject   (tests/test_config.py check
 from __future__ import annotations
 
 from medvlm.config import RunConfig
+from medvlm.report.config import ReportConfig
 from medvlm.studies.spec import STUDY_FLAGS
 
 TRAINING_ONLY = {"strategy", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "grad_accum", "patience",
@@ -24,6 +25,7 @@ def entry_point_params() -> dict[str, list[str]]:
         "zeroshot": ["config"] + [f for f in fields if f not in TRAINING_ONLY],
         "finetune": ["config"] + fields,
         **{study: ["config", "spec", *STUDY_FLAGS, *fields] for study in STUDIES},
+        "report": list(ReportConfig.model_fields),
     }
 
 

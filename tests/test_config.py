@@ -11,6 +11,7 @@ from medvlm.cli import build_parser, overrides_from
 from medvlm.config import RunConfig, build_config
 from medvlm.data.transforms import to_model_input
 from medvlm.errors import ConfigError
+from medvlm.report.config import ReportConfig
 from medvlm.studies.spec import STUDY_FLAGS
 from medvlm.zoo.base import Preprocess
 from scripts.gen_mlproject import entry_point_params, render
@@ -65,7 +66,8 @@ def test_mlproject_is_generated_from_the_schema():
     for name, entry in project["entry_points"].items():
         for param in entry["parameters"]:
             assert f"--{param} {{{param}}}" in entry["command"], (name, param)
-            assert param in RunConfig.model_fields or param in ("config", "spec", *STUDY_FLAGS)
+            known = ReportConfig.model_fields if name == "report" else [*RunConfig.model_fields, "config", "spec", *STUDY_FLAGS]
+            assert param in known, (name, param)
 
 
 def test_preprocess_reaches_the_pixels():
