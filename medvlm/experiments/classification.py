@@ -83,11 +83,8 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: Classifi
     figures = {"plots/roc.png": plots.roc_figure(y, probs, data.kind, data.class_names)}
     if data.kind != "multilabel":
         figures["plots/confusion_matrix.png"] = plots.confusion_figure(y, table["pred"].to_numpy(), data.class_names)
-    if history:
-        figures["plots/learning_curves.png"] = plots.learning_curves_figure(history)
-    for path, fig in figures.items():
-        mlflow.log_figure(fig, path)
-        plots.close(fig)
+    plots.log_figures(figures)
+    plots.log_learning_curves(history)
     return metrics
 
 

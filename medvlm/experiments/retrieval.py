@@ -168,10 +168,7 @@ def log_test_results(result: RetrievalResult, image_emb: torch.Tensor, text_emb:
     curve = recall_curve(result)
     mlflow.log_table(curve, "recall_at_k.json")
     mlflow.log_figure(recall_figure(curve), "plots/recall_at_k.png")
-    if history:
-        fig = plots.learning_curves_figure(history)
-        mlflow.log_figure(fig, "plots/learning_curves.png")
-        plots.close(fig)
+    plots.log_learning_curves(history)
     return metrics
 
 

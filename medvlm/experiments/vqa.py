@@ -185,10 +185,7 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: VQAData,
     mlflow.log_metrics(metrics)
     mlflow.log_table(examples, "examples.json")
     mlflow.log_table(groups, "breakdown.json")
-    if history:
-        fig = plots.learning_curves_figure(history)
-        mlflow.log_figure(fig, "plots/learning_curves.png")
-        plots.close(fig)
+    plots.log_learning_curves(history)
     return metrics
 
 

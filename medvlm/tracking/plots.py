@@ -59,3 +59,17 @@ def learning_curves_figure(history: list[dict[str, float]]):
 
 def close(fig) -> None:
     plt.close(fig)
+
+
+def log_figures(figures: dict[str, object]) -> None:
+    """Log each figure to the active MLflow run at its artifact path, then free it."""
+    import mlflow
+
+    for path, fig in figures.items():
+        mlflow.log_figure(fig, path)
+        close(fig)
+
+
+def log_learning_curves(history: list[dict[str, float]]) -> None:
+    if history:
+        log_figures({"plots/learning_curves.png": learning_curves_figure(history)})
