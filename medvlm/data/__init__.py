@@ -1,0 +1,1 @@
+"""Dataset sources: MedMNIST, files and tables, captions, VQA; batch preprocessing."""

@@ -1,0 +1,1 @@
+"""Task heads and losses: classification, retrieval, VQA."""

@@ -1,0 +1,1 @@
+"""MLflow runs, plots and registered adapter models."""
