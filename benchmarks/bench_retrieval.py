@@ -35,7 +35,6 @@ import time
 
 import psutil
 import torch
-import torch.nn.functional as F
 
 from medvlm.metrics.retrieval import retrieval_metrics
 

@@ -21,7 +21,6 @@ The image-text matching head (`itm_head`) is removed after strict loading: ITC n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -79,14 +78,6 @@ class Blip2ItcModel(ClipModel):
         return 1.0 / self.temperature
 
 
-def _preprocess(folder: str, entry: dict, size: int) -> Preprocess:
-    cfg_path = Path(folder) / "preprocessor_config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    return Preprocess(image_size=size, mean=tuple(cfg.get("image_mean", entry["mean"])),
-                      std=tuple(cfg.get("image_std", entry["std"])),
-                      interpolation="bilinear" if cfg.get("resample", 3) == 2 else "bicubic")
-
-
 def load_blip2(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
     from transformers import AutoTokenizer, Blip2ForImageTextRetrieval
 
@@ -106,5 +97,6 @@ def load_blip2(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
     del net.itm_head
     spec.pin = ({"model": str(Path(location).resolve()), "sha256": weights_digest(Path(location))}
                 if location else {"model": ident, "revision": getattr(net.config, "_commit_hash", None)})
-    preprocess = _preprocess(ident, entry, int(net.config.vision_config.image_size))
+    preprocess = hf_parts.preprocess_from(ident, int(net.config.vision_config.image_size),
+                                          tuple(entry["mean"]), tuple(entry["std"]), resample=3)
     return Blip2ItcModel(net.float().eval(), tokenizer, spec, preprocess)

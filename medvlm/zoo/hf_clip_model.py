@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
+from medvlm.zoo.hf_parts import preprocess_from
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class HFClipModel(ClipModel):
@@ -56,17 +59,6 @@ class HFClipModel(ClipModel):
         return self.net.logit_scale.exp()
 
 
-def _preprocess_from(folder_or_id: str, net) -> Preprocess:
-    """Mean/std/size from the checkpoint's `preprocessor_config.json` when present."""
-    size = int(net.config.vision_config.image_size)
-    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-    cfg_path = Path(folder_or_id) / "preprocessor_config.json"
-    if cfg_path.is_file():
-        cfg = json.loads(cfg_path.read_text())
-        mean, std = tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
-    return Preprocess(image_size=size, mean=mean, std=std)
-
-
 def load_transformers_clip(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
     from transformers import AutoTokenizer, CLIPModel
 
@@ -88,4 +80,5 @@ def load_transformers_clip(entry: dict, spec: ModelSpec, location: str | None) -
     spec.vision_prefix, spec.text_prefix = "vision_model.", "text_model."
     spec.pin = ({"model": str(Path(location).resolve()), "sha256": weights_digest(Path(location))}
                 if location else {"model": ident, "revision": getattr(net.config, "_commit_hash", None)})
-    return HFClipModel(net.float(), tokenizer, spec, _preprocess_from(ident, net))
+    return HFClipModel(net.float(), tokenizer, spec, preprocess_from(
+        ident, int(net.config.vision_config.image_size), OPENAI_MEAN, OPENAI_STD))

@@ -7,14 +7,28 @@ read from its `$MEDVLM_WEIGHTS/<org>/<repo>` mirror when present (see `checkpoin
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from medvlm.errors import ModelError
-from medvlm.zoo.base import TextBatch
+from medvlm.zoo.base import Preprocess, TextBatch
 from medvlm.zoo.checkpoints import drop_index_buffers, hf_from_state, hub_source, take
+
+
+PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+
+def preprocess_from(folder: str, size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                    resample: int = 3) -> Preprocess:
+    """Mean/std/resampling from a transformers folder's preprocessor_config.json, else the given defaults."""
+    cfg_path = Path(folder) / "preprocessor_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    return Preprocess(image_size=size, mean=tuple(cfg.get("image_mean", mean)), std=tuple(cfg.get("image_std", std)),
+                      interpolation=PIL_RESAMPLE.get(cfg.get("resample", resample), "bicubic"))
 
 
 def _hub_error(name: str, repo_id: str, what: str, exc: Exception) -> ModelError:

@@ -20,7 +20,6 @@ What that means for the tasks (the bias is returned by `logit_bias()`):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -72,15 +71,6 @@ class SiglipClipModel(ClipModel):
         return self.net.logit_bias
 
 
-def _preprocess(folder: str, entry: dict, size: int) -> Preprocess:
-    """Mean/std/resampling from preprocessor_config.json where the folder has one, else the zoo entry."""
-    cfg_path = Path(folder) / "preprocessor_config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    return Preprocess(image_size=size, mean=tuple(cfg.get("image_mean", entry["mean"])),
-                      std=tuple(cfg.get("image_std", entry["std"])),
-                      interpolation="bicubic" if cfg.get("resample", 2) == 3 else "bilinear")
-
-
 def load_siglip(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
     from transformers import AutoTokenizer, SiglipModel
 
@@ -100,5 +90,6 @@ def load_siglip(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel
     spec.lora_text = spec.lora_text or HF_CLIP_BLOCK
     spec.pin = ({"model": str(Path(location).resolve()), "sha256": weights_digest(Path(location))}
                 if location else {"model": ident, "revision": getattr(net.config, "_commit_hash", None)})
-    preprocess = _preprocess(ident, entry, int(net.config.vision_config.image_size))
+    preprocess = hf_parts.preprocess_from(ident, int(net.config.vision_config.image_size),
+                                          tuple(entry["mean"]), tuple(entry["std"]), resample=2)
     return SiglipClipModel(net.float().eval(), tokenizer, spec, preprocess)
