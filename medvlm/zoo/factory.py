@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import os
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -24,8 +22,7 @@ from torch import nn
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel, ModelSpec
 from medvlm.zoo.checkpoints import open_clip_local_kwargs
-
-CONFIG_DIR = Path(__file__).parent / "configs"
+from medvlm.zoo.entries import zoo_entries
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".tar")
 
 # Module-name suffixes LoRA adapts, by attention implementation (used when no zoo entry says).
@@ -35,16 +32,6 @@ BERT_BLOCK = ["attention.self.query", "attention.self.key", "attention.self.valu
 HF_CLIP_BLOCK = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"]
 PARTIAL_CANDIDATES = ["visual.proj", "visual.head.proj", "visual.attnpool.c_proj", "text_projection",
                       "text.proj", "visual_projection", "logit_scale", "logit_bias"]
-
-
-@lru_cache(maxsize=None)
-def zoo_entries() -> dict[str, dict]:
-    """Every zoo entry by name, read from `configs/*.json`."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted(CONFIG_DIR.glob("*.json"))}
-
-
-def list_models() -> list[str]:
-    return list(zoo_entries())
 
 
 def weights_digest(path: Path) -> str:
