@@ -190,12 +190,21 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: VQAData,
 
 
 def _check_strategy(cfg: RunConfig) -> None:
+    if cfg.strategy == "mlp" or cfg.lora_parts:
+        raise ConfigError(f"strategy=mlp and lora_parts are for generative (LLaVA) models; {cfg.model} is a CLIP "
+                          f"model: use zeroshot, frozen, partial, full or lora")
     if cfg.strategy == "linear":
         raise ConfigError("task=vqa has no linear probe; use strategy=frozen (frozen encoders, BAN head on cached tokens)")
 
 
 def run_vqa(cfg: RunConfig) -> dict[str, float]:
-    """Run inside an active MLflow run; returns the test metrics."""
+    """Run inside an active MLflow run; returns the test metrics. LLaVA-family models generate instead."""
+    from medvlm.zoo.factory import is_generative
+
+    if is_generative(cfg.model):
+        from medvlm.experiments.generative_vqa import run_generative_vqa
+
+        return run_generative_vqa(cfg)
     _check_strategy(cfg)
     accelerator = make_accelerator(cfg)
     device = accelerator.device

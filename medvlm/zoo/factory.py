@@ -139,7 +139,10 @@ BACKENDS: dict[str, Callable[[dict, ModelSpec, str | None], ClipModel]] = {
     "medclip": _custom("medclip", "load_medclip"),
     "siglip": _custom("siglip", "load_siglip"),
     "blip2": _custom("blip2", "load_blip2"),
+    "llava": _custom("llava", "load_llava_hf"),
+    "llava_original": _custom("llava", "load_llava_original"),
 }
+GENERATIVE_SOURCES = ("llava", "llava_original")
 
 
 def _mirror(name: str) -> str | None:
@@ -163,7 +166,7 @@ def resolve(name: str) -> tuple[dict, str | None]:
         return {"source": "open_clip", "model": name, "name": name}, None
     if name.startswith("hf:") or (Path(name).is_dir() and (Path(name) / "config.json").is_file()):
         ident = name[3:] if name.startswith("hf:") else name
-        return {"source": "transformers", "model": ident, "name": name}, ident if Path(ident).is_dir() else None
+        return {"source": _transformers_source(ident), "model": ident, "name": name}, ident if Path(ident).is_dir() else None
     if "@" in name:
         import open_clip
 
@@ -174,6 +177,21 @@ def resolve(name: str) -> tuple[dict, str | None]:
         f"unknown model '{name}'; use a zoo name ({', '.join(entries)}; see `medvlm models`), "
         f"an open_clip ARCH@TAG (e.g. ViT-B-32-quickgelu@openai), hf-hub:ID, local-dir:PATH or hf:ID / a transformers folder"
     )
+
+
+def _transformers_source(ident: str) -> str:
+    """Backend of a transformers folder or Hub id by its config's model_type: LLaVA family or CLIP."""
+    from medvlm.zoo.llava import HF_LLAVA_TYPES, ORIGINAL_LLAVA_TYPES, model_type
+
+    kind = model_type(ident)
+    if kind in HF_LLAVA_TYPES:
+        return "llava"
+    return "llava_original" if kind in ORIGINAL_LLAVA_TYPES else "transformers"
+
+
+def is_generative(name: str) -> bool:
+    """Does this model argument name a generative (LLaVA-family) model? Reads configs only, loads no weights."""
+    return resolve(name)[0]["source"] in GENERATIVE_SOURCES
 
 
 def spec_from_entry(entry: dict) -> ModelSpec:
