@@ -11,14 +11,17 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from medvlm.data.vqa import VQA_RAD_JSON
+import pytest
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-VQA_RAD = DATA / "vqa_rad"
+from medvlm.data.vqa import VQA_RAD_JSON
+from tests.conftest import SHARED_DATA
+
+VQA_RAD = SHARED_DATA / "vqa_rad"
 IMAGE_SIZE, PATCH = 32, 8
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 # the llava-hf/llava-1.5-7b-hf chat template (its chat_template.json)
@@ -38,10 +41,9 @@ def vqa_rad_texts() -> list[str]:
     return [str(r["question"]) for r in records] + [str(r["answer"]) for r in records]
 
 
-def train_tokenizer(vocab_size: int = 400):
-    """A byte-level BPE trained on VQA-RAD's questions and answers; BOS added like Llama's."""
+@lru_cache(maxsize=1)
+def _trained(vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -51,6 +53,15 @@ def train_tokenizer(vocab_size: int = 400):
     tok.train_from_iterator(vqa_rad_texts(), trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return tok.to_str()
+
+
+def train_tokenizer(vocab_size: int = 400):
+    """A byte-level BPE trained on VQA-RAD's questions and answers; BOS added like Llama's."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(_trained(vocab_size))
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
 
@@ -137,3 +148,21 @@ def write_llava_med(weights_root: Path, seed: int = 0, drop: str | None = None) 
     CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
                        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(tower)
     return folder
+
+
+needs_vqa_rad = pytest.mark.skipif(not (VQA_RAD / VQA_RAD_JSON).is_file(),
+                                   reason=f"real VQA-RAD (its questions train the tiny tokenizer) not found at "
+                                          f"{VQA_RAD} (../shared/data beside the checkout, or set MEDVLM_SHARED_DATA)")
+
+
+@pytest.fixture(scope="module")
+def llava_family(tmp_path_factory):
+    """Both tiny models, `MEDVLM_WEIGHTS` pointing at their mirror: {"hf": Llava folder, "med": "llava-med"}."""
+    if not (VQA_RAD / VQA_RAD_JSON).is_file():
+        pytest.skip(f"real VQA-RAD not found at {VQA_RAD}: it trains the tiny models' tokenizer")
+    root = tmp_path_factory.mktemp("llava-mirror")
+    write_llava_med(root)
+    hf = write_llava_hf(root / "tiny-llava")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDVLM_WEIGHTS", str(root))
+        yield {"hf": str(hf), "med": "llava-med", "root": root}
