@@ -22,6 +22,7 @@ import mlflow
 
 from medvlm.config import RunConfig
 from medvlm.errors import MedvlmError
+from medvlm.progress import log
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -133,6 +134,29 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
     else:
         mlflow.flush_async_logging()
         mlflow.end_run(status="FINISHED")
+        if process_rank() == 0:
+            log.info(run_summary(run.info.run_id))
+
+
+def ui_url(experiment_id: str, run_id: str) -> str:
+    """Where the run opens in the MLflow UI: the tracking server itself, or `mlflow ui` on the local store."""
+    uri = mlflow.get_tracking_uri()
+    path = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{path}"
+    return f"http://127.0.0.1:5000/{path} (after `mlflow ui --backend-store-uri {uri}`)"
+
+
+def run_summary(run_id: str) -> str:
+    """The closing line: which run, where to see it, and which registered version it made."""
+    run = mlflow.get_run(run_id)
+    line = f"run {run_id} ({run.info.run_name}) finished · {ui_url(run.info.experiment_id, run_id)}"
+    registered = run.data.tags.get("medvlm.registered_model")
+    if registered:
+        name, version = registered.rsplit("/", 1)
+        best = mlflow.MlflowClient().get_model_version_by_alias(name, "best").version
+        line += f" · registered {name} version {version} (@best is version {best})"
+    return line
 
 
 def log_epoch(epoch: int, row: dict[str, float]) -> None:
