@@ -39,7 +39,7 @@ from mlflow.tracking import MlflowClient
 
 from medvlm.errors import ConfigError, MedvlmError
 from medvlm.progress import log
-from medvlm.studies.plan import PlannedTrial, build_plan, describe, plan_digest, trial_config
+from medvlm.studies.plan import PlannedTrial, build_plan, describe, perturbed, plan_digest, trial_config
 from medvlm.studies.spec import Kind, StudyConfig, load_study_config
 from medvlm.studies.summary import PRIMARY_METRIC, child_runs, format_summary, log_summary, summary_table
 from medvlm.tracking.session import ensure_tracking
@@ -314,7 +314,8 @@ def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, pare
     label = frozen.user_attrs.get("label", f"trial {trial.number}")
     config = trial_config(cells, frozen.params)
     tags = {"mlflow.parentRunId": parent.run_id, "medvlm.trial": str(trial.number),
-            "medvlm.group": frozen.user_attrs.get("group", ""), "medvlm.study_kind": cfg.kind}
+            "medvlm.group": frozen.user_attrs.get("group", ""), "medvlm.study_kind": cfg.kind,
+            "medvlm.perturbed": perturbed(frozen.params)}
     client = MlflowClient()
     log.info("trial %d/%d: %s", trial.number + 1, total, label)
     try:

@@ -25,6 +25,7 @@ from medvlm.errors import MedvlmError
 from medvlm.progress import log
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+SOURCE_PREFIXES = ("local-dir", "hf-hub", "hf", "file")
 
 
 class TrackingError(MedvlmError):
@@ -68,8 +69,24 @@ def run_tags(cfg: RunConfig, domain: str) -> dict[str, str]:
     return tags
 
 
-def run_name(cfg: RunConfig) -> str:
-    return f"{cfg.model} · {cfg.dataset} · {cfg.strategy}"
+def short_name(source: str) -> str:
+    """`local-dir:/data/models/tiny-clip` -> `tiny-clip`, `hf:org/roco` -> `roco`: what tells runs apart."""
+    value = source.split(":", 1)[1] if source.split(":", 1)[0] in SOURCE_PREFIXES else source
+    value = value.rstrip("/\\")
+    return (value.replace("\\", "/").rsplit("/", 1)[-1] or value) if ("/" in value or "\\" in value) else value
+
+
+def run_name(cfg: RunConfig, tags: dict[str, str] | None = None) -> str:
+    """`run_name`, else `MLFLOW_RUN_NAME`, else `model · dataset · strategy`; study trials add their number
+    and perturbed values, so children of one parent read apart."""
+    tags = tags or {}
+    name = cfg.run_name or os.environ.get("MLFLOW_RUN_NAME") or \
+        f"{short_name(cfg.model)} · {short_name(cfg.dataset)} · {cfg.strategy}"
+    if "medvlm.trial" in tags:
+        name += f" · trial {int(tags['medvlm.trial']) + 1}"
+        if tags.get("medvlm.perturbed"):
+            name += f" · {tags['medvlm.perturbed']}"
+    return name
 
 
 def flat_params(cfg: RunConfig) -> dict[str, str]:
@@ -114,10 +131,10 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
                               f"pass the run id of the interrupted run") from None
         run = mlflow.start_run(run_id=cfg.resume)
     else:
-        run = mlflow.start_run(run_name=run_name(cfg), nested=nested)
+        run = mlflow.start_run(run_name=run_name(cfg, extra_tags), nested=nested)
         log_config(run.info.run_id, cfg)
     if inside_project:
-        mlflow.set_tag("mlflow.runName", run_name(cfg))
+        mlflow.set_tag("mlflow.runName", run_name(cfg, extra_tags))
     from medvlm.zoo import zoo_entries
 
     domain = zoo_entries().get(cfg.model, {}).get("domain", "unknown")
