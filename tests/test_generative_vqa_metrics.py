@@ -61,3 +61,32 @@ def test_generative_metrics_summary_breakdown_and_taxonomy():
     assert metrics["open_recall_question_type_organ"] == 0 and metrics["open_recall_question_type_pos"] == 1
     assert list(rows["tag"]) == ["", "inappropriate-type", "", "wrong-granularity", "inappropriate-type", ""]
     assert set(table["value"]) == {"PRES", "POS", "ORGAN"}
+
+
+@pytest.mark.parametrize("reply, score", [("85", 85.0), ("Score: 72/100", 72.0), ("0 then 101 then 40", 40.0),
+                                          ("excellent", None), ("", None)])
+def test_judge_reads_the_first_score_in_range(reply, score):
+    from medvlm.metrics.judge import parse_score
+
+    assert parse_score(reply) == score
+
+
+def test_local_judge_scores_every_open_answer_or_counts_it(tmp_path):
+    """A tiny Llama chat model as judge: every open row is either scored or counted as unparsed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from medvlm.metrics.judge import judge_open_answers
+    from tests.llava_tiny import VQA_RAD, train_tokenizer
+
+    if not VQA_RAD.is_dir():
+        pytest.skip(f"real VQA-RAD not found at {VQA_RAD}: it trains the tiny tokenizer")
+    tokenizer = train_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=512)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    test = pd.DataFrame({"question": ["What organ?", "Is it?", "Where?"], "answer": ["lung", "yes", "left"],
+                         "closed": [False, True, False]})
+    out = judge_open_answers(str(tmp_path), test, ["lung", "yes", "right"], batch_size=2)
+    assert set(out) == {"judge_score", "judge_unparsed"}
+    assert out["judge_unparsed"] == 2 or 1 <= out["judge_score"] <= 100
