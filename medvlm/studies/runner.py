@@ -306,7 +306,7 @@ def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, pare
     """One trial as a nested MLflow child run; tells Optuna COMPLETE (with the task's headline metric) or FAIL."""
     import optuna
 
-    from medvlm.cli import run_experiment
+    from medvlm.experiments import run_experiment  # lazy: a dry run or a finished study loads no torch
 
     frozen, trial = storage.get_trial(trial_id), optuna.Trial(study, trial_id)
     label = frozen.user_attrs.get("label", f"trial {trial.number}")

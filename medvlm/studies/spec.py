@@ -188,6 +188,25 @@ class Cell:
     config: RunConfig
 
 
+@dataclass(frozen=True)
+class PlannedTrial:
+    """One experiment of a study: its Optuna params (`cell` plus any perturbed keys) and its config."""
+
+    cell: Cell
+    params: dict[str, Any]
+    distributions: dict[str, Any]
+    config: RunConfig
+
+    @property
+    def label(self) -> str:
+        extra = " ".join(f"{k}={_short(v)}" for k, v in self.params.items() if k != "cell")
+        return f"{self.cell.label}  {extra}".rstrip()
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def _matches(match: dict[str, Any], cfg: RunConfig) -> bool:
     return all(getattr(cfg, k) in (v if isinstance(v, list) else [v]) for k, v in match.items())
 
