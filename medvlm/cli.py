@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medvlm.progress import setup_logging
+
+    setup_logging()
     try:
         args, extras = build_parser().parse_known_args(argv)
         if extras:
