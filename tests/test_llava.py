@@ -13,9 +13,10 @@ from safetensors.torch import load_file, save_file
 from medvlm.config import build_config
 from medvlm.errors import ModelError
 from medvlm.strategies import get_strategy
-from medvlm.tasks.generative_vqa import TeacherForced, answer_all, answer_nll, build_prompts, generate, token_mean
-from medvlm.zoo.factory import is_generative
-from medvlm.zoo.llava import LORA_PARTS, load_vlm
+from medvlm.tasks.generative_vqa import (TeacherForced, answer_all, answer_nll, build_prompts, generate, pixels,
+                                         token_mean)
+from medvlm.zoo.factory import create_model, is_generative, load_vlm
+from medvlm.zoo.llava import LORA_PARTS
 from tests.llava_tiny import llava_family, write_llava_med  # noqa: F401  (fixture)
 
 QUESTIONS = ["Is there a fracture?", "What organ is shown in this image of the chest?", "Where?",
@@ -59,12 +60,12 @@ def test_llava_med_release_maps_every_tensor_strictly(llava_family):
     tower = CLIPVisionModel(CLIPVisionConfig.from_pretrained(root / "openai" / "clip-vit-large-patch14-336"))
     tower.load_state_dict({k[len("model.vision_tower.vision_tower."):]: v for k, v in release.items()
                            if k.startswith("model.vision_tower.")})
-    pixels = vlm.pixels(images(2))
-    states = tower(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+    pixel_values = pixels(vlm, images(2))
+    states = tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
     expected = F.linear(F.gelu(F.linear(states, release["model.mm_projector.0.weight"], release["model.mm_projector.0.bias"])),
                         release["model.mm_projector.2.weight"], release["model.mm_projector.2.bias"])
     with torch.no_grad():
-        got = torch.stack(vlm.llava.get_image_features(pixels).pooler_output)
+        got = torch.stack(vlm.llava.get_image_features(pixel_values).pooler_output)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -89,6 +90,8 @@ def test_zoo_name_reads_the_mirror_and_pins_the_folder(llava_family, tmp_path, m
     assert vlm.render("Is it?") == "USER: <image>\nIs it? ASSISTANT:"
     with pytest.raises(ModelError, match="not a LLaVA-family"):
         load_vlm("clip-vit-b32")
+    with pytest.raises(ModelError, match="generative LLaVA-family model"):
+        create_model("llava-1.5-7b")
 
 
 @pytest.mark.parametrize("parts", ["v", "l", "m", "vm", "lm", "vml"])
@@ -111,7 +114,7 @@ def test_lora_forward_is_the_manual_merge_for_each_part_selection(llava_family, 
     assert all(p.requires_grad == ("lora_" in n) for n, p in vlm.net.named_parameters())
     table = build_prompts(vlm, QUESTIONS, ANSWERS)
     args = {"input_ids": table.input_ids, "attention_mask": table.attention_mask.long(),
-            "pixel_values": vlm.pixels(images())}
+            "pixel_values": pixels(vlm, images())}
     with torch.no_grad():
         torch.testing.assert_close(vlm.net(**args).logits, reference(**args).logits, atol=1e-4, rtol=1e-4)
         assert not torch.allclose(vlm.net(**args).logits, load_vlm(llava_family["hf"]).net(**args).logits, atol=1e-3)
@@ -133,7 +136,7 @@ def test_loss_counts_answer_tokens_only_and_the_mask_follows_the_chat_template(l
 
     with torch.no_grad():
         logits = vlm.net(input_ids=table.input_ids, attention_mask=table.attention_mask.long(),
-                         pixel_values=vlm.pixels(images())).logits
+                         pixel_values=pixels(vlm, images())).logits
     loss = token_mean(answer_nll(logits, table.input_ids, table.answer_mask))
     scrambled = table.input_ids.clone()
     outside = ~table.answer_mask

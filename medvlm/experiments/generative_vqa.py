@@ -24,7 +24,8 @@ from medvlm.strategies import get_strategy
 from medvlm.tasks.generative_vqa import PromptTable, TeacherForced, answer_all, build_prompts, token_mean
 from medvlm.tracking import plots
 from medvlm.tracking.session import log_epoch
-from medvlm.zoo.llava import GenerativeVLM, load_vlm
+from medvlm.zoo.factory import load_vlm
+from medvlm.zoo.llava import GenerativeVLM
 
 GENERATIVE_STRATEGIES = ("zeroshot", "mlp", "lora", "full")
 
@@ -106,7 +107,7 @@ def log_test(vlm: GenerativeVLM, data: VQAData, cfg: RunConfig, history: list[di
 
 def run_generative_vqa(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
-    from medvlm.experiments.vqa import apply_train_fraction, log_lineage
+    from medvlm.experiments.vqa import apply_train_fraction, log_lineage  # shared with the CLIP VQA experiment
 
     check(cfg)
     accelerator = make_accelerator(cfg)
@@ -139,7 +140,7 @@ def run_generative_vqa(cfg: RunConfig) -> dict[str, float]:
                             "epochs_run": result.epochs_run})
     metrics = log_test(vlm, data, cfg, history)
     if cfg.strategy in ("mlp", "lora") and cfg.register_adapter:
-        from medvlm.tracking.generative_vqa_model import register
+        from medvlm.adapters.generative_vqa import register
 
         register(cfg, vlm, ("val_loss", min(r["val_loss"] for r in history), False))
     if cfg.strategy != "zeroshot":

@@ -202,13 +202,7 @@ def _check_strategy(cfg: RunConfig) -> None:
 
 
 def run_vqa(cfg: RunConfig) -> dict[str, float]:
-    """Run inside an active MLflow run; returns the test metrics. LLaVA-family models generate instead."""
-    from medvlm.zoo.factory import is_generative
-
-    if is_generative(cfg.model):
-        from medvlm.experiments.generative_vqa import run_generative_vqa
-
-        return run_generative_vqa(cfg)
+    """Run inside an active MLflow run; returns the test metrics."""
     _check_strategy(cfg)
     accelerator = make_accelerator(cfg)
     device = accelerator.device

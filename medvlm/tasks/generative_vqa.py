@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medvlm.data.transforms import to_model_input
 from medvlm.zoo.llava import GenerativeVLM
 
 
@@ -34,6 +35,11 @@ class PromptTable:
     answer_mask: torch.Tensor
     prompt_ids: torch.Tensor
     prompt_mask: torch.Tensor
+
+
+def pixels(vlm: GenerativeVLM, images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> the vision tower's normalised input, in the weights' dtype."""
+    return to_model_input(images, vlm.preprocess).to(next(vlm.parameters()).dtype)
 
 
 def _pad(rows: list[list[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,8 +118,7 @@ class TeacherForced(nn.Module):
         mask = inputs["attention_mask"].bool()
         n = int(mask.sum(dim=1).max())
         ids, mask, answer = inputs["input_ids"][:, :n], mask[:, :n], inputs["answer_mask"][:, :n].bool()
-        pixels = self.vlm.pixels(inputs["images"]).to(next(self.vlm.parameters()).dtype)
-        logits = self.vlm.net(input_ids=ids, attention_mask=mask.long(), pixel_values=pixels).logits
+        logits = self.vlm.net(input_ids=ids, attention_mask=mask.long(), pixel_values=pixels(self.vlm, inputs["images"])).logits
         return answer_nll(logits, ids, answer)
 
 
@@ -125,8 +130,8 @@ def generate(vlm: GenerativeVLM, images: torch.Tensor, prompt_ids: torch.Tensor,
     first = int(keep.nonzero()[0]) if keep.any() else 0
     ids, mask = prompt_ids[:, first:], prompt_mask[:, first:].long()
     device = next(vlm.parameters()).device
-    pixels = vlm.pixels(images.to(device)).to(next(vlm.parameters()).dtype)
-    out = vlm.llava.generate(input_ids=ids.to(device), attention_mask=mask.to(device), pixel_values=pixels,
+    out = vlm.llava.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             pixel_values=pixels(vlm, images.to(device)),
                              max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              pad_token_id=vlm.pad_token_id, eos_token_id=vlm.tokenizer.eos_token_id)
     new = out[:, ids.shape[1]:].cpu()

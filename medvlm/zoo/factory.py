@@ -51,8 +51,6 @@ BACKENDS: dict[str, Callable[[dict, ModelSpec, str | None], ClipModel]] = {
     "medclip": _custom("medclip", "load_medclip"),
     "siglip": _custom("siglip", "load_siglip"),
     "blip2": _custom("blip2", "load_blip2"),
-    "llava": _custom("llava", "load_llava_hf"),
-    "llava_original": _custom("llava", "load_llava_original"),
 }
 GENERATIVE_SOURCES = ("llava", "llava_original")
 
@@ -125,10 +123,28 @@ def spec_from_entry(entry: dict) -> ModelSpec:
     )
 
 
+def load_vlm(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """A generative `GenerativeVLM` from any model argument (zoo name, `hf:` id, folder), in eval mode on `device`.
+
+    `dtype` is the storage type of the weights (bf16 frozen weights fit a 7B model on one GPU).
+    """
+    from medvlm.zoo.llava import load_llava_hf, load_llava_original
+
+    entry, location = resolve(name)
+    loader = {"llava": load_llava_hf, "llava_original": load_llava_original}.get(entry["source"])
+    if loader is None:
+        raise ModelError(f"model '{name}' is not a LLaVA-family generative model; use llava-1.5-7b, llava-med, "
+                         f"hf:<llava id> or a transformers Llava folder")
+    return loader(entry, spec_from_entry(entry), location, dtype).to(device).eval()
+
+
 def create_model(name: str, device: str | torch.device = "cpu") -> ClipModel:
     """Build a `ClipModel` from any supported model argument, in eval mode on `device`."""
     entry, location = resolve(name)
     backend = BACKENDS.get(entry["source"])
+    if entry["source"] in GENERATIVE_SOURCES:
+        raise ModelError(f"model '{name}' is a generative LLaVA-family model: it answers questions (task=vqa with "
+                         f"strategy zeroshot, mlp or lora), it has no CLIP embeddings for {name!r} to serve here")
     if backend is None:
         raise ModelError(f"model '{name}' needs backend '{entry['source']}', which this medvlm build does not have")
     model = backend(entry, spec_from_entry(entry), location)

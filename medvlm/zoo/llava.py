@@ -34,7 +34,7 @@ from torch import nn
 
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ModelSpec, Preprocess
-from medvlm.zoo.checkpoints import drop_index_buffers, hf_from_state, hub_source, load_torch_checkpoint
+from medvlm.zoo.checkpoints import drop_index_buffers, hf_from_state, hub_source, load_torch_checkpoint, weights_digest
 
 IMAGE_PLACEHOLDER = "<image>"
 HF_LLAVA_TYPES = ("llava",)
@@ -128,10 +128,6 @@ class GenerativeVLM(nn.Module):
             out.append(row)
         return out
 
-    def pixels(self, images: torch.Tensor) -> torch.Tensor:
-        from medvlm.data.transforms import to_model_input
-
-        return to_model_input(images, self.preprocess)
 
 
 def model_type(ident: str) -> str | None:
@@ -159,8 +155,6 @@ def _lora_spec(spec: ModelSpec) -> ModelSpec:
 
 
 def _pin(spec: ModelSpec, location: str | None, ident: str, net: nn.Module) -> dict:
-    from medvlm.zoo.factory import weights_digest
-
     if location:
         return {"model": str(Path(location).resolve()), "sha256": weights_digest(Path(location))}
     return {"model": ident, "revision": getattr(net.config, "_commit_hash", None)}
@@ -294,17 +288,3 @@ def load_llava_original(entry: dict, spec: ModelSpec, location: str | None,
     spec.pin = _pin(spec, str(folder), str(folder), net)
     return GenerativeVLM(net, tokenizer, spec, preprocess, LLAVA_MED_TEMPLATE, tokenizer.unk_token_id, n)
 
-
-LOADERS = {"llava": load_llava_hf, "llava_original": load_llava_original}
-
-
-def load_vlm(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GenerativeVLM:
-    """A generative model from any model argument (zoo name, `hf:` id, folder), in eval mode on `device`."""
-    from medvlm.zoo.factory import resolve, spec_from_entry
-
-    entry, location = resolve(name)
-    loader = LOADERS.get(entry["source"])
-    if loader is None:
-        raise ModelError(f"model '{name}' is not a LLaVA-family generative model; use llava-1.5-7b, llava-med, "
-                         f"hf:<llava id> or a transformers Llava folder")
-    return loader(entry, spec_from_entry(entry), location, dtype).to(device).eval()

@@ -27,7 +27,7 @@ class GenerativeVQAModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from medvlm.strategies.lora import load_adapter
-        from medvlm.zoo.llava import load_vlm
+        from medvlm.zoo.factory import load_vlm
 
         self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
         vlm = load_vlm(self.meta["model"])
@@ -43,7 +43,7 @@ class GenerativeVQAModel(mlflow.pyfunc.PythonModel):
         self.vlm = vlm.eval()
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from medvlm.data.vqa import decode_image
+        from medvlm.data.sources import decode_image
         from medvlm.tasks.generative_vqa import answer_all, build_prompts
 
         if not isinstance(model_input, pd.DataFrame) or not {"image", "question"} <= set(model_input.columns):
@@ -60,7 +60,7 @@ class GenerativeVQAModel(mlflow.pyfunc.PythonModel):
 
 def register(cfg: RunConfig, vlm: GenerativeVLM, selection: tuple[str, float, bool]) -> None:
     """Log the LoRA adapter or the trained projector as `medvlm-<model>-<dataset>-vqa`."""
-    from medvlm.tracking.adapter_model import log_adapter, registered_name
+    from medvlm.adapters.base import log_adapter, registered_name
 
     meta = {"model": cfg.model, "pin": vlm.spec.pin, "task": "vqa", "dataset": cfg.dataset, "strategy": cfg.strategy,
             "lora_parts": cfg.lora_parts or "l", "max_new_tokens": cfg.max_new_tokens, "generative": True}
