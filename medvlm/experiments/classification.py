@@ -14,7 +14,7 @@ from medvlm.config import RunConfig
 from medvlm.data.base import ClassificationData, LabelKind, TensorRows
 from medvlm.data.classification import load_classification
 from medvlm.data.subsample import subsample_splits
-from medvlm.engine.features import cached_features
+from medvlm.engine.features import cached_features, frozen_model, release_frozen_model
 from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, make_accelerator
 from medvlm.metrics.classification import classification_metrics, probabilities
 from medvlm.strategies import get_strategy
@@ -93,10 +93,14 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
     accelerator = make_accelerator(cfg)
     device = accelerator.device
-    clip = create_model(cfg.model, device=device)
+    strategy = get_strategy(cfg.strategy)
+    if strategy.trains_encoder:
+        release_frozen_model()
+        clip = create_model(cfg.model, device=device)
+    else:
+        clip = frozen_model(cfg.model, device)
     data = load_data(cfg, clip)
     log_lineage(data)
-    strategy = get_strategy(cfg.strategy)
     head = LinearHead(clip.embed_dim, head_outputs(data.kind, data.num_classes)).to(device)
     if cfg.strategy == "zeroshot" or cfg.head_init == "zeroshot":
         head.set_zero_shot(zero_shot_head(clip, data.prompts, data.class_names, data.kind))
