@@ -56,6 +56,14 @@ def release_frozen_model() -> None:
     _frozen.clear()
 
 
+def model_for_run(name: str, device: torch.device, trains_encoder: bool) -> ClipModel:
+    """A fresh model for a run that trains its encoder (after releasing any shared frozen one), else the shared one."""
+    if trains_encoder:
+        release_frozen_model()
+        return create_model(name, device=device)
+    return frozen_model(name, device)
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("MEDVLM_CACHE") or Path.home() / ".cache" / "medvlm" / "features")
 

@@ -14,7 +14,7 @@ from medvlm.config import RunConfig
 from medvlm.data.base import ClassificationData, LabelKind, TensorRows
 from medvlm.data.classification import load_classification
 from medvlm.data.subsample import subsample_splits
-from medvlm.engine.features import cached_features, frozen_model, release_frozen_model
+from medvlm.engine.features import cached_features, model_for_run
 from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, make_accelerator
 from medvlm.metrics.classification import classification_metrics, probabilities
 from medvlm.strategies import get_strategy
@@ -27,7 +27,7 @@ from medvlm.tasks.classification import (
 )
 from medvlm.tracking import plots
 from medvlm.tracking.session import log_dataset, log_epoch, replay_epochs
-from medvlm.zoo import ClipModel, create_model
+from medvlm.zoo import ClipModel
 
 
 class ClassificationObjective:
@@ -94,11 +94,7 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
     accelerator = make_accelerator(cfg)
     device = accelerator.device
     strategy = get_strategy(cfg.strategy)
-    if strategy.trains_encoder:
-        release_frozen_model()
-        clip = create_model(cfg.model, device=device)
-    else:
-        clip = frozen_model(cfg.model, device)
+    clip = model_for_run(cfg.model, device, strategy.trains_encoder)
     data = load_data(cfg, clip)
     log_lineage(data)
     head = LinearHead(clip.embed_dim, head_outputs(data.kind, data.num_classes)).to(device)
