@@ -51,7 +51,9 @@ class RunConfig(BaseModel):
     patience: int = Field(3, ge=1, description="early-stopping patience in epochs (validation loss)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on GPU, fp32 on CPU")
     seed: int = 0
-    head_init: Literal["random", "zeroshot"] = Field("random", description="fine-tuning head start: random (paper) or zero-shot prompt embeddings")
+    head: Literal["prompt", "linear"] = Field("prompt", description="classification head for partial/full/lora: prompt (logit_scale * cos with the class prompts' text embeddings, text tower in the graph, no extra layer, as the MIDL paper) or linear (a linear layer on image embeddings); strategy=linear always uses a linear head")
+    head_init: Literal["random", "zeroshot"] = Field("random", description="head=linear: start from a random layer or from the zero-shot prompt embeddings")
+    prompt_set: Literal["ensemble", "paper"] = Field("ensemble", description="class prompts: ensemble (CLIP_benchmark-style templates, averaged) or paper (the MIDL code's single 'this is a photo of {label}')")
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)

@@ -8,7 +8,8 @@ image and caption embedded once; recall is computed in chunks (`medvlm.metrics.r
 
 MLflow metric names cannot hold '@', so recall@k is logged as `..._R<k>`:
 `test_image_to_text_R1`, `test_text_to_image_R10`, `val_image_to_text_R5` per epoch. Also logged:
-`test_mean_recall` (mean of the six), median ranks, per split the image/caption counts, captions
+`test_mean_recall` (mean of the six), median ranks, `test_tied_queries` (queries whose best positive
+ties another item's score, counted against the query; also per direction), per split the image/caption counts, captions
 the tokenizer truncated, duplicate captions and skipped rows; a table of the worst-ranked queries
 and the recall@k-against-k curve (plot and table).
 """
@@ -48,12 +49,14 @@ def metric_names(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def summary(result: RetrievalResult) -> dict[str, float]:
-    """Recall@1/5/10 both ways, their mean, and the median rank (MedR) of each direction, rounded down
-    as VSE++ and its successors report it."""
+    """Recall@1/5/10 both ways, their mean, the median rank (MedR) of each direction, rounded down
+    as VSE++ and its successors report it, and the queries with a tie at their best positive."""
     scores = metric_names(result.metrics)
     scores["mean_recall"] = float(np.mean([scores[f"{d}_R{k}"] for d in DIRECTIONS for k in DEFAULT_KS]))
-    for direction, ranks in zip(DIRECTIONS, (result.i2t_ranks, result.t2i_ranks)):
+    for direction, ranks, tied in zip(DIRECTIONS, (result.i2t_ranks, result.t2i_ranks), (result.i2t_tied, result.t2i_tied)):
         scores[f"{direction}_median_rank"] = float(np.floor(np.median(ranks.numpy())))
+        scores[f"{direction}_tied_queries"] = float(tied)
+    scores["tied_queries"] = float(result.i2t_tied + result.t2i_tied)
     return scores
 
 
