@@ -104,3 +104,21 @@ def test_per_task_trials_must_name_every_task(tmp_path, workdir, capsys):
     err = capsys.readouterr().err
     assert re.search(r"trials gives no count for task classification; add classification: N to trials", err)
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_figure_2_summary_shows_each_tasks_headline_metric():
+    import pandas as pd
+
+    from medvlm.studies.summary import by_task, format_summary, primary_metric, summary_table
+
+    rows = []
+    for task, metric, values in (("vqa", "test_acc", [0.5, 0.6, 0.7]), ("retrieval", "test_image_to_text_R1", [0.1, 0.3])):
+        for v in values:
+            rows.append({"group": f"m · d-{task} · lora", "model": "m", "dataset": f"d-{task}", "task": task,
+                         "strategy": "lora", "train_fraction": 1.0, metric: v, "test_f1": 0.0})
+    table = summary_table(pd.DataFrame(rows))
+    assert [(suffix, primary_metric(part)) for suffix, part in by_task(table)] == [
+        ("_vqa", "test_acc"), ("_retrieval", "test_image_to_text_R1")]
+    text = format_summary("stability", table)
+    assert "test_acc mean ± std" in text and "0.6000 ± 0.1000" in text
+    assert "test_image_to_text_R1 mean ± std" in text and "0.2000 ± 0.1414" in text
