@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medvlm.adapters.base import ClassifierAdapterModel, log_adapter, registered_name
 from medvlm.config import RunConfig
 from medvlm.data.base import ClassificationData, LabelKind, TensorRows
+from medvlm.data.classification import load_classification
 from medvlm.data.prompts import select_prompts
-from medvlm.data.registry import load_classification
 from medvlm.data.subsample import subsample_splits
 from medvlm.engine.features import cached_features
 from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, freeze_unused, make_accelerator
@@ -156,8 +157,6 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
     metrics = log_test_results(logits, targets, data, history)
 
     if cfg.strategy == "lora" and cfg.register_adapter and selection is not None:
-        from medvlm.tracking.adapter_model import ClassifierAdapterModel, log_adapter, registered_name
-
         meta = {"model": cfg.model, "pin": clip.spec.pin, "task": "classification", "kind": data.kind,
                 "class_names": data.class_names, "dataset": cfg.dataset, "head": "linear" if head else "prompt",
                 "prompts": prompts}
