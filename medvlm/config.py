@@ -111,6 +111,9 @@ class RunConfig(BaseModel):
             raise ValueError("strategy=mlp (projector only) is for generative VQA models; use task=vqa with a LLaVA model")
         if self.lora_parts and self.strategy != "lora":
             raise ValueError(f"lora_parts={self.lora_parts} needs strategy=lora")
+        if self.head_init == "zeroshot" and self.head == "prompt" and self.strategy in ("partial", "full", "lora"):
+            raise ValueError("head_init=zeroshot starts a linear head, and the prompt classifier (head=prompt) has "
+                             "none; pass head=linear too, or drop head_init")
         return self
 
     def resolved(self) -> dict[str, Any]:

@@ -106,3 +106,14 @@ def test_trainable_params_count_exactly_what_changes_in_one_step(tiny_model_dir,
     text_projection = [n for n in before if n.endswith("text_projection")]
     trains_text = any(p.requires_grad for n, p in module.named_parameters() if n in text_projection)
     assert trains_text == (head == "prompt" and strategy != "lora")
+
+
+def test_head_init_without_a_linear_head_is_refused_in_one_line():
+    from medvlm.config import build_config
+    from medvlm.errors import ConfigError
+
+    base = {"model": "x", "dataset": "breastmnist", "strategy": "lora", "head_init": "zeroshot"}
+    with pytest.raises(ConfigError, match="head_init=zeroshot starts a linear head.*pass head=linear too"):
+        build_config(base)
+    assert build_config({**base, "head": "linear"}).head_init == "zeroshot"
+    assert build_config({**base, "strategy": "linear"}).head == "prompt"  # a linear probe is a linear head anyway
