@@ -35,7 +35,8 @@ FINETUNE_METRICS = {
 }
 # test_auc_hard is the MIDL paper code's AUC of hard predictions: only for comparison with its tables
 METRIC_NAMES = {"test_auc": "AUC", "test_auc_hard": "AUC (hard, paper code)", "test_acc": "ACC", "test_f1": "F1",
-                "test_acc_open": "ACC open", "test_acc_closed": "ACC closed", "test_f1_weighted": "F1 (weighted)"}
+                "test_acc_open": "ACC open", "test_acc_closed": "ACC closed", "test_f1_weighted": "F1 (weighted)",
+                "test_closed_acc": "closed ACC (generated)", "test_open_recall": "open token recall"}
 METRIC_NAMES.update({f"test_{d}_R{k}": f"{a} R@{k}" for d, a in (("image_to_text", "I→T"), ("text_to_image", "T→I"))
                      for k in (1, 5, 10)})
 TASK_NAMES = {"classification": "classification", "retrieval": "image-text retrieval", "vqa": "VQA"}

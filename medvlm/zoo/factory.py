@@ -11,29 +11,15 @@ folder, or the authors' checkpoint); nothing then touches the network.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel, ModelSpec
-
-CONFIG_DIR = Path(__file__).parent / "configs"
-
-
-
-@lru_cache(maxsize=None)
-def zoo_entries() -> dict[str, dict]:
-    """Every zoo entry by name, read from `configs/*.json`."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted(CONFIG_DIR.glob("*.json"))}
-
-
-def list_models() -> list[str]:
-    return list(zoo_entries())
+from medvlm.zoo.entries import zoo_entries
 
 
 def _custom(module: str, function: str) -> Callable[[dict, ModelSpec, str | None], ClipModel]:
