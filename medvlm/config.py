@@ -63,7 +63,7 @@ class RunConfig(BaseModel):
     caption_column: str = Field("caption", description="retrieval: CSV/parquet column with captions")
     subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)")
     num_workers: int = Field(0, ge=0)
-    experiment: str = "medvlm"
+    experiment: str = Field("", description="MLflow experiment; empty: MLFLOW_EXPERIMENT_NAME, else mlflow run's experiment, else 'Default'")
     register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry")
     resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue")
     checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"))

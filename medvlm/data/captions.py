@@ -180,7 +180,7 @@ def load_captions(dataset: str, *, data_root: str | Path, subset: Subset = "mixe
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
         raise ConfigError(f"splits {unknown or list(splits)} are not among {SPLITS}")
-    kind, path = _resolve(dataset.strip(), Path(data_root).expanduser())
+    kind, path = locate_source(dataset.strip(), Path(data_root).expanduser())
     # A missing validation split is carved from the training images, so it needs those.
     needed = set(splits) | ({"train"} if "val" in splits else set())
     if kind == "roco":
@@ -201,14 +201,15 @@ def _is_roco(folder: Path) -> bool:
                for dirs in ROCO_SPLIT_DIRS.values() for d in dirs for s in ROCO_SUBSETS)
 
 
-def _resolve(name: str, data_root: Path) -> tuple[str, Path]:
+def locate_source(name: str, data_root: Path) -> tuple[str, Path]:
     """(kind, path): kind is roco (native layout) or table (a file or a folder of tables)."""
     if name.lower() == "roco":
         for alias in ROCO_ALIASES:
             for candidate in (data_root / alias, Path(alias)):
                 if candidate.is_dir():
                     return ("roco" if _is_roco(candidate) else "table"), candidate
-        raise DataError(f"ROCO not found in data_root {data_root} (looked for {', '.join(ROCO_ALIASES)}/); {HOW_TO_GET_ROCO}")
+        tried = ", ".join(f"{p}/" for alias in ROCO_ALIASES for p in (data_root / alias, Path(alias)))
+        raise DataError(f"ROCO not found: tried {tried}; {HOW_TO_GET_ROCO}")
     for candidate in (Path(name).expanduser(), data_root / name):
         if candidate.is_file() and candidate.suffix.lower() in TABLE_SUFFIXES:
             return "table", candidate

@@ -160,7 +160,7 @@ def read_vqa(dataset: str, *, data_root: str | Path, split: SplitMode = "auto", 
     `max_rows` > 0 keeps the first rows of each split in a seeded image order (whole images
     first, so few images are decoded): for smoke tests and quick looks, never for results.
     """
-    kind, path = _resolve(dataset.strip(), Path(data_root).expanduser())
+    kind, path = locate_source(dataset.strip(), Path(data_root).expanduser())
     if kind == "vqa_rad":
         rows, official = _vqa_rad_rows(path), "phrase_type test_* = test"
     elif kind == "slake":
@@ -201,7 +201,7 @@ def load_vqa(dataset: str, *, data_root: str | Path, image_size: int, split: Spl
 # -- locating -----------------------------------------------------------------------------
 
 
-def _resolve(name: str, data_root: Path) -> tuple[str, Path]:
+def locate_source(name: str, data_root: Path) -> tuple[str, Path]:
     """(kind, path): kind is vqa_rad, slake or table."""
     key = name.lower().replace("-", "_")
     if key in ALIASES:
@@ -209,8 +209,9 @@ def _resolve(name: str, data_root: Path) -> tuple[str, Path]:
             for candidate in (data_root / alias, Path(alias)):
                 if candidate.is_dir():
                     return (key if key != "pathvqa" else "table"), candidate
-        raise DataError(f"{name} not found in data_root {data_root} (looked for {', '.join(ALIASES[key])}/); "
-                        f"{HOW_TO_GET[key]}, or set data_root / pass dataset=PATH")
+        tried = ", ".join(f"{p}/" for alias in ALIASES[key] for p in (data_root / alias, Path(alias)))
+        raise DataError(f"{name} not found: tried {tried}; in {data_root / ALIASES[key][0]}/: {HOW_TO_GET[key]}; or set "
+                        f"data_root / MEDVLM_DATA to the folder that holds {ALIASES[key][0]}/, or pass dataset=PATH")
     for candidate in (Path(name).expanduser(), data_root / name):
         if candidate.is_file() and candidate.suffix.lower() in TABLE_SUFFIXES:
             return "table", candidate

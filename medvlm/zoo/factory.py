@@ -24,6 +24,7 @@ from torch import nn
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel, ModelSpec
 from medvlm.zoo.checkpoints import open_clip_local_kwargs
+from medvlm.zoo.hub import offline_guard
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".tar")
@@ -201,5 +202,6 @@ def create_model(name: str, device: str | torch.device = "cpu") -> ClipModel:
     backend = BACKENDS.get(entry["source"])
     if backend is None:
         raise ModelError(f"model '{name}' needs backend '{entry['source']}', which this medvlm build does not have")
-    model = backend(entry, spec_from_entry(entry), location)
+    with offline_guard(entry, location):
+        model = backend(entry, spec_from_entry(entry), location)
     return model.to(device).eval()
