@@ -79,28 +79,17 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         add_field_flag(parser, name, StudyConfig.model_fields[name])
 
 
-def run_experiment(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None) -> dict[str, float]:
-    """Dispatch to the task's experiment inside the run `cfg` defines (a nested child run for study trials).
-
-    Seeding first makes head and adapter initialisation part of the seed, so CPU reruns repeat exactly.
-    """
-    from medvlm.experiments import EXPERIMENTS
-    from medvlm.tracking.session import tracked_run
-
-    from accelerate.utils import set_seed
-
-    with tracked_run(cfg, nested=nested, extra_tags=extra_tags):
-        set_seed(cfg.seed)
-        return EXPERIMENTS[cfg.task](cfg)
-
-
 def cmd_zeroshot(args: argparse.Namespace) -> int:
+    from medvlm.experiments import run_experiment  # lazy: torch and MLflow load only when a run starts
+
     cfg = build_config({**overrides_from(args), "strategy": "zeroshot"})
     print_metrics(run_experiment(cfg))
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from medvlm.experiments import run_experiment  # lazy: torch and MLflow load only when a run starts
+
     cfg = build_config(overrides_from(args))
     if cfg.strategy not in FINETUNE_STRATEGIES:
         raise ConfigError(f"finetune needs strategy={'|'.join(FINETUNE_STRATEGIES)} (got '{cfg.strategy}'); "
@@ -126,7 +115,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from medvlm.zoo import zoo_entries
+    from medvlm.zoo.entries import zoo_entries
 
     rows = [("name", "domain", "modality", "source", "image", "context", "licence", "gated")]
     rows += [(name, e.get("domain", ""), e.get("modality", ""),
@@ -189,11 +178,19 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, bool]] = {
 STUDY_COMMANDS = ("ablation", "stability", "sweep")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that subcommand gets its flags (none with `only=""`).
+
+    Flags of the study and report commands come from modules that import pandas, MLflow and torch;
+    building them only for the command actually run keeps `medvlm --help` and `medvlm models` light.
+    """
     parser = OneLineParser(prog="medvlm", allow_abbrev=False, description="General or medical CLIP? Evaluate and adapt, tracked in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, (func, help_text, takes_config) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+        p.set_defaults(func=func)
+        if only is not None and name != only:
+            continue
         if takes_config:
             add_config_flags(p)
         if name in STUDY_COMMANDS:
@@ -203,13 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
 
             for field_name, field in ReportConfig.model_fields.items():
                 add_field_flag(p, field_name, field)
-        p.set_defaults(func=func)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medvlm.progress import setup_logging
+
+    setup_logging()
     try:
-        args, extras = build_parser().parse_known_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        command = next((a for a in argv if not a.startswith("-")), None)
+        args, extras = build_parser(command if command in COMMANDS else "").parse_known_args(argv)
         if extras:
             raise unknown_flags_error(extras, [k for k in vars(args) if k not in ("func", "command")])
         return args.func(args)

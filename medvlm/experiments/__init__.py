@@ -4,23 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from accelerate.utils import set_seed
+
 from medvlm.config import RunConfig
+from medvlm.tracking.session import tracked_run
 
 
 def _classification(cfg: RunConfig) -> dict[str, float]:
-    from medvlm.experiments.classification import run_classification
+    from medvlm.experiments.classification import run_classification  # lazy: each task loads only its own modules
 
     return run_classification(cfg)
 
 
 def _vqa(cfg: RunConfig) -> dict[str, float]:
+    """CLIP models rank answers with a BAN head; LLaVA-family models generate them."""
+    from medvlm.zoo.factory import is_generative
+
+    if is_generative(cfg.model):
+        from medvlm.experiments.generative_vqa import run_generative_vqa  # lazy: each task loads only its own modules
+
+        return run_generative_vqa(cfg)
     from medvlm.experiments.vqa import run_vqa
 
     return run_vqa(cfg)
 
 
 def _retrieval(cfg: RunConfig) -> dict[str, float]:
-    from medvlm.experiments.retrieval import run_retrieval
+    from medvlm.experiments.retrieval import run_retrieval  # lazy: each task loads only its own modules
 
     return run_retrieval(cfg)
 
@@ -30,3 +40,13 @@ EXPERIMENTS: dict[str, Callable[[RunConfig], dict[str, float]]] = {
     "retrieval": _retrieval,
     "vqa": _vqa,
 }
+
+
+def run_experiment(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None) -> dict[str, float]:
+    """Dispatch to the task's experiment inside the run `cfg` defines (a nested child run for study trials).
+
+    Seeding first makes head and adapter initialisation part of the seed, so CPU reruns repeat exactly.
+    """
+    with tracked_run(cfg, nested=nested, extra_tags=extra_tags):
+        set_seed(cfg.seed)
+        return EXPERIMENTS[cfg.task](cfg)

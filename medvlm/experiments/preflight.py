@@ -15,7 +15,7 @@ from medvlm.errors import ConfigError, MedvlmError
 
 
 def _classification(cfg: RunConfig) -> str:
-    from medvlm.data.registry import locate_classification
+    from medvlm.data.classification import locate_classification
 
     return locate_classification(cfg.dataset, data_root=cfg.data_root, size=cfg.size)
 

@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from medvlm.adapters.base import log_adapter, registered_name
+from medvlm.adapters.vqa import VQAAdapterModel
 from medvlm.config import RunConfig
 from medvlm.data.base import TensorRows
 from medvlm.data.subsample import stratified_indices
@@ -28,6 +30,7 @@ from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, m
 from medvlm.errors import ConfigError
 from medvlm.metrics.vqa import breakdown, breakdown_metrics, vqa_metrics
 from medvlm.metrics.vqa_taxonomy import TAGS, error_tag
+from medvlm.progress import tracked
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import text_embeddings
 from medvlm.tasks.vqa import AnswerVocab, BANHead, CachedVQA, VQAModel, tokenize_questions, vqa_loss
@@ -144,7 +147,8 @@ def zero_shot_logits(clip: ClipModel, data: VQAData, vocab: AnswerVocab, cfg: Ru
     scale = clip.logit_scale().float()
     logits = torch.full((len(test), len(vocab)), float("-inf"))
     prompts = 0
-    for (question, closed), rows in test.groupby(["question", "closed"], sort=False).indices.items():
+    groups = test.groupby(["question", "closed"], sort=False).indices
+    for (question, closed), rows in tracked(groups.items(), "zero-shot VQA questions", len(groups)):
         ids = candidates[bool(closed)]
         texts = text_embeddings(clip, [ZERO_SHOT_PROMPT.format(question=question, answer=vocab.answers[i]) for i in ids])
         logits[np.ix_(rows, ids)] = (scale * row_embeddings[rows] @ texts.T).cpu()
@@ -190,6 +194,9 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: VQAData,
 
 
 def _check_strategy(cfg: RunConfig) -> None:
+    if cfg.strategy == "mlp" or cfg.lora_parts:
+        raise ConfigError(f"strategy=mlp and lora_parts are for generative (LLaVA) models; {cfg.model} is a CLIP "
+                          f"model: use zeroshot, frozen, partial, full or lora")
     if cfg.strategy == "linear":
         raise ConfigError("task=vqa has no linear probe; use strategy=frozen (frozen encoders, BAN head on cached tokens)")
 
@@ -248,9 +255,6 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
 def register(cfg: RunConfig, clip: ClipModel, head: BANHead, vocab: AnswerVocab,
              selection: tuple[str, float, bool]) -> None:
     """Log the LoRA adapter + BAN head as `medvlm-<model>-<dataset>-vqa`, a model that answers questions."""
-    from medvlm.tracking.adapter_model import log_adapter, registered_name
-    from medvlm.tracking.vqa_adapter_model import VQAAdapterModel
-
     meta = {"model": cfg.model, "pin": clip.spec.pin, "task": "vqa", "dataset": cfg.dataset,
             "head": head.config, "vocab": vocab.to_dict()}
     log_adapter(VQAAdapterModel(), clip.net, {"head": head}, meta, registered_name(cfg.model, cfg.dataset, "vqa"),

@@ -39,8 +39,9 @@ from mlflow.tracking import MlflowClient
 
 from medvlm.errors import ConfigError, MedvlmError
 from medvlm.experiments.preflight import preflight
-from medvlm.studies.plan import PlannedTrial, build_plan, describe, plan_digest, trial_config
-from medvlm.studies.spec import Kind, StudyConfig, load_study_config
+from medvlm.progress import log
+from medvlm.studies.plan import build_plan, describe, plan_digest, trial_config
+from medvlm.studies.spec import Kind, PlannedTrial, StudyConfig, load_study_config, perturbed
 from medvlm.studies.summary import PRIMARY_METRIC, child_runs, format_summary, log_summary, summary_table
 from medvlm.tracking.session import ensure_tracking, resolve_experiment
 
@@ -251,7 +252,8 @@ def work(study, storage, cfg: StudyConfig, cells: list, parent: Parent) -> None:
     while True:
         trial_id = claim(storage, study_id)
         if trial_id is not None:
-            error = run_trial(study, storage, trial_id, cfg, cells, parent, seen)
+            total = len(storage.get_all_trials(study_id, deepcopy=False))
+            error = run_trial(study, storage, trial_id, cfg, cells, parent, total, seen)
             number = storage.get_trial(trial_id).number
             if error is None:
                 streak = []
@@ -333,7 +335,7 @@ def heartbeat(storage, trial_id: int, interval: float) -> Iterator[None]:
         thread.join()
 
 
-def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, parent: Parent,
+def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, parent: Parent, total: int,
               seen: dict[str, int] | None = None) -> str | None:
     """One trial as a nested MLflow child run; tells Optuna COMPLETE (with the task's headline metric) or FAIL.
 
@@ -341,15 +343,16 @@ def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, pare
     """
     import optuna
 
-    from medvlm.cli import run_experiment
+    from medvlm.experiments import run_experiment  # lazy: a dry run or a finished study loads no torch
 
     frozen, trial = storage.get_trial(trial_id), optuna.Trial(study, trial_id)
     label = frozen.user_attrs.get("label", f"trial {trial.number}")
     config = trial_config(cells, frozen.params)
     tags = {"mlflow.parentRunId": parent.run_id, "medvlm.trial": str(trial.number),
-            "medvlm.group": frozen.user_attrs.get("group", ""), "medvlm.study_kind": cfg.kind}
+            "medvlm.group": frozen.user_attrs.get("group", ""), "medvlm.study_kind": cfg.kind,
+            "medvlm.perturbed": perturbed(frozen.params)}
     client = MlflowClient()
-    print(f"medvlm: trial {trial.number}: {label}", file=sys.stderr)
+    log.info("trial %d/%d: %s", trial.number + 1, total, label)
     try:
         with heartbeat(storage, trial_id, cfg.heartbeat_interval):
             earlier = trial_runs(client, parent.run_id, frozen.system_attrs.get("retry_history", []), status="FINISHED")

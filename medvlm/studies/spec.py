@@ -34,8 +34,8 @@ DEFAULT_FRACTIONS = [0.05, 0.1, 0.25, 0.5, 1.0]
 DEFAULT_SPACE = {"lr": {"factor": 2.0}, "seed": {"low": 0, "high": 9999}}
 NAMED_KEYS = ("model", "dataset", "strategy")
 REPLICATE_KEYS = {"seed"}
-# Per-machine settings: not part of a study's identity, so workers with other paths can join.
-MACHINE_KEYS = {"data_root", "checkpoint_dir", "num_workers"}
+# Per-machine and display settings: not part of a study's identity, so workers with other paths can join.
+MACHINE_KEYS = {"data_root", "checkpoint_dir", "num_workers", "run_name"}
 
 
 def default_storage() -> str:
@@ -188,6 +188,29 @@ class Cell:
     group: str
     values: dict[str, Any]
     config: RunConfig
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    """One experiment of a study: its Optuna params (`cell` plus any perturbed keys) and its config."""
+
+    cell: Cell
+    params: dict[str, Any]
+    distributions: dict[str, Any]
+    config: RunConfig
+
+    @property
+    def label(self) -> str:
+        return f"{self.cell.label}  {perturbed(self.params)}".rstrip()
+
+
+def perturbed(params: dict[str, Any]) -> str:
+    """A trial's own values beyond its cell (`lr=1.2e-05 seed=3`): what tells study children apart."""
+    return " ".join(f"{k}={_short(v)}" for k, v in params.items() if k != "cell")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _matches(match: dict[str, Any], cfg: RunConfig) -> bool:

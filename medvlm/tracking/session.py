@@ -1,4 +1,4 @@
-"""One MLflow run per experiment, per the SPEC's conventions.
+"""One MLflow run per experiment, with the conventions of the README's "What a run records" section.
 
 - The embedded default store is `sqlite:///mlflow.db`; `MLFLOW_TRACKING_URI` overrides it.
 - Inside `mlflow run`, `MLFLOW_RUN_ID` is set and the first top-level run resumes that run,
@@ -24,10 +24,12 @@ import mlflow
 
 from medvlm.config import RunConfig
 from medvlm.errors import MedvlmError
+from medvlm.progress import log
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 WARNING_TAG_PREFIX = "medvlm.warning."  # a caveat on the run's numbers; reports show it beside them
 DEFAULT_EXPERIMENT = "Default"  # MLflow's own: where `mlflow run` puts a run when no experiment is named
+SOURCE_PREFIXES = ("local-dir", "hf-hub", "hf", "file")
 
 
 class TrackingError(MedvlmError):
@@ -96,8 +98,24 @@ def run_tags(cfg: RunConfig, domain: str) -> dict[str, str]:
     return tags
 
 
-def run_name(cfg: RunConfig) -> str:
-    return f"{cfg.model} · {cfg.dataset} · {cfg.strategy}"
+def short_name(source: str) -> str:
+    """`local-dir:/data/models/tiny-clip` -> `tiny-clip`, `hf:org/roco` -> `roco`: what tells runs apart."""
+    value = source.split(":", 1)[1] if source.split(":", 1)[0] in SOURCE_PREFIXES else source
+    value = value.rstrip("/\\")
+    return (value.replace("\\", "/").rsplit("/", 1)[-1] or value) if ("/" in value or "\\" in value) else value
+
+
+def run_name(cfg: RunConfig, tags: dict[str, str] | None = None) -> str:
+    """`run_name`, else `MLFLOW_RUN_NAME`, else `model · dataset · strategy`; study trials add their number
+    and perturbed values, so children of one parent read apart."""
+    tags = tags or {}
+    name = cfg.run_name or os.environ.get("MLFLOW_RUN_NAME") or \
+        f"{short_name(cfg.model)} · {short_name(cfg.dataset)} · {cfg.strategy}"
+    if "medvlm.trial" in tags:
+        name += f" · trial {int(tags['medvlm.trial']) + 1}"
+        if tags.get("medvlm.perturbed"):
+            name += f" · {tags['medvlm.perturbed']}"
+    return name
 
 
 def flat_params(cfg: RunConfig) -> dict[str, str]:
@@ -141,10 +159,11 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
                               f"pass the run id of the interrupted run") from None
         run = mlflow.start_run(run_id=cfg.resume)
     else:
-        run = mlflow.start_run(run_id=project_run, run_name=None if project_run else run_name(cfg), nested=nested)
+        run = mlflow.start_run(run_id=project_run, run_name=None if project_run else run_name(cfg, extra_tags),
+                               nested=nested)
         log_config(run.info.run_id, cfg)
     if project_run:
-        mlflow.set_tag("mlflow.runName", run_name(cfg))
+        mlflow.set_tag("mlflow.runName", run_name(cfg, extra_tags))
     from medvlm.zoo import zoo_entries
 
     domain = zoo_entries().get(cfg.model, {}).get("domain", "unknown")
@@ -161,6 +180,29 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
     else:
         mlflow.flush_async_logging()
         mlflow.end_run(status="FINISHED")
+        if process_rank() == 0:
+            log.info(run_summary(run.info.run_id))
+
+
+def ui_url(experiment_id: str, run_id: str) -> str:
+    """Where the run opens in the MLflow UI: the tracking server itself, or `mlflow ui` on the local store."""
+    uri = mlflow.get_tracking_uri()
+    path = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{path}"
+    return f"http://127.0.0.1:5000/{path} (after `mlflow ui --backend-store-uri {uri}`)"
+
+
+def run_summary(run_id: str) -> str:
+    """The closing line: which run, where to see it, and which registered version it made."""
+    run = mlflow.get_run(run_id)
+    line = f"run {run_id} ({run.info.run_name}) finished · {ui_url(run.info.experiment_id, run_id)}"
+    registered = run.data.tags.get("medvlm.registered_model")
+    if registered:
+        name, version = registered.rsplit("/", 1)
+        best = mlflow.MlflowClient().get_model_version_by_alias(name, "best").version
+        line += f" · registered {name} version {version} (@best is version {best})"
+    return line
 
 
 def log_epoch(epoch: int, row: dict[str, float]) -> None:

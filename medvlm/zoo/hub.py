@@ -113,7 +113,7 @@ def offline_error(entry: dict, reason: str, cause: BaseException | None = None) 
     """One line: the model, where it was looked for, the mirror layout and the download-free recipe."""
     from huggingface_hub import constants
 
-    from medvlm.zoo import zoo_entries
+    from medvlm.zoo.entries import zoo_entries
 
     name = entry["name"]
     root = os.environ.get("MEDVLM_WEIGHTS")

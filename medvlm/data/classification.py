@@ -1,4 +1,4 @@
-"""One entry point from a `dataset` string to a ClassificationData.
+"""Classification datasets: one entry point from a `dataset` string to a ClassificationData.
 
 `dataset` is a MedMNIST subset name, an image folder, or a CSV/parquet file; relative paths
 are looked up in the working directory first, then under `data_root`.
@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medvlm.data.base import ClassificationData
-from medvlm.data.files import TABLE_SUFFIXES, LabelPolicy, load_image_folder, load_table
+from medvlm.data.files import LabelPolicy, load_image_folder, load_table
 from medvlm.data.medmnist import INFO, SUBSETS, load_medmnist, locate_medmnist
+from medvlm.data.sources import TABLE_SUFFIXES, locate
 from medvlm.errors import DataError
 
 
@@ -30,7 +31,7 @@ def load_classification(
     name = dataset.strip()
     if name.lower() in INFO:
         return load_medmnist(name.lower(), size, data_root)
-    path = _source(name, Path(data_root).expanduser())
+    path = _source(name, data_root)
     if path.is_dir():
         return load_image_folder(path, image_size, seed)
     return load_table(path, image_column, label_columns, label_policy, image_size, seed)
@@ -41,12 +42,12 @@ def locate_classification(dataset: str, *, data_root: str | Path, size: int = 22
     name = dataset.strip()
     if name.lower() in INFO:
         return locate_medmnist(name.lower(), size, data_root)
-    return str(_source(name, Path(data_root).expanduser()))
+    return str(_source(name, data_root))
 
 
-def _source(name: str, data_root: Path) -> Path:
-    """The image folder or table `name` names, looked up in the working directory, then under data_root."""
-    path = next((c for c in (Path(name).expanduser(), data_root / name) if c.exists()), None)
+def _source(name: str, data_root: str | Path) -> Path:
+    """The image folder or table `name` names (`locate`), or a DataError saying what `dataset` may be."""
+    path = locate(name, data_root)
     if path is not None and path.is_dir():
         return path
     if Path(name).suffix.lower() in TABLE_SUFFIXES:
