@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
 from medvlm.tracking.session import DEFAULT_EXPERIMENT, resolve_experiment
-from tests.conftest import BREAST_ROOT, REPO, needs_breastmnist
+from tests.conftest import BREAST_ROOT, REPO, SHARED_DATA, needs_breastmnist
 
 
 def _project_run(experiment: str, monkeypatch) -> str:
@@ -40,7 +40,7 @@ def test_precedence(workdir, monkeypatch):
 
 
 @needs_breastmnist
-def test_mlflow_run_medvlm_and_report_share_the_default_experiment(workdir, tiny_model_dir, capsys):
+def test_mlflow_run_medvlm_and_report_share_the_default_experiment(workdir, tiny_model_dir, capsys, monkeypatch):
     params = {"model": f"local-dir:{tiny_model_dir}", "dataset": "breastmnist", "size": "28", "data_root": str(BREAST_ROOT),
               "strategy": "linear", "epochs": "1"}
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
@@ -49,7 +49,8 @@ def test_mlflow_run_medvlm_and_report_share_the_default_experiment(workdir, tiny
                            *[arg for k, v in params.items() for arg in ("-P", f"{k}={v}")]],
                           env=env, cwd=workdir, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert main(["finetune", *[arg for k, v in params.items() for arg in (f"--{k}", v)]]) == 0
+    monkeypatch.setenv("MEDVLM_DATA", str(SHARED_DATA))  # the parent of every dataset, as well as the npz folder above
+    assert main(["finetune", *[arg for k, v in params.items() if k != "data_root" for arg in (f"--{k}", v)]]) == 0
     assert main(["report", "--resamples", "100"]) == 0
     err = capsys.readouterr().err
     client = MlflowClient()
@@ -57,5 +58,6 @@ def test_mlflow_run_medvlm_and_report_share_the_default_experiment(workdir, tiny
     assert {r.info.experiment_id for r in runs} == {client.get_experiment_by_name("Default").experiment_id}
     (report,) = [r for r in runs if r.data.tags.get("medvlm.report") == "true"]
     assert report.data.metrics["report_runs"] == 2 and len(runs) == 3
+    assert {r.data.params.get("data_root") for r in runs if r.info.run_id != report.info.run_id} == {str(BREAST_ROOT), str(SHARED_DATA)}
     assert f"report run {report.info.run_id} in experiment 'Default'" in err and report.info.artifact_uri in err
     assert mlflow.get_experiment_by_name("medvlm") is None

@@ -51,15 +51,24 @@ def download_unreachable(entry: dict) -> str | None:
     return unreachable(url) if url else hub_unreachable()
 
 
+def cache_folder(entry: dict) -> Path:
+    """Where a download of this model is cached: torch hub's folder for release URLs, else the Hugging Face cache."""
+    if "url" in entry.get("download", {}):
+        import torch
+
+        return Path(torch.hub.get_dir()) / "medvlm"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
 def cached_copy(entry: dict) -> str | None:
-    """The model's main file in the Hugging Face (or torch hub) cache, or None; nothing is downloaded."""
+    """The model's main file in its download cache, or None; nothing is downloaded."""
     from huggingface_hub import try_to_load_from_cache
 
     download = entry.get("download", {})
     if "url" in download:
-        import torch
-
-        cached = Path(torch.hub.get_dir()) / "medvlm" / entry["checkpoint"]
+        cached = cache_folder(entry) / entry["checkpoint"]
         return str(cached) if cached.is_file() else None
     if "hf_repo" in download:
         repo, files, kind = download["hf_repo"], [download.get("filename", entry["checkpoint"])], download.get("repo_type", "model")
@@ -111,14 +120,10 @@ def mirror_layout(entry: dict) -> str:
 
 def offline_error(entry: dict, reason: str, cause: BaseException | None = None) -> ModelError:
     """One line: the model, where it was looked for, the mirror layout and the download-free recipe."""
-    from huggingface_hub import constants
-
     from medvlm.zoo.entries import zoo_entries
 
     name = entry["name"]
     root = os.environ.get("MEDVLM_WEIGHTS")
-    # a cached copy that failed to load is a different problem: say how it failed
-    failure = f" (a cached copy failed: {clipped(f'{type(cause).__name__}: {cause}', 160)})" if cause and cached_copy(entry) else ""
     if name in zoo_entries():
         looked = f"the mirror {Path(root) / name}" if root else "a mirror (MEDVLM_WEIGHTS is not set)"
         fix = (f"mirror it as $MEDVLM_WEIGHTS/{name}/ ({mirror_layout(entry)}; Hub repositories it depends on "
@@ -126,11 +131,11 @@ def offline_error(entry: dict, reason: str, cause: BaseException | None = None) 
     else:
         looked = "a mirror (only zoo names use MEDVLM_WEIGHTS)"
         fix = f"save it locally ({mirror_layout(entry)}) and pass model=local-dir:PATH or the folder"
-    return ModelError(
-        f"model '{name}' cannot be loaded offline: {reason}, and it is in neither {looked} nor the Hugging Face cache "
-        f"{constants.HF_HUB_CACHE}{failure}; {fix}, or run with no "
-        f"download at all: {TINY_RECIPE}; HF_HUB_OFFLINE=1 skips the network check"
-    )
+    cached = cached_copy(entry) if cause is not None else None
+    state = (f"its cached copy {cached} did not load ({clipped(f'{type(cause).__name__}: {cause}', 160)})" if cached
+             else f"it is in neither {looked} nor the cache {cache_folder(entry)}")
+    return ModelError(f"model '{name}' cannot be loaded offline: {reason}, and {state}; {fix}, or run with no download "
+                      f"at all: {TINY_RECIPE}; HF_HUB_OFFLINE=1 skips the network check")
 
 
 @contextmanager
