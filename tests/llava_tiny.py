@@ -3,6 +3,7 @@
 - `write_llava_hf`: a transformers `LlavaForConditionalGeneration` (tiny CLIP vision tower + tiny
   Llama) saved with `save_pretrained`, with a `LlavaProcessor`: a real fast BPE tokenizer trained
   with `tokenizers` on the real VQA-RAD questions and answers, and the llava-1.5-hf chat template.
+- `write_llava_next`: the same as a LLaVA-NeXT folder (any-resolution tiles).
 - `write_llava_med`: the same sizes in the LLaVA-Med v1.5 release's own layout (`llava_mistral`
   config with `mm_*` keys, `model.mm_projector.{0,2}`, `model.vision_tower.vision_tower.vision_model.*`,
   a Mistral language model), plus the Hub mirror of the CLIP tower config it names.
@@ -98,6 +99,32 @@ def write_llava_hf(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def write_llava_next(folder: Path, seed: int = 0) -> Path:
+    """A transformers LLaVA-NeXT folder: any-resolution tiles (pinpoints at the tiny size) and the same tokenizer."""
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessor, LlavaNextProcessor)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer()
+    sizes = _sizes(len(tokenizer))
+    pinpoints = [[IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE], [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]]
+    text = LlamaConfig(**sizes["text"], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+    config = LlavaNextConfig(vision_config=CLIPVisionConfig(**sizes["vision"]), text_config=text,
+                             image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints)
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    model.save_pretrained(folder)
+    images = LlavaNextImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                     image_grid_pinpoints=pinpoints)
+    LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=PATCH, chat_template=LLAVA15_TEMPLATE,
+                       vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(folder)
+    return folder
+
+
 def llava_med_state(seed: int = 0) -> tuple[dict, dict[str, torch.Tensor], object]:
     """(config.json dict, state dict in the release's key layout, tokenizer) with random weights."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, MistralConfig, MistralForCausalLM
@@ -157,12 +184,13 @@ needs_vqa_rad = pytest.mark.skipif(not (VQA_RAD / VQA_RAD_JSON).is_file(),
 
 @pytest.fixture(scope="module")
 def llava_family(tmp_path_factory):
-    """Both tiny models, `MEDVLM_WEIGHTS` pointing at their mirror: {"hf": Llava folder, "med": "llava-med"}."""
+    """The tiny models, `MEDVLM_WEIGHTS` pointing at their mirror: {"hf": Llava folder, "med": "llava-med", "next": LLaVA-NeXT folder}."""
     if not (VQA_RAD / VQA_RAD_JSON).is_file():
         pytest.skip(f"real VQA-RAD not found at {VQA_RAD}: it trains the tiny models' tokenizer")
     root = tmp_path_factory.mktemp("llava-mirror")
     write_llava_med(root)
     hf = write_llava_hf(root / "tiny-llava")
+    nxt = write_llava_next(root / "tiny-llava-next")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MEDVLM_WEIGHTS", str(root))
-        yield {"hf": str(hf), "med": "llava-med", "root": root}
+        yield {"hf": str(hf), "med": "llava-med", "next": str(nxt), "root": root}

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 from medvlm.config import build_config
 from medvlm.errors import ModelError
 from medvlm.strategies import get_strategy
-from medvlm.tasks.generative_vqa import (TeacherForced, answer_all, answer_nll, build_prompts, generate, pixels,
-                                         token_mean)
+from medvlm.tasks.generative_vqa import (TeacherForced, answer_all, answer_nll, build_prompts, generate, token_mean,
+                                         vision_inputs)
 from medvlm.zoo.factory import create_model, is_generative, load_vlm
 from medvlm.zoo.llava import LORA_PARTS
 from tests.llava_tiny import llava_family, write_llava_med  # noqa: F401  (fixture)
@@ -60,7 +60,7 @@ def test_llava_med_release_maps_every_tensor_strictly(llava_family):
     tower = CLIPVisionModel(CLIPVisionConfig.from_pretrained(root / "openai" / "clip-vit-large-patch14-336"))
     tower.load_state_dict({k[len("model.vision_tower.vision_tower."):]: v for k, v in release.items()
                            if k.startswith("model.vision_tower.")})
-    pixel_values = pixels(vlm, images(2))
+    pixel_values = vision_inputs(vlm, images(2))["pixel_values"]
     states = tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
     expected = F.linear(F.gelu(F.linear(states, release["model.mm_projector.0.weight"], release["model.mm_projector.0.bias"])),
                         release["model.mm_projector.2.weight"], release["model.mm_projector.2.bias"])
@@ -114,13 +114,13 @@ def test_lora_forward_is_the_manual_merge_for_each_part_selection(llava_family, 
     assert all(p.requires_grad == ("lora_" in n) for n, p in vlm.net.named_parameters())
     table = build_prompts(vlm, QUESTIONS, ANSWERS)
     args = {"input_ids": table.input_ids, "attention_mask": table.attention_mask.long(),
-            "pixel_values": pixels(vlm, images())}
+            **vision_inputs(vlm, images())}
     with torch.no_grad():
         torch.testing.assert_close(vlm.net(**args).logits, reference(**args).logits, atol=1e-4, rtol=1e-4)
         assert not torch.allclose(vlm.net(**args).logits, load_vlm(llava_family["hf"]).net(**args).logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("family", ["hf", "med"])
+@pytest.mark.parametrize("family", ["hf", "med", "next"])
 def test_loss_counts_answer_tokens_only_and_the_mask_follows_the_chat_template(llava_family, family):
     vlm = load_vlm(llava_family[family])
     table = build_prompts(vlm, QUESTIONS, ANSWERS)
@@ -136,7 +136,7 @@ def test_loss_counts_answer_tokens_only_and_the_mask_follows_the_chat_template(l
 
     with torch.no_grad():
         logits = vlm.net(input_ids=table.input_ids, attention_mask=table.attention_mask.long(),
-                         pixel_values=pixels(vlm, images())).logits
+                         **vision_inputs(vlm, images())).logits
     loss = token_mean(answer_nll(logits, table.input_ids, table.answer_mask))
     scrambled = table.input_ids.clone()
     outside = ~table.answer_mask
@@ -152,9 +152,11 @@ def test_loss_counts_answer_tokens_only_and_the_mask_follows_the_chat_template(l
     torch.testing.assert_close(token_mean(TeacherForced(vlm)(batch(vlm, table))), direct, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["hf", "med"])
+@pytest.mark.parametrize("family", ["hf", "med", "next"])
 def test_batched_greedy_generation_equals_one_by_one(llava_family, family):
     vlm = load_vlm(llava_family[family])
+    if family == "next":  # any-resolution: a base view plus tiles and row newlines, more than one view's 16 tokens
+        assert vlm.image_processor is not None and vlm.image_tokens > 16
     table = build_prompts(vlm, QUESTIONS)
     assert len(set(table.prompt_mask.sum(dim=1).tolist())) > 1  # prompts of different lengths: real padding
     index = torch.arange(4)
