@@ -175,3 +175,30 @@ def test_generation_settings_are_recorded_in_the_config():
         build_config({"task": "vqa", "model": "llava-med", "dataset": "vqa_rad", "strategy": "mlp", "lora_parts": "v"})
     with pytest.raises(Exception, match="mlp"):
         build_config({"task": "classification", "model": "llava-med", "dataset": "breastmnist", "strategy": "mlp"})
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(llava_family):
+    cfg = build_config({"task": "vqa", "model": llava_family["hf"], "dataset": "vqa_rad", "strategy": "lora",
+                        "lora_parts": "vml"})
+    vlm = get_strategy("lora").prepare(load_vlm(llava_family["hf"]), cfg)
+    with torch.no_grad():
+        for name, p in vlm.net.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    table = build_prompts(vlm, QUESTIONS, ANSWERS)
+    module = TeacherForced(vlm).train()
+    results = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            vlm.llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        vlm.net.zero_grad()
+        loss = token_mean(module(batch(vlm, table)))
+        loss.backward()
+        # the vision tower's last layer feeds nothing (features come from layer -2): no gradient there
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in vlm.net.named_parameters() if p.grad is not None}))
+    assert vlm.llava.is_gradient_checkpointing
+    torch.testing.assert_close(results[0][0], results[1][0])
+    assert results[0][1].keys() == results[1][1].keys()
+    assert all(any(part in n for n in results[1][1]) for part in ("vision_tower", "language_model", "multi_modal_projector"))
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], atol=1e-5, rtol=1e-4)
