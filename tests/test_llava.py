@@ -202,3 +202,34 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(llava_family):
     assert all(any(part in n for n in results[1][1]) for part in ("vision_tower", "language_model", "multi_modal_projector"))
     for name, grad in results[0][1].items():
         torch.testing.assert_close(grad, results[1][1][name], atol=1e-5, rtol=1e-4)
+
+
+def test_resume_continues_lora_training_exactly(llava_family, tmp_path):
+    """Two epochs in one go equal one epoch, a stop, and a resumed second epoch from the engine's checkpoint."""
+    from medvlm.data.vqa import load_vqa
+    from medvlm.engine.trainer import Checkpoints, fit, make_accelerator, trainable_state
+    from medvlm.experiments.generative_vqa import AnswerObjective, teacher_forced_sets
+    from tests.conftest import SHARED_DATA
+
+    def train(epochs: int, run: str, on_resume=None):
+        cfg = build_config({"task": "vqa", "model": llava_family["hf"], "dataset": "vqa_rad", "strategy": "lora",
+                            "epochs": epochs, "patience": 5, "batch_size": 3, "lr": 1e-2, "seed": 3})
+        torch.manual_seed(0)
+        vlm = get_strategy("lora").prepare(load_vlm(llava_family["hf"]), cfg)
+        data = load_vqa("vqa_rad", data_root=SHARED_DATA, image_size=32, max_rows=6)
+        tables = {s: build_prompts(vlm, data.splits[s]["question"].tolist(), data.splits[s]["answer"].tolist())
+                  for s in ("train", "val")}
+        sets = teacher_forced_sets(data, tables)
+        result = fit(AnswerObjective(TeacherForced(vlm)), sets["train"], sets["val"], cfg, make_accelerator(cfg),
+                     Checkpoints(tmp_path, run), on_resume=on_resume)
+        return result, {k: v for k, v in trainable_state(vlm).items()}
+
+    straight, weights = train(2, "straight")
+    train(1, "resumed")
+    restored: list[dict] = []
+    resumed, resumed_weights = train(2, "resumed", on_resume=restored.extend)
+    assert len(restored) == 1  # it started from the checkpoint of epoch 1, not from scratch
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+    assert resumed_weights.keys() == weights.keys() and len(weights) > 0
+    for key, value in weights.items():
+        torch.testing.assert_close(resumed_weights[key], value)
