@@ -69,3 +69,17 @@ def test_report_shows_the_llava_med_minus_llava_gap_with_id_ood(report):
     assert gap.difference == pytest.approx(means["llava-med"] - means["llava-1.5-7b"])
     assert gap.ci_low <= gap.difference <= gap.ci_high  # paired: same VQA-RAD test rows for both models
     assert (folder / "plots" / "gap_vqa_mlp_vs_mlp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_vlm_rival_spec_is_the_papers_vqa_grid(tmp_path, monkeypatch, capsys):
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "--spec", str(REPO / "sweeps" / "vlm-rival.yaml"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "42 experiments"
+    listed = {tuple(line.split(maxsplit=2)[2].split(" · ")) for line in lines[1:-1]}
+    strategies = [("zeroshot",), ("mlp",)] + [("lora", f"lora_parts={p}") for p in ("v", "l", "vm", "lm", "vml")]
+    assert listed == {(m, d, *s) for m in ("llava-1.5-7b", "llava-med") for d in ("vqa_rad", "slake", "pathvqa")
+                      for s in strategies}
+    assert not (tmp_path / "mlflow.db").exists()
