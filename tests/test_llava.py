@@ -52,6 +52,7 @@ def test_llava_med_release_maps_every_tensor_strictly(llava_family):
     assert (cfg.vision_feature_layer, cfg.vision_feature_select_strategy) == (-2, "default")
     assert vlm.image_token_id == vlm.tokenizer.unk_token_id and vlm.image_tokens == 16
     assert vlm.render("Is it?") == "[INST] <image>\nIs it? [/INST]"
+    assert vlm.pad == (122, 116, 104)  # LLaVA's expand2square background for CLIP's mean
     assert is_generative("llava-med") and is_generative(llava_family["hf"]) and not is_generative("clip-vit-b32")
 
     # image features: the release's CLIP layer -2 patch states through mm_projector (Linear, GELU, Linear)
@@ -67,6 +68,19 @@ def test_llava_med_release_maps_every_tensor_strictly(llava_family):
     with torch.no_grad():
         got = torch.stack(vlm.llava.get_image_features(pixel_values).pooler_output)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pad_to_square_keeps_the_whole_image(tmp_path):
+    from PIL import Image
+
+    from medvlm.data.sources import decode_image
+
+    Image.new("RGB", (40, 10), (255, 255, 255)).save(tmp_path / "wide.png")  # 15 rows of padding above and below
+    padded = decode_image(tmp_path / "wide.png", 8, pad=(122, 116, 104))
+    assert padded.shape == (3, 8, 8)
+    assert padded[:, 0].tolist() == [[122] * 8, [116] * 8, [104] * 8] == padded[:, 7].tolist()
+    assert (padded[:, 3:5].float().mean() > padded[:, 0].float().mean() + 50)  # the white band in the middle
+    assert (decode_image(tmp_path / "wide.png", 8) >= 250).all()  # the default centre crop sees only white
 
 
 @pytest.mark.parametrize("change", ["drop", "extra"])

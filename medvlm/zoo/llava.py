@@ -16,6 +16,7 @@ one code path:
   come from the release when it holds them, else from that repository. Loading is strict:
   any key missing or left over stops it. The conversation template is LLaVA-Med's
   `mistral_instruct` (`[INST] <image>\\n{question} [/INST] {answer}</s>`), written as a chat template.
+  `image_aspect_ratio: pad` pads images to a square in the image mean colour, as LLaVA does.
   LLaVA inserts the image at a sentinel id outside the vocabulary; here the image placeholder
   is the tokenizer's `<unk>` id, which byte-fallback tokenisation never produces, so no
   embedding row is added and none is random.
@@ -74,9 +75,11 @@ class GenerativeVLM(nn.Module):
     generative = True
 
     def __init__(self, net: nn.Module, tokenizer: Any, spec: ModelSpec, preprocess: Preprocess, template: str,
-                 image_token_id: int, image_tokens: int, image_processor: Any = None):
+                 image_token_id: int, image_tokens: int, image_processor: Any = None,
+                 pad: tuple[int, int, int] | None = None):
         super().__init__()
         self.image_processor = image_processor  # LLaVA-NeXT (any-resolution tiles); None: one square image per row
+        self.pad = pad  # LLaVA's `image_aspect_ratio: pad`: images padded to square with this colour, not cropped
         self.net, self.tokenizer, self.spec, self.preprocess = net, tokenizer, spec, preprocess
         self.template, self.image_token_id, self.image_tokens = template, image_token_id, image_tokens
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -296,5 +299,7 @@ def load_llava_original(entry: dict, spec: ModelSpec, location: str | None,
                             std=tuple(images.image_std or OPENAI_STD))
     spec = _lora_spec(spec)
     spec.pin = _pin(spec, str(folder), str(folder), net)
-    return GenerativeVLM(net, tokenizer, spec, preprocess, LLAVA_MED_TEMPLATE, tokenizer.unk_token_id, n)
+    # LLaVA's expand2square background: the image mean as 0..255 integers (122, 116, 104 for CLIP)
+    pad = tuple(int(m * 255) for m in preprocess.mean) if cfg.get("image_aspect_ratio") == "pad" else None
+    return GenerativeVLM(net, tokenizer, spec, preprocess, LLAVA_MED_TEMPLATE, tokenizer.unk_token_id, n, pad=pad)
 
