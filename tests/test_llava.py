@@ -247,3 +247,18 @@ def test_resume_continues_lora_training_exactly(llava_family, tmp_path):
     assert resumed_weights.keys() == weights.keys() and len(weights) > 0
     for key, value in weights.items():
         torch.testing.assert_close(resumed_weights[key], value)
+
+
+def test_strategies_that_do_not_apply_fail_in_one_line_with_a_failed_run(llava_family, workdir, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from medvlm.cli import main
+
+    common = ["--task", "vqa", "--model", llava_family["hf"], "--dataset", "vqa_rad"]
+    assert main(["finetune", *common, "--strategy", "partial"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "strategy=partial does not apply to generative (LLaVA) models" in err and "mlp, lora" in err
+    (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("medvlm").experiment_id])
+    assert run.info.status == "FAILED"
+    assert main(["finetune", *common, "--strategy", "mlp", "--lora-parts", "v"]) == 2
+    assert "lora_parts=v needs strategy=lora" in capsys.readouterr().err
