@@ -36,7 +36,7 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    model: str = Field(description="zoo name, open_clip ARCH@TAG, hf-hub:ID, local-dir:PATH or a transformers CLIP id/path")
+    model: str = Field(description="zoo name, open_clip ARCH@TAG, hf-hub:ID, local-dir:PATH, or a transformers CLIP / LLaVA id (hf:ID) or folder")
     dataset: str = Field(description="dataset name (e.g. breastmnist), image folder, or CSV/parquet file")
     task: Task = "classification"
     strategy: Strategy = "zeroshot"
