@@ -82,12 +82,16 @@ def test_ablation_trains_on_each_fraction_of_the_training_rows(report):
     assert sorted(table["train_fraction"]) == [0.5, 1.0]
 
 
-def test_vlm_rival_spec_is_the_papers_vqa_grid(tmp_path, monkeypatch, capsys):
+def test_vlm_rival_spec_is_the_papers_vqa_grid(tmp_path, monkeypatch, capsys, offline):
     from tests.conftest import REPO
 
     monkeypatch.chdir(tmp_path)
-    assert main(["sweep", "--spec", str(REPO / "sweeps" / "vlm-rival.yaml"), "--dry-run"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    monkeypatch.delenv("MEDVLM_WEIGHTS", raising=False)
+    # offline with no weights: the dry run lists the grid, then the preflight names every missing model (exit 2)
+    assert main(["sweep", "--spec", str(REPO / "sweeps" / "vlm-rival.yaml"), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert "model llava-1.5-7b" in err and "model llava-med" in err
+    lines = out.strip().splitlines()
     assert lines[-1] == "42 experiments"
     listed = {tuple(line.split(maxsplit=2)[2].split(" · ")) for line in lines[1:-1]}
     strategies = [("zeroshot",), ("mlp",)] + [("lora", f"lora_parts={p}") for p in ("v", "l", "vm", "lm", "vml")]
