@@ -67,7 +67,7 @@ def test_offline_a_model_in_the_hugging_face_cache_is_found_and_a_missing_one_is
     from huggingface_hub import constants
 
     from medvlm.errors import ModelError
-    from medvlm.zoo.hub import locate_weights
+    from medvlm.zoo.factory import locate_weights
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.delenv("MEDVLM_WEIGHTS", raising=False)

@@ -38,7 +38,7 @@ DATA_LOCATORS: dict[str, Callable[[RunConfig], str]] = {
 
 def preflight(configs: Iterable[RunConfig]) -> list[str]:
     """One line per distinct model and dataset saying where it will come from; ConfigError listing every missing one."""
-    from medvlm.zoo.hub import locate_weights
+    from medvlm.zoo.factory import locate_weights
 
     checks: dict[str, tuple[str, Callable[[], str]]] = {}
     for cfg in configs:

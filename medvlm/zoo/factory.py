@@ -20,7 +20,7 @@ import torch
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel, ModelSpec
 from medvlm.zoo.entries import zoo_entries
-from medvlm.zoo.hub import offline_guard
+from medvlm.zoo.hub import cached_copy, download_unreachable, offline_error, offline_guard
 
 
 def _custom(module: str, function: str) -> Callable[[dict, ModelSpec, str | None], ClipModel]:
@@ -89,6 +89,23 @@ def _transformers_source(ident: str) -> str:
 def is_generative(name: str) -> bool:
     """Does this model argument name a generative (LLaVA-family) model? Reads configs only, loads no weights."""
     return resolve(name)[0]["source"] in GENERATIVE_SOURCES
+
+
+def locate_weights(name: str) -> str:
+    """Where a model's weights will come from, without loading them: a folder, a cache, or a reachable download.
+
+    Raises the one-line `offline_error` when they are nowhere local and their source cannot be reached.
+    """
+    entry, location = resolve(name)
+    if location is not None:
+        return location
+    cached = cached_copy(entry)
+    if cached is not None:
+        return cached
+    reason = download_unreachable(entry)
+    if reason is not None:
+        raise offline_error(entry, reason)
+    return f"download of {entry['model']}"
 
 
 def spec_from_entry(entry: dict) -> ModelSpec:

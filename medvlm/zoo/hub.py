@@ -92,25 +92,6 @@ def _open_clip_repo(entry: dict) -> str | None:
     return (open_clip.get_pretrained_cfg(entry["model"], entry.get("pretrained", "")).get("hf_hub") or "").strip("/") or None
 
 
-def locate_weights(name: str) -> str:
-    """Where a model's weights will come from, without loading them: a folder, a cache, or a reachable download.
-
-    Raises the one-line `offline_error` when they are nowhere local and their source cannot be reached.
-    """
-    from medvlm.zoo.factory import resolve
-
-    entry, location = resolve(name)
-    if location is not None:
-        return location
-    cached = cached_copy(entry)
-    if cached is not None:
-        return cached
-    reason = download_unreachable(entry)
-    if reason is not None:
-        raise offline_error(entry, reason)
-    return f"download of {entry['model']}"
-
-
 def mirror_layout(entry: dict) -> str:
     """What the `$MEDVLM_WEIGHTS/<name>/` folder of this model holds."""
     if entry.get("checkpoint"):
