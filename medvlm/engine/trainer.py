@@ -162,6 +162,30 @@ def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
+def freeze_unused(module: nn.Module, dataset: Dataset, device: torch.device) -> list[str]:
+    """Freeze the trainable parameters that the module's output does not depend on; return their names.
+
+    A strategy marks parameters by name (`partial`: both projections and the logit scale), and a
+    task may not use them all (a linear head never runs the text tower). Left trainable, they would
+    be counted in `trainable_params`, handed to the optimiser and checkpointed, yet never change.
+    One forward and backward pass on two training samples, in eval mode (no dropout, no BatchNorm
+    statistics update), finds the parameters that receive a gradient.
+    """
+    trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    inputs, _ = next(iter(DataLoader(dataset, batch_size=2, collate_fn=collate_batch)))
+    inputs = {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.to(device)
+    was_training = module.training
+    module.eval()
+    with torch.enable_grad():
+        module(inputs).float().sum().backward()
+    module.train(was_training)
+    unused = [name for name, p in trainable if p.grad is None]
+    for _, p in trainable:
+        p.requires_grad_(p.grad is not None)
+        p.grad = None
+    return unused
+
+
 class Checkpoints:
     """Per-run epoch checkpoints for `resume`: trainable weights, optimiser, RNG and loop state."""
 

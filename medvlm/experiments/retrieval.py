@@ -8,13 +8,15 @@ image and caption embedded once; recall is computed in chunks (`medvlm.metrics.r
 
 MLflow metric names cannot hold '@', so recall@k is logged as `..._R<k>`:
 `test_image_to_text_R1`, `test_text_to_image_R10`, `val_image_to_text_R5` per epoch. Also logged:
-`test_mean_recall` (mean of the six), median ranks, per split the image/caption counts, captions
+`test_mean_recall` (mean of the six), median ranks, `test_tied_queries` (queries whose best positive
+ties another item's score, counted against the query; also per direction), per split the image/caption counts, captions
 the tokenizer truncated, duplicate captions and skipped rows; a table of the worst-ranked queries
 and the recall@k-against-k curve (plot and table).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import mlflow
@@ -31,17 +33,18 @@ from medvlm.data.subsample import stratified_indices
 from medvlm.engine.features import model_for_run
 from medvlm.engine.trainer import Checkpoints, count_trainable, fit, make_accelerator
 from medvlm.errors import ConfigError
-from medvlm.metrics.retrieval import DEFAULT_KS, RetrievalResult, retrieval_metrics
+from medvlm.metrics.retrieval import DEFAULT_KS, RetrievalResult, retrieval_metrics, small_gallery_warning
 from medvlm.strategies import get_strategy
 from medvlm.tasks.retrieval import DualEncoder, TokenizedPairs, blockwise_info_nce, embed_gallery, unpack
 from medvlm.tracking import plots
-from medvlm.tracking.session import log_dataset, log_epoch, replay_epochs
+from medvlm.tracking.session import WARNING_TAG_PREFIX, log_dataset, log_epoch, replay_epochs
 from medvlm.zoo.base import TextBatch
 
 STRATEGIES = ("zeroshot", "partial", "full", "lora")
 CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
 WORST_QUERIES = 50
 DIRECTIONS = ("image_to_text", "text_to_image")
+SMALL_GALLERY_TAG = WARNING_TAG_PREFIX + "small_gallery"
 
 
 def metric_names(metrics: dict[str, float]) -> dict[str, float]:
@@ -50,12 +53,14 @@ def metric_names(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def summary(result: RetrievalResult) -> dict[str, float]:
-    """Recall@1/5/10 both ways, their mean, and the median rank (MedR) of each direction, rounded down
-    as VSE++ and its successors report it."""
+    """Recall@1/5/10 both ways, their mean, the median rank (MedR) of each direction, rounded down
+    as VSE++ and its successors report it, and the queries with a tie at their best positive."""
     scores = metric_names(result.metrics)
     scores["mean_recall"] = float(np.mean([scores[f"{d}_R{k}"] for d in DIRECTIONS for k in DEFAULT_KS]))
-    for direction, ranks in zip(DIRECTIONS, (result.i2t_ranks, result.t2i_ranks)):
+    for direction, ranks, tied in zip(DIRECTIONS, (result.i2t_ranks, result.t2i_ranks), (result.i2t_tied, result.t2i_tied)):
         scores[f"{direction}_median_rank"] = float(np.floor(np.median(ranks.numpy())))
+        scores[f"{direction}_tied_queries"] = float(tied)
+    scores["tied_queries"] = float(result.i2t_tied + result.t2i_tied)
     return scores
 
 
@@ -166,6 +171,10 @@ def log_test_results(result: RetrievalResult, image_emb: torch.Tensor, text_emb:
                      split: CaptionSplit, history: list[dict[str, float]]) -> dict[str, float]:
     metrics = {f"test_{k}": v for k, v in summary(result).items()}
     mlflow.log_metrics(metrics)
+    warning = small_gallery_warning(len(image_emb), len(text_emb))
+    if warning:
+        mlflow.set_tag(SMALL_GALLERY_TAG, warning)
+        print(f"medvlm: warning: {warning}", file=sys.stderr)
     mlflow.log_table(worst_queries(result, image_emb, text_emb, split), "worst_queries.json")
     curve = recall_curve(result)
     mlflow.log_table(curve, "recall_at_k.json")
