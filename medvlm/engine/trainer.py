@@ -331,7 +331,8 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
         if on_epoch is not None and accelerator.is_main_process:
             on_epoch(epoch, row)
     accelerator.wait_for_everyone()
-    best.restore(accelerator.unwrap_model(module))
+    if best_epoch != len(history) - 1:  # when the last epoch was the best, its weights are already in place
+        best.restore(accelerator.unwrap_model(module))
     objective.module = module
     return FitResult(best_epoch=best_epoch, best_val_loss=best_val, epochs_run=len(history),
                      images_per_s=seen / train_time if train_time > 0 else 0.0, history=history)
