@@ -396,7 +396,10 @@ def peak_tflops(device: torch.device) -> float | None:
 # ---------------------------------------------------------------- the CLI in subprocesses
 
 def cli_env(tmp: Path, weights: Path, cache: Path, tag: str) -> dict[str, str]:
-    return {**os.environ, "MEDVLM_WEIGHTS": str(weights), "MEDVLM_CACHE": str(cache),
+    """A fresh tracking store and feature cache per measurement; nothing of this process's MLflow state leaks in."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+                                                                  "MLFLOW_RUN_ID")}
+    return {**inherited, "MEDVLM_WEIGHTS": str(weights), "MEDVLM_CACHE": str(cache),
             "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/cli-{tag}.db", "MEDVLM_OPTUNA_STORAGE": f"sqlite:///{tmp}/optuna-{tag}.db",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
