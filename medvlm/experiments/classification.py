@@ -15,7 +15,7 @@ from medvlm.data.base import ClassificationData, LabelKind, TensorRows
 from medvlm.data.classification import load_classification
 from medvlm.data.prompts import select_prompts
 from medvlm.data.subsample import subsample_splits
-from medvlm.engine.features import cached_features
+from medvlm.engine.features import cached_features, model_for_run
 from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, freeze_unused, make_accelerator
 from medvlm.metrics.classification import classification_metrics, probabilities
 from medvlm.strategies import get_strategy
@@ -30,7 +30,7 @@ from medvlm.tasks.classification import (
 )
 from medvlm.tracking import plots
 from medvlm.tracking.session import log_dataset, log_epoch, replay_epochs
-from medvlm.zoo import ClipModel, create_model
+from medvlm.zoo import ClipModel
 
 
 class ClassificationObjective:
@@ -121,10 +121,10 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
     accelerator = make_accelerator(cfg)
     device = accelerator.device
-    clip = create_model(cfg.model, device=device)
+    strategy = get_strategy(cfg.strategy)
+    clip = model_for_run(cfg.model, device, strategy.trains_encoder)
     data = load_data(cfg, clip)
     log_lineage(data)
-    strategy = get_strategy(cfg.strategy)
     prompts = select_prompts(cfg.prompt_set, data.class_names, data.prompts)
     mlflow.log_dict({"prompt_set": cfg.prompt_set, "class_names": data.class_names, "prompts": prompts}, "prompts.json")
 

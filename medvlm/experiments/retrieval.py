@@ -30,6 +30,7 @@ from medvlm.adapters.retrieval import RetrievalAdapterModel
 from medvlm.config import RunConfig
 from medvlm.data.captions import SPLITS, CaptionData, CaptionSplit, load_captions
 from medvlm.data.subsample import stratified_indices
+from medvlm.engine.features import model_for_run
 from medvlm.engine.trainer import Checkpoints, count_trainable, fit, make_accelerator
 from medvlm.errors import ConfigError
 from medvlm.metrics.retrieval import DEFAULT_KS, RetrievalResult, retrieval_metrics, small_gallery_warning
@@ -37,7 +38,6 @@ from medvlm.strategies import get_strategy
 from medvlm.tasks.retrieval import DualEncoder, TokenizedPairs, blockwise_info_nce, embed_gallery, unpack
 from medvlm.tracking import plots
 from medvlm.tracking.session import WARNING_TAG_PREFIX, log_dataset, log_epoch, replay_epochs
-from medvlm.zoo import create_model
 from medvlm.zoo.base import TextBatch
 
 STRATEGIES = ("zeroshot", "partial", "full", "lora")
@@ -194,7 +194,7 @@ def run_retrieval(cfg: RunConfig) -> dict[str, float]:
     _check_strategy(cfg)
     accelerator = make_accelerator(cfg)
     device = accelerator.device
-    clip = create_model(cfg.model, device=device)
+    clip = model_for_run(cfg.model, device, get_strategy(cfg.strategy).trains_encoder)
     zeroshot = cfg.strategy == "zeroshot"
     data = load_captions(cfg.dataset, data_root=cfg.data_root, subset=cfg.subset,
                          splits=("test",) if zeroshot else SPLITS, seed=cfg.seed, image_column=cfg.image_column,

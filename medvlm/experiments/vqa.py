@@ -25,7 +25,7 @@ from medvlm.data.base import TensorRows
 from medvlm.data.subsample import stratified_indices
 from medvlm.data.transforms import to_model_input
 from medvlm.data.vqa import SPLITS, VQAData, VQARows, load_vqa
-from medvlm.engine.features import cached_features
+from medvlm.engine.features import cached_features, model_for_run
 from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, freeze_unused, make_accelerator
 from medvlm.errors import ConfigError
 from medvlm.metrics.vqa import breakdown, breakdown_metrics, vqa_metrics
@@ -36,7 +36,7 @@ from medvlm.tasks.classification import text_embeddings
 from medvlm.tasks.vqa import AnswerVocab, BANHead, CachedVQA, VQAModel, tokenize_questions, vqa_loss
 from medvlm.tracking import plots
 from medvlm.tracking.session import log_dataset, log_epoch
-from medvlm.zoo import ClipModel, create_model
+from medvlm.zoo import ClipModel
 from medvlm.zoo.base import TextBatch
 
 ZERO_SHOT_PROMPT = "{question} {answer}"
@@ -206,7 +206,8 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
     _check_strategy(cfg)
     accelerator = make_accelerator(cfg)
     device = accelerator.device
-    clip = create_model(cfg.model, device=device)
+    strategy = get_strategy(cfg.strategy)
+    clip = model_for_run(cfg.model, device, strategy.trains_encoder)
     data = load_vqa(cfg.dataset, data_root=cfg.data_root, image_size=clip.preprocess.image_size, split=cfg.split,
                     seed=cfg.seed, image_column=cfg.image_column, max_rows=cfg.max_rows)
     data = apply_train_fraction(data, cfg)
@@ -216,7 +217,6 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
     targets = targets_of(data, vocab)
     mlflow.log_dict({**vocab.to_dict(), "split": data.split}, "answers.json")
     mlflow.log_metrics({"vocab_size": len(vocab), **{f"n_{s}": len(data.splits[s]) for s in SPLITS}})
-    strategy = get_strategy(cfg.strategy)
     clip = strategy.prepare(clip, cfg)
 
     history: list[dict[str, float]] = []
