@@ -26,7 +26,7 @@ from medvlm.data.subsample import stratified_indices
 from medvlm.data.transforms import to_model_input
 from medvlm.data.vqa import SPLITS, VQAData, VQARows, load_vqa
 from medvlm.engine.features import cached_features, model_for_run
-from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, make_accelerator
+from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, freeze_unused, make_accelerator
 from medvlm.errors import ConfigError
 from medvlm.metrics.vqa import breakdown, breakdown_metrics, vqa_metrics
 from medvlm.metrics.vqa_taxonomy import TAGS, error_tag
@@ -237,6 +237,8 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
         v_dim, q_dim = (sets["train"].fields[k][0].shape[-1] for k in ("image_tokens", "text_tokens"))
     head = BANHead(v_dim, q_dim, len(vocab), hidden=cfg.vqa_hidden, glimpses=cfg.vqa_glimpses).to(device)
     module = VQAModel(clip, head) if strategy.trains_encoder else CachedVQA(head)
+    if strategy.trains_encoder:
+        freeze_unused(module, sets["train"], device)  # e.g. `partial`'s logit scale: the BAN head never uses it
     objective = VQAObjective(module)
     mlflow.log_metric("trainable_params", count_trainable(module))
     checkpoints = Checkpoints(cfg.checkpoint_dir, mlflow.active_run().info.run_id)
