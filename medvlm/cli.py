@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import shlex
 import sys
 from collections.abc import Callable
 
 from medvlm.config import FINETUNE_STRATEGIES, RunConfig, build_config
-from medvlm.errors import ConfigError, MedvlmError
+from medvlm.errors import ConfigError, MedvlmError, TrackingError, one_line
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -161,14 +163,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_hint(argv: list[str], exc: BaseException) -> str:
+    """How to continue after an interruption: the exact `--resume` command for a run, or rerun a study."""
+    run_id = getattr(exc, "medvlm_run_id", None)
+    command = argv[0] if argv else ""
+    if command in STUDY_COMMANDS:
+        return "; run the same command again to continue the study (completed trials are kept)"
+    if command != "finetune" or not run_id:
+        return ""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            kept.append(arg)
+    return f"; resume with: medvlm {shlex.join(kept)} --resume {run_id}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args, extras = build_parser().parse_known_args(argv)
         if extras:
             raise unknown_flags_error(extras, [k for k in vars(args) if k not in ("func", "command")])
         return args.func(args)
+    except KeyboardInterrupt as exc:
+        run_id = getattr(exc, "medvlm_run_id", None)
+        state = f"; run {run_id} is KILLED, its checkpoint kept" if run_id else ""
+        print(f"medvlm: interrupted{state}{resume_hint(argv, exc)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except MedvlmError as exc:
-        print(f"medvlm: error: {exc}", file=sys.stderr)
+        hint = resume_hint(argv, exc) if isinstance(exc, TrackingError) else ""
+        print(f"medvlm: error: {one_line(exc)}{hint}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

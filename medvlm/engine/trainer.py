@@ -8,12 +8,10 @@ so tracking never sits inside the step loop.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,6 +24,7 @@ from tqdm.auto import tqdm
 
 from medvlm.config import RunConfig
 from medvlm.data.base import collate_batch
+from medvlm.engine.checkpoints import Checkpoints
 from medvlm.errors import ConfigError, TrainingError
 
 NAN_CHECK_EVERY = 50
@@ -105,23 +104,12 @@ def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-class Checkpoints:
-    """Per-run epoch checkpoints for `resume`: trainable weights, optimiser, RNG and loop state."""
-
-    def __init__(self, root: str | os.PathLike, run_id: str):
-        self.path = Path(root) / run_id / "last.pt"
-
-    def save(self, payload: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.path)
-
-    def load(self) -> dict[str, Any] | None:
-        return torch.load(self.path, weights_only=False) if self.path.is_file() else None
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+def _require_finite_weights(module: nn.Module) -> None:
+    """NaN/inf already in the weights is a corrupt file, not a learning-rate problem: say so before training."""
+    bad = [name for name, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise TrainingError(f"the model's weights contain NaN or inf before training ({len(bad)} tensor(s), e.g. "
+                            f"{bad[0]}); the weights file is corrupt: download or export it again")
 
 
 def _loader(dataset: Dataset, batch_size: int, cfg: RunConfig, sampler: Sampler | None = None) -> DataLoader:
@@ -162,6 +150,7 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
     params = [p for p in objective.module.parameters() if p.requires_grad]
     if not params:
         raise TrainingError(f"strategy '{cfg.strategy}' left no trainable parameters; check the zoo entry's partial/lora lists")
+    _require_finite_weights(objective.module)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     module, optimizer, train_loader = accelerator.prepare(

@@ -14,7 +14,8 @@ from medvlm.data.base import ClassificationData, LabelKind, TensorRows
 from medvlm.data.registry import load_classification
 from medvlm.data.subsample import subsample_splits
 from medvlm.engine.features import cached_features
-from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, make_accelerator
+from medvlm.engine.checkpoints import Checkpoints
+from medvlm.engine.trainer import count_trainable, evaluate, fit, make_accelerator
 from medvlm.metrics.classification import classification_metrics, probabilities
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import (
@@ -120,7 +121,7 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
     selection = None
     if cfg.strategy != "zeroshot":
         run_id = cfg.resume or mlflow.active_run().info.run_id  # every rank must read rank 0's checkpoint
-        result = fit(objective, train_set, val_set, cfg, accelerator, Checkpoints(cfg.checkpoint_dir, run_id), log_epoch,
+        result = fit(objective, train_set, val_set, cfg, accelerator, Checkpoints.for_run(cfg, run_id, clip.spec.pin), log_epoch,
                      replay_epochs)
         history = result.history
         mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
@@ -137,5 +138,5 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
         log_adapter(ClassifierAdapterModel(), clip.net, {"head": head}, meta,
                     registered_name(cfg.model, cfg.dataset, "classification"), selection)
     if cfg.strategy != "zeroshot" and accelerator.is_main_process:
-        Checkpoints(cfg.checkpoint_dir, run_id).clear()
+        Checkpoints.for_run(cfg, run_id, clip.spec.pin).clear()
     return metrics
