@@ -40,6 +40,7 @@ import torch
 
 from torch.utils.data import Dataset
 
+from medvlm.data.content import content_keys
 from medvlm.data.files import load_image
 from medvlm.errors import ConfigError, DataError
 
@@ -134,9 +135,11 @@ class VQAData:
         return [c for c in META_COLUMNS if c in self.splits["test"].columns]
 
     def split_digest(self, split: str) -> str:
-        """Content digest of one split's QA rows (dataset lineage)."""
+        """Content digest of one split's QA rows and the pixels of the images they ask about (dataset lineage)."""
         frame = self.splits[split][["image_name", "question", "answer", "closed"]]
-        return hashlib.sha256(frame.to_json(orient="values").encode()).hexdigest()[:16]
+        h = hashlib.sha256(frame.to_json(orient="values").encode())
+        h.update(self.images[torch.as_tensor(self.image_indices(split))].contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def image_indices(self, split: str) -> np.ndarray:
         """The distinct images a split asks about."""
@@ -459,5 +462,5 @@ def _digest(splits: dict[str, pd.DataFrame], keys: list[str]) -> str:
         frame = splits[name]
         h.update(name.encode())
         h.update(frame[["image_index", "question", "answer", "closed"]].to_json(orient="values").encode())
-    h.update("\n".join(keys).encode())
+    h.update("\n".join(content_keys(keys)).encode())
     return h.hexdigest()[:16]

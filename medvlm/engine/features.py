@@ -11,18 +11,14 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medvlm.data.base import collate_batch
+from medvlm.data.content import cache_root
 from medvlm.data.transforms import to_model_input
 from medvlm.zoo.base import ClipModel
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MEDVLM_CACHE") or Path.home() / ".cache" / "medvlm" / "features")
 
 
 def autocast_for(device: torch.device, precision: str):
