@@ -26,6 +26,10 @@ class TrackingError(MedvlmError):
     """The tracking server cannot be reached, or stopped answering during a run."""
 
 
+class Superseded(MedvlmError):
+    """A study trial was declared lost and retried elsewhere while this worker still ran it."""
+
+
 class TrainingError(MedvlmError):
     """Training diverged (NaN/inf loss) or cannot proceed."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import mlflow
 
 from medvlm.config import RunConfig
-from medvlm.errors import MedvlmError, TrackingError, one_line
+from medvlm.errors import MedvlmError, Superseded, TrackingError, one_line
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHECKPOINT_TAG = "medvlm.checkpoint_dir"
@@ -173,7 +173,7 @@ def _end_unsuccessful(run_id: str, exc: BaseException) -> None:
     Nothing is deleted here: the checkpoint stays, so `--resume` continues where the run stopped.
     """
     exc.medvlm_run_id = run_id
-    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+    status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Superseded)) else "FAILED"
     try:
         if not store_reachable():
             raise TrackingError("unreachable")
