@@ -12,6 +12,9 @@ import shlex
 import sys
 from collections.abc import Callable
 
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
 from medvlm.config import FINETUNE_STRATEGIES, RunConfig, build_config
 from medvlm.errors import ConfigError, MedvlmError, TrackingError, one_line
 
@@ -34,11 +37,35 @@ def unknown_flags_error(extras: list[str], known: list[str]) -> ConfigError:
     return ConfigError(f"unrecognized arguments: {' '.join(extras)}; {hint}")
 
 
+class Switch(argparse.Action):
+    """A boolean parameter: `--x` / `--no-x`, and `--x true|false` (what MLproject passes; "" = not given)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs):
+        negated = [f"--no-{flag[2:]}" for flag in option_strings]
+        super().__init__([*option_strings, *negated], dest, nargs="?", metavar="true|false", **kwargs)
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        if option_string.startswith("--no-"):
+            if value is not None:
+                raise ConfigError(f"{option_string} takes no value (got '{value}'); "
+                                  f"use {option_string} alone, or --{option_string[5:]} {value}")
+            value = "false"
+        setattr(namespace, self.dest, "true" if value is None else value)
+
+
+def add_field_flag(parser: argparse.ArgumentParser, name: str, field: FieldInfo) -> None:
+    """`--name` (and `--na-me`) for one schema field; a bool field becomes a `Switch`."""
+    flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    if field.annotation is bool:
+        parser.add_argument(*flags, dest=name, default=None, action=Switch, help=field.description)
+    else:
+        parser.add_argument(*flags, dest=name, default=None, metavar="VALUE", help=field.description)
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with parameters (flags override it)")
     for name, field in RunConfig.model_fields.items():
-        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        parser.add_argument(*flags, dest=name, default=None, metavar="VALUE", help=field.description)
+        add_field_flag(parser, name, field)
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
@@ -51,10 +78,7 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--spec", help="YAML study spec, e.g. sweeps/midl2026.yaml (flags override its keys)")
     for name in STUDY_FLAGS:
-        field = StudyConfig.model_fields[name]
-        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        switch = {"nargs": "?", "const": "true"} if field.annotation is bool else {}
-        parser.add_argument(*flags, dest=name, default=None, metavar="VALUE", help=field.description, **switch)
+        add_field_flag(parser, name, StudyConfig.model_fields[name])
 
 
 def run_experiment(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None,
@@ -123,10 +147,31 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def entry_point_schemas(command: str) -> list[type[BaseModel]]:
+    """The schemas a subcommand's flags come from, first match wins (report's `seed` is ReportConfig's)."""
+    from medvlm.report.config import ReportConfig
+    from medvlm.studies.spec import StudyConfig
+
+    return {"report": [ReportConfig], **{c: [StudyConfig, RunConfig] for c in STUDY_COMMANDS}}.get(command, [RunConfig])
+
+
 def cmd_params(args: argparse.Namespace) -> int:
-    for name, field in RunConfig.model_fields.items():
-        default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
-        print(f"{name:16} {default:24} {field.description or ''}")
+    """Every parameter of every entry point, read off the subcommands' own parsers so the list cannot drift."""
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command, sub in subcommands.choices.items():
+        actions = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+        if not actions:
+            continue
+        print(f"{command}: medvlm {command} --KEY VALUE | mlflow run . -e {command} -P KEY=VALUE")
+        for action in actions:
+            field = next((s.model_fields[action.dest] for s in entry_point_schemas(command) if action.dest in s.model_fields), None)
+            if field is None:
+                default = "(none)"
+            else:
+                default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            kind = f"switch: --{action.dest} / --no-{action.dest}; " if isinstance(action, Switch) else ""
+            print(f"  {action.dest:18} {default:24} {kind}{action.help or ''}")
+        print()
     return 0
 
 
@@ -143,7 +188,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, bool]] = {
     "zeroshot": (cmd_zeroshot, "evaluate a model with no training", True),
     "finetune": (cmd_finetune, "one training run (strategy: linear, partial, full, lora)", True),
     "models": (cmd_models, "print the model zoo", False),
-    "params": (cmd_params, "print every parameter with its default", False),
+    "params": (cmd_params, "print every parameter of every entry point with its default", False),
     "ablation": (cmd_study, "one configuration over training-data fractions (stratified subsample, fixed seed)", True),
     "stability": (cmd_study, "N trials per strategy with perturbed hyperparameters: mean, std, min, max", True),
     "sweep": (cmd_study, "every experiment a YAML spec in sweeps/ declares; resumable, many workers", True),
@@ -162,9 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name in STUDY_COMMANDS:
             add_study_flags(p)
         if name == "report":
-            from medvlm.report.config import add_report_flags
+            from medvlm.report.config import ReportConfig
 
-            add_report_flags(p)
+            for field_name, field in ReportConfig.model_fields.items():
+                add_field_flag(p, field_name, field)
         p.set_defaults(func=func)
     return parser
 
@@ -189,6 +235,9 @@ def resume_hint(argv: list[str], exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medvlm.progress import setup_logging
+
+    setup_logging()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args, extras = build_parser().parse_known_args(argv)

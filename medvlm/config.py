@@ -64,6 +64,7 @@ class RunConfig(BaseModel):
     subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)")
     num_workers: int = Field(0, ge=0)
     experiment: str = "medvlm"
+    run_name: str = Field("", description="MLflow run name; empty = MLFLOW_RUN_NAME, else 'model · dataset · strategy'")
     register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry")
     resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue")
     checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"))

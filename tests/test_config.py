@@ -81,3 +81,34 @@ def test_preprocess_reaches_the_pixels():
     rgb = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8)
     expected = (rgb.float() / 255 - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
     torch.testing.assert_close(to_model_input(rgb, pre), expected)
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--subsample-val"], True), (["--subsample_val", "--lora-text"], True), (["--no-subsample-val"], False),
+    (["--subsample_val", "false"], False), (["--subsample_val", "true"], True), (["--subsample_val", ""], False),
+    ([], False)])
+def test_boolean_parameters_are_switches(flags, expected):
+    args = build_parser().parse_args(["finetune", "--model", "m", "--dataset", "d", *flags, "--epochs", "2"])
+    cfg = build_config(overrides_from(args))
+    assert (cfg.subsample_val, cfg.epochs) == (expected, 2)
+
+
+def test_study_and_negated_switches():
+    args = build_parser().parse_args(["stability", "--model", "m", "--dataset", "d", "--dry-run", "--no-register-adapter"])
+    assert (args.dry_run, args.register_adapter, args.summarize_only) == ("true", "false", None)
+    with pytest.raises(ConfigError, match="--no-dry-run takes no value"):
+        build_parser().parse_args(["stability", "--no-dry-run", "true"])
+
+
+def test_params_lists_every_entry_point_parameter(capsys):
+    from medvlm.cli import main
+
+    assert main(["params"]) == 0
+    out = capsys.readouterr().out
+    sections = {block.split(":", 1)[0]: block for block in out.strip().split("\n\n")}
+    project = yaml.safe_load((REPO / "MLproject").read_text())
+    for name, entry in project["entry_points"].items():
+        listed = {line.split()[0] for line in sections[name].splitlines()[1:]}
+        assert set(entry["parameters"]) <= listed, (name, set(entry["parameters"]) - listed)
+    assert "switch: --dry_run / --no-dry_run" in sections["stability"]
+    assert "resamples" in sections["report"] and "resamples" not in sections["finetune"]

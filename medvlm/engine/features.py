@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from medvlm.data.base import collate_batch
 from medvlm.data.content import cache_root
 from medvlm.data.transforms import to_model_input
+from medvlm.progress import tracked
 from medvlm.zoo.base import ClipModel
 
 
@@ -31,12 +32,13 @@ def autocast_for(device: torch.device, precision: str):
 
 @torch.no_grad()
 def encode_dataset(encode: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, batch_size: int,
-                   device: torch.device, precision: str = "auto", num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                   device: torch.device, precision: str = "auto", num_workers: int = 0,
+                   what: str = "encoding") -> tuple[torch.Tensor, torch.Tensor]:
     """Run `encode` over a dataset of (uint8 images, labels); return (float32 features, labels) on CPU."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_batch,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     feats, labels = [], []
-    for images, y in loader:
+    for images, y in tracked(loader, what, len(dataset), size=lambda batch: len(batch[1])):
         with autocast_for(device, precision):
             feats.append(encode(images.to(device, non_blocking=True)).float().cpu())
         labels.append(y)
@@ -65,12 +67,12 @@ def cached_features(model: ClipModel, dataset: Dataset, batch_size: int, device:
     pinned = bool(model.spec.pin.get("sha256") or model.spec.pin.get("revision") or model.spec.pin.get("pretrained"))
     encode = encode or image_embedder(model)
     if digest is None or not pinned:
-        return encode_dataset(encode, dataset, batch_size, device, precision)
+        return encode_dataset(encode, dataset, batch_size, device, precision, what=f"encoding ({kind})")
     path = cache_root() / f"{feature_key(model, digest(), kind)}.pt"
     if path.is_file():
         blob = torch.load(path, weights_only=True)
         return blob["features"], blob["labels"]
-    feats, labels = encode_dataset(encode, dataset, batch_size, device, precision)
+    feats, labels = encode_dataset(encode, dataset, batch_size, device, precision, what=f"encoding ({kind})")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save({"features": feats, "labels": labels}, tmp)

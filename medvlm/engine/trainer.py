@@ -26,6 +26,7 @@ from medvlm.config import RunConfig
 from medvlm.data.base import collate_batch
 from medvlm.engine.checkpoints import Checkpoints
 from medvlm.errors import ConfigError, TrainingError
+from medvlm.progress import log
 
 NAN_CHECK_EVERY = 50
 
@@ -138,6 +139,12 @@ def evaluate(accelerator: Accelerator, objective: Objective, dataset: Dataset, c
     return float(objective.loss(outputs, targets)), objective.metrics(outputs, targets), outputs, targets
 
 
+def epoch_line(epoch: int, epochs: int, row: dict[str, float], best_epoch: int, best_val: float) -> str:
+    """`epoch 3/10: train_loss 0.41 · val_loss 0.39 · val_auc 0.81 · best val_loss 0.39 (epoch 3)`, 1-based."""
+    values = " · ".join(f"{k} {v:.4f}" for k, v in row.items())
+    return f"epoch {epoch + 1}/{epochs}: {values} · best val_loss {best_val:.4f} (epoch {best_epoch + 1})"
+
+
 def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConfig, accelerator: Accelerator,
         checkpoints: Checkpoints | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         on_resume: Callable[[list[dict[str, float]]], None] | None = None) -> FitResult:
@@ -173,6 +180,9 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
 
     for epoch in range(start, cfg.epochs):
         if bad_epochs >= cfg.patience:
+            if accelerator.is_main_process:
+                log.info("early stop after epoch %d: val_loss has not improved for %d epochs; best epoch %d "
+                         "(val_loss %.4f)", epoch, bad_epochs, best_epoch + 1, best_val)
             break
         module.train()
         train_loader.set_epoch(epoch)  # Accelerate's loader re-sets the sampler from its own counter otherwise
@@ -216,6 +226,8 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
                               "optimizer": optimizer.state_dict(), "rng": _rng_state(), "epoch": epoch,
                               "best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                               "history": history, "best_state": best_state, "seen": seen, "train_time": train_time})
+        if accelerator.is_main_process:
+            log.info(epoch_line(epoch, cfg.epochs, row, best_epoch, best_val))
         if on_epoch is not None and accelerator.is_main_process:
             on_epoch(epoch, row)
     accelerator.unwrap_model(module).load_state_dict(best_state, strict=False)

@@ -29,6 +29,7 @@ from medvlm.engine.trainer import count_trainable, evaluate, fit, make_accelerat
 from medvlm.errors import ConfigError
 from medvlm.metrics.vqa import breakdown, breakdown_metrics, vqa_metrics
 from medvlm.metrics.vqa_taxonomy import TAGS, error_tag
+from medvlm.progress import tracked
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import text_embeddings
 from medvlm.tasks.vqa import AnswerVocab, BANHead, CachedVQA, VQAModel, tokenize_questions, vqa_loss
@@ -145,7 +146,8 @@ def zero_shot_logits(clip: ClipModel, data: VQAData, vocab: AnswerVocab, cfg: Ru
     scale = clip.logit_scale().float()
     logits = torch.full((len(test), len(vocab)), float("-inf"))
     prompts = 0
-    for (question, closed), rows in test.groupby(["question", "closed"], sort=False).indices.items():
+    groups = test.groupby(["question", "closed"], sort=False).indices
+    for (question, closed), rows in tracked(groups.items(), "zero-shot VQA questions", len(groups)):
         ids = candidates[bool(closed)]
         texts = text_embeddings(clip, [ZERO_SHOT_PROMPT.format(question=question, answer=vocab.answers[i]) for i in ids])
         logits[np.ix_(rows, ids)] = (scale * row_embeddings[rows] @ texts.T).cpu()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from medvlm.progress import tracked
 from medvlm.report import bootstrap
 from medvlm.report.domains import Domain, dataset_modality, domain_of, model_modality
 from medvlm.report.samples import SampleSet, load_samples
@@ -41,8 +42,9 @@ class RunSamples:
         store = cls(resamples, seed)
         drawn: dict[str, bootstrap.Resamples] = {}
         pool = bootstrap.process_pool(workers)
+        runs = list(runs)
         try:
-            for run in runs:
+            for run in tracked(runs, "bootstrap intervals (runs)", len(runs)):
                 samples = load_samples(client, run.experiment_id, run.run_id, run.task)
                 why = samples if isinstance(samples, str) else samples.check(run.metrics)
                 if why:

@@ -5,7 +5,6 @@ Values arrive as strings ("" = not given, as MLproject defaults are); errors are
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -64,9 +63,3 @@ def report_config(values: dict[str, Any]) -> ReportConfig:
     given = {k: v for k, v in values.items() if k in ReportConfig.model_fields and v is not None and v != ""}
     return validated(ReportConfig, given, LISTING)
 
-
-def add_report_flags(parser: argparse.ArgumentParser) -> None:
-    """`--name` (and `--na-me`) for every ReportConfig field, as `medvlm` does for RunConfig."""
-    for name, field in ReportConfig.model_fields.items():
-        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        parser.add_argument(*flags, dest=name, default=None, metavar="VALUE", help=field.description)

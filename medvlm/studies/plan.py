@@ -26,8 +26,12 @@ class PlannedTrial:
 
     @property
     def label(self) -> str:
-        extra = " ".join(f"{k}={_short(v)}" for k, v in self.params.items() if k != "cell")
-        return f"{self.cell.label}  {extra}".rstrip()
+        return f"{self.cell.label}  {perturbed(self.params)}".rstrip()
+
+
+def perturbed(params: dict[str, Any]) -> str:
+    """A trial's own values beyond its cell (`lr=1.2e-05 seed=3`): what tells study children apart."""
+    return " ".join(f"{k}={_short(v)}" for k, v in params.items() if k != "cell")
 
 
 def _short(value: Any) -> str:

@@ -42,7 +42,8 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from medvlm.errors import ConfigError, MedvlmError, Superseded, one_line
-from medvlm.studies.plan import PlannedTrial, build_plan, describe, plan_digest, trial_config
+from medvlm.progress import log
+from medvlm.studies.plan import PlannedTrial, build_plan, describe, perturbed, plan_digest, trial_config
 from medvlm.studies.spec import Kind, StudyConfig, load_study_config
 from medvlm.studies.summary import PRIMARY_METRIC, child_runs, format_summary, log_summary, summary_table
 from medvlm.tracking.session import ensure_tracking
@@ -250,7 +251,8 @@ def work(study, storage, cfg: StudyConfig, cells: list, parent: Parent) -> None:
     while True:
         trial_id = claim(storage, study_id)
         if trial_id is not None:
-            run_trial(study, storage, trial_id, cfg, cells, parent)
+            total = len(storage.get_all_trials(study_id, deepcopy=False))
+            run_trial(study, storage, trial_id, cfg, cells, parent, total)
             fail_killed_trials(study)
             deadline = None
             continue
@@ -365,7 +367,7 @@ class Fence:
         self.value = value
 
 
-def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, parent: Parent) -> None:
+def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, parent: Parent, total: int) -> None:
     """One trial as a nested MLflow child run; completes it in Optuna (the `Fence`) or tells FAIL."""
     import optuna
 
@@ -375,10 +377,11 @@ def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, pare
     label = frozen.user_attrs.get("label", f"trial {trial.number}")
     config = trial_config(cells, frozen.params)
     tags = {"mlflow.parentRunId": parent.run_id, "medvlm.trial": str(trial.number),
-            "medvlm.group": frozen.user_attrs.get("group", ""), "medvlm.study_kind": cfg.kind}
+            "medvlm.group": frozen.user_attrs.get("group", ""), "medvlm.study_kind": cfg.kind,
+            "medvlm.perturbed": perturbed(frozen.params)}
     headline = PRIMARY_METRIC.get(config.task, "")
     fence = Fence(storage, trial_id, headline)
-    print(f"medvlm: trial {trial.number}: {label}", file=sys.stderr)
+    log.info("trial %d/%d: %s", trial.number + 1, total, label)
     try:
         with heartbeat(storage, trial_id, cfg.heartbeat_interval):
             metrics = run_experiment(config, nested=True, extra_tags=tags, commit=fence)

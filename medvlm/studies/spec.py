@@ -34,8 +34,8 @@ DEFAULT_FRACTIONS = [0.05, 0.1, 0.25, 0.5, 1.0]
 DEFAULT_SPACE = {"lr": {"factor": 2.0}, "seed": {"low": 0, "high": 9999}}
 NAMED_KEYS = ("model", "dataset", "strategy")
 REPLICATE_KEYS = {"seed"}
-# Per-machine settings: not part of a study's identity, so workers with other paths can join.
-MACHINE_KEYS = {"data_root", "checkpoint_dir", "num_workers"}
+# Per-machine and display settings: not part of a study's identity, so workers with other paths can join.
+MACHINE_KEYS = {"data_root", "checkpoint_dir", "num_workers", "run_name"}
 
 
 def default_storage() -> str:

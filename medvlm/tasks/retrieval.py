@@ -126,7 +126,8 @@ def embed_gallery(encoder: DualEncoder, split: CaptionSplit, tokens: TextBatch, 
         image_emb, order = encode_dataset(encoder.embed_images, images, batch_size, device, precision, num_workers)
     packed = torch.stack([tokens.input_ids, tokens.attention_mask.long()], dim=1)
     text_emb, _ = encode_dataset(lambda x: encoder.embed_texts(TextBatch(x[:, 0], x[:, 1].bool())),
-                                 TensorRows(packed, torch.arange(len(packed))), batch_size, device, precision)
+                                 TensorRows(packed, torch.arange(len(packed))), batch_size, device, precision,
+                                 what="encoding captions")
     if not torch.equal(order, torch.arange(split.n_images)):
         raise RuntimeError("gallery images came back out of order")
     return F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)

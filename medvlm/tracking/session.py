@@ -22,8 +22,10 @@ import mlflow
 
 from medvlm.config import RunConfig
 from medvlm.errors import MedvlmError, Superseded, TrackingError, one_line
+from medvlm.progress import log
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+SOURCE_PREFIXES = ("local-dir", "hf-hub", "hf", "file")
 CHECKPOINT_TAG = "medvlm.checkpoint_dir"
 HEALTH_TIMEOUT_S = 5
 # A tracking server that stays down makes each request give up after about 15 s (MLflow's defaults
@@ -71,8 +73,24 @@ def run_tags(cfg: RunConfig, domain: str) -> dict[str, str]:
     return tags
 
 
-def run_name(cfg: RunConfig) -> str:
-    return f"{cfg.model} · {cfg.dataset} · {cfg.strategy}"
+def short_name(source: str) -> str:
+    """`local-dir:/data/models/tiny-clip` -> `tiny-clip`, `hf:org/roco` -> `roco`: what tells runs apart."""
+    value = source.split(":", 1)[1] if source.split(":", 1)[0] in SOURCE_PREFIXES else source
+    value = value.rstrip("/\\")
+    return (value.replace("\\", "/").rsplit("/", 1)[-1] or value) if ("/" in value or "\\" in value) else value
+
+
+def run_name(cfg: RunConfig, tags: dict[str, str] | None = None) -> str:
+    """`run_name`, else `MLFLOW_RUN_NAME`, else `model · dataset · strategy`; study trials add their number
+    and perturbed values, so children of one parent read apart."""
+    tags = tags or {}
+    name = cfg.run_name or os.environ.get("MLFLOW_RUN_NAME") or \
+        f"{short_name(cfg.model)} · {short_name(cfg.dataset)} · {cfg.strategy}"
+    if "medvlm.trial" in tags:
+        name += f" · trial {int(tags['medvlm.trial']) + 1}"
+        if tags.get("medvlm.perturbed"):
+            name += f" · {tags['medvlm.perturbed']}"
+    return name
 
 
 def flat_params(cfg: RunConfig) -> dict[str, str]:
@@ -148,12 +166,12 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
         check_resumable(cfg)
         run = mlflow.start_run(run_id=cfg.resume)
     else:
-        run = mlflow.start_run(run_name=run_name(cfg), nested=nested)
+        run = mlflow.start_run(run_name=run_name(cfg, extra_tags), nested=nested)
     try:
         if not resuming:
             log_config(run.info.run_id, cfg)
         if inside_project:
-            mlflow.set_tag("mlflow.runName", run_name(cfg))
+            mlflow.set_tag("mlflow.runName", run_name(cfg, extra_tags))
         from medvlm.zoo import zoo_entries
 
         domain = zoo_entries().get(cfg.model, {}).get("domain", "unknown")
@@ -165,6 +183,8 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
     except BaseException as exc:
         _end_unsuccessful(run.info.run_id, exc)
         raise
+    if process_rank() == 0:
+        log.info(run_summary(run.info.run_id))
 
 
 def _end_unsuccessful(run_id: str, exc: BaseException) -> None:
@@ -210,6 +230,27 @@ def store_reachable() -> bool:
         return True
     except (urllib.error.URLError, OSError):
         return False
+
+
+def ui_url(experiment_id: str, run_id: str) -> str:
+    """Where the run opens in the MLflow UI: the tracking server itself, or `mlflow ui` on the local store."""
+    uri = mlflow.get_tracking_uri()
+    path = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{path}"
+    return f"http://127.0.0.1:5000/{path} (after `mlflow ui --backend-store-uri {uri}`)"
+
+
+def run_summary(run_id: str) -> str:
+    """The closing line: which run, where to see it, and which registered version it made."""
+    run = mlflow.get_run(run_id)
+    line = f"run {run_id} ({run.info.run_name}) finished · {ui_url(run.info.experiment_id, run_id)}"
+    registered = run.data.tags.get("medvlm.registered_model")
+    if registered:
+        name, version = registered.rsplit("/", 1)
+        best = mlflow.MlflowClient().get_model_version_by_alias(name, "best").version
+        line += f" · registered {name} version {version} (@best is version {best})"
+    return line
 
 
 def log_epoch(epoch: int, row: dict[str, float]) -> None:

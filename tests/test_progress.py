@@ -1,0 +1,41 @@
+"""Progress survives a log file: one `logging` line per epoch on stderr and a closing summary line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import BREAST_ROOT, REPO, needs_breastmnist
+
+EPOCHS = 3
+
+
+@needs_breastmnist
+def test_finetune_to_a_log_file_has_one_line_per_epoch_and_a_summary(tmp_path, tiny_model_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "MLFLOW_TRACKING_URI": uri,
+           "MEDVLM_CACHE": str(tmp_path / "cache"), "MEDVLM_CHECKPOINTS": str(tmp_path / "ckpt"),
+           "PYTHONPATH": str(REPO)}
+    log_file = tmp_path / "stderr.log"
+    with log_file.open("w") as stderr:
+        proc = subprocess.run([sys.executable, "-m", "medvlm.cli", "finetune", "--model", f"local-dir:{tiny_model_dir}",
+                               "--dataset", "breastmnist", "--size", "28", "--data_root", str(BREAST_ROOT),
+                               "--strategy", "lora", "--epochs", str(EPOCHS), "--patience", "5", "--lr", "1e-3"],
+                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=600)
+    text = log_file.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    epoch_lines = re.findall(r"^medvlm: epoch (\d+)/3: train_loss [\d.]+ · val_loss [\d.]+ · val_auc [\d.]+ .*"
+                             r"· best val_loss [\d.]+ \(epoch \d\)$", text, re.M)
+    assert epoch_lines == ["1", "2", "3"], text[-3000:]
+    run = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("medvlm").experiment_id])[0]
+    assert run.info.run_name == "tiny-clip · breastmnist · lora"
+    summary = [line for line in text.splitlines() if line.startswith(f"medvlm: run {run.info.run_id} ")]
+    assert len(summary) == 1, text[-3000:]
+    assert f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in summary[0]
+    registered = run.data.tags["medvlm.registered_model"]
+    assert f"registered {registered.replace('/', ' version ')} (@best is version" in summary[0]
+    assert "\r" not in text  # no bar redraws in a file
