@@ -81,34 +81,18 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
         add_field_flag(parser, name, StudyConfig.model_fields[name])
 
 
-def run_experiment(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None,
-                   commit: Callable[[str, dict[str, float]], None] | None = None) -> dict[str, float]:
-    """Dispatch to the task's experiment inside the run `cfg` defines (a nested child run for study trials).
-
-    Seeding first makes head and adapter initialisation part of the seed, so CPU reruns repeat exactly.
-    `commit(run_id, metrics)` runs before the run may end FINISHED (a study trial's fence); if it
-    raises, the run ends FAILED or KILLED instead.
-    """
-    from medvlm.experiments import EXPERIMENTS
-    from medvlm.tracking.session import tracked_run
-
-    from accelerate.utils import set_seed
-
-    with tracked_run(cfg, nested=nested, extra_tags=extra_tags) as run:
-        set_seed(cfg.seed)
-        metrics = EXPERIMENTS[cfg.task](cfg)
-        if commit is not None:
-            commit(run.info.run_id, metrics)
-        return metrics
-
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
+    from medvlm.experiments import run_experiment  # lazy: torch and MLflow load only when a run starts
+
     cfg = build_config({**overrides_from(args), "strategy": "zeroshot"})
     print_metrics(run_experiment(cfg))
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from medvlm.experiments import run_experiment  # lazy: torch and MLflow load only when a run starts
+
     cfg = build_config(overrides_from(args))
     if cfg.strategy not in FINETUNE_STRATEGIES:
         raise ConfigError(f"finetune needs strategy={'|'.join(FINETUNE_STRATEGIES)} (got '{cfg.strategy}'); "

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from medvlm.data.base import collate_batch
-from medvlm.data.files import load_image, load_image_folder, load_table
+from medvlm.data.files import load_image_folder, load_table
+from medvlm.data.sources import load_image
 from medvlm.data.prompts import check_prompt_order
-from medvlm.data.registry import load_classification
+from medvlm.data.classification import load_classification
 from medvlm.errors import DataError
 
 

@@ -15,7 +15,7 @@ import torch
 from medvlm.data.base import collate_batch
 from medvlm.data.medmnist import SUBSETS, load_medmnist, subset_info
 from medvlm.data.prompts import check_prompt_order, class_names, class_prompts
-from medvlm.data.registry import load_classification
+from medvlm.data.classification import load_classification
 from medvlm.errors import DataError
 
 with warnings.catch_warnings():

@@ -62,7 +62,7 @@ def test_zeroshot_head_is_logit_scale_times_cosine(workdir, tiny_model_dir):
     import torch
     import torch.nn.functional as F
 
-    from medvlm.data.registry import load_classification
+    from medvlm.data.classification import load_classification
     from medvlm.data.transforms import to_model_input
     from medvlm.tasks.classification import ImageClassifier, LinearHead, zero_shot_head
 

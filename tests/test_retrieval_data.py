@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medvlm.data.captions import load_captions
-from medvlm.data.vqa import decode_image, image_split
+from medvlm.data.sources import decode_image, image_split
 from medvlm.errors import ConfigError, DataError
 from tests.conftest import SHARED_DATA
 from tests.retrieval_fixtures import (

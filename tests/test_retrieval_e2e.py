@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
 from medvlm.data.transforms import to_model_input
-from medvlm.data.vqa import decode_image
+from medvlm.data.sources import decode_image
 from medvlm.metrics.retrieval import retrieval_metrics
 from medvlm.zoo import create_model
 from tests.conftest import SHARED_DATA

@@ -1,6 +1,6 @@
 """Acceptance: `mlflow run . -e zeroshot -P task=retrieval` on the real ROCO sample (a native-layout fixture
 without it) and `-e finetune -P task=retrieval -P strategy=lora` on a native-layout fixture, with the
-SPEC's tracking; the registered adapter loads and its embeddings reproduce the run's test recall."""
+tracking the README's "What a run records" describes; the registered adapter loads and its embeddings reproduce the run's test recall."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import medvlm.engine.features as features
-from medvlm.cli import main, run_experiment
+from medvlm.cli import main
+from medvlm.experiments import run_experiment
 from medvlm.data.medmnist import load_medmnist
 from medvlm.data.subsample import subsample
 from medvlm.studies.plan import build_plan

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from medvlm.data.vqa import VQARows, image_split, is_yes_no, load_vqa, normalize_answer, read_vqa
+from medvlm.data.sources import image_split
+from medvlm.data.vqa import VQARows, is_yes_no, load_vqa, normalize_answer, read_vqa
 from medvlm.errors import ConfigError, DataError
 from tests.conftest import SHARED_DATA
 from tests.vqa_fixtures import write_slake, write_vqa_parquet, write_vqa_rad

@@ -9,7 +9,8 @@ import torch
 
 from medvlm.errors import ModelError
 from medvlm.zoo import create_model
-from medvlm.zoo.factory import resolve, weights_digest
+from medvlm.zoo.checkpoints import weights_digest
+from medvlm.zoo.factory import resolve
 
 
 def test_zoo_names_resolve_to_quickgelu_openai_weights():

@@ -45,22 +45,22 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from medvlm.data.content import content_keys
-from medvlm.data.vqa import (
+from medvlm.data.sources import (
+    SPLITS,
     TABLE_SUFFIXES,
-    _image_ref,
-    _read_table,
-    _split_from_name,
-    _split_values,
-    _table_files,
     decode_image,
+    image_ref,
     image_split,
+    locate,
+    read_tables,
+    split_values,
+    table_files,
 )
 from medvlm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 Subset = Literal["radiology", "non-radiology", "mixed"]
-SPLITS = ("train", "val", "test")
 ROCO_SUBSETS = ("radiology", "non-radiology")
 ROCO_SPLIT_DIRS = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
 ROCO_CAPTIONS = "captions.txt"
@@ -205,21 +205,20 @@ def _is_roco(folder: Path) -> bool:
 def _resolve(name: str, data_root: Path) -> tuple[str, Path]:
     """(kind, path): kind is roco (native layout) or table (a file or a folder of tables)."""
     if name.lower() == "roco":
-        for alias in ROCO_ALIASES:
-            for candidate in (data_root / alias, Path(alias)):
-                if candidate.is_dir():
-                    return ("roco" if _is_roco(candidate) else "table"), candidate
-        raise DataError(f"ROCO not found in data_root {data_root} (looked for {', '.join(ROCO_ALIASES)}/); {HOW_TO_GET_ROCO}")
-    for candidate in (Path(name).expanduser(), data_root / name):
-        if candidate.is_file() and candidate.suffix.lower() in TABLE_SUFFIXES:
-            return "table", candidate
-        if candidate.is_dir():
-            if _is_roco(candidate):
-                return "roco", candidate
-            if _table_files(candidate):
-                return "table", candidate
-            raise DataError(f"folder {candidate} holds no image-caption data: expected ROCO's <split>/<subset>/"
-                            f"{ROCO_CAPTIONS} layout or parquet/CSV files with image and caption columns")
+        folder = locate(name, data_root, ROCO_ALIASES)
+        if folder is None:
+            raise DataError(f"ROCO not found in data_root {data_root} (looked for {', '.join(ROCO_ALIASES)}/); {HOW_TO_GET_ROCO}")
+        return ("roco" if _is_roco(folder) else "table"), folder
+    path = locate(name, data_root)
+    if path is not None and path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
+        return "table", path
+    if path is not None and path.is_dir():
+        if _is_roco(path):
+            return "roco", path
+        if table_files(path):
+            return "table", path
+        raise DataError(f"folder {path} holds no image-caption data: expected ROCO's <split>/<subset>/"
+                        f"{ROCO_CAPTIONS} layout or parquet/CSV files with image and caption columns")
     raise DataError(f"unknown retrieval dataset '{name}': use roco (a folder under data_root {data_root}), a folder "
                     f"in ROCO's layout, or a parquet/CSV file (or folder of them) with image and caption columns")
 
@@ -267,20 +266,7 @@ def _roco_captions(folder: Path) -> pd.DataFrame:
 
 def _table_rows(path: Path, image_column: str, caption_column: str, subset: Subset, needed: set[str],
                 seed: int) -> tuple[pd.DataFrame, str]:
-    files = _table_files(path) if path.is_dir() else [path]
-    split_of_file = {f: _split_from_name(f) if len(files) > 1 else None for f in files}
-    named = any(split_of_file.values())
-    if named and not all(split_of_file.values()):
-        odd = next(f for f, s in split_of_file.items() if not s)
-        raise DataError(f"cannot tell the split of {odd} (others are named train/val/test); rename it or remove it")
-    frames = []
-    for f in files:
-        if named and split_of_file[f] not in needed:
-            continue
-        frame = _read_table(f)
-        frames.append(frame.assign(split=split_of_file[f], _folder=str(f.parent)) if named else
-                      frame.assign(_folder=str(f.parent)))
-    table = pd.concat(frames, ignore_index=True)
+    table, named = read_tables(path, needed)
     missing = [c for c in (image_column, caption_column) if c not in table.columns]
     if missing:
         raise DataError(f"column(s) {missing} not in {path}; its columns are {list(table.columns)[:12]}: "
@@ -292,7 +278,7 @@ def _table_rows(path: Path, image_column: str, caption_column: str, subset: Subs
         table = table[table["subset"].astype(str).str.strip().str.lower() == subset]
     if table.empty:
         raise DataError(f"{path} has no rows for subset={subset} in splits {sorted(needed)}; check the table or the subset")
-    keys, sources, names = zip(*(_image_ref(v, Path(folder)) for v, folder in zip(table[image_column], table["_folder"])))
+    keys, sources, names = zip(*(image_ref(v, Path(folder)) for v, folder in zip(table[image_column], table["_folder"])))
     rows = pd.DataFrame({"image_key": keys, "image_source": sources, "image_name": names,
                          "caption": table[caption_column].map(lambda c: "" if pd.isna(c) else str(c)).to_numpy(),
                          "subset": table["subset"].astype(str).str.strip().str.lower().to_numpy()
@@ -300,7 +286,7 @@ def _table_rows(path: Path, image_column: str, caption_column: str, subset: Subs
     if named:
         rows["split"], how = table["split"].to_numpy(), "file names"
     elif "split" in table.columns:
-        rows["split"], how = _split_values(table["split"], path).to_numpy(), "column 'split'"
+        rows["split"], how = split_values(table["split"], path).to_numpy(), "column 'split'"
     else:
         sets = image_split(rows["image_key"].to_numpy(), seed)
         rows["split"] = rows["image_key"].map({k: s for s, ks in sets.items() for k in ks})

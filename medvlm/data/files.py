@@ -21,45 +21,18 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-import torchvision.transforms.functional as TF
-from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import InterpolationMode
 
 from medvlm.data.base import ClassificationData
 from medvlm.data.content import file_digests
 from medvlm.data.prompts import generic_prompts
+from medvlm.data.sources import SPLITS, load_image, read_table, split_values
 from medvlm.errors import DataError
 
-SPLITS = ("train", "val", "test")
 FRACTIONS = (0.7, 0.1, 0.2)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
-TABLE_SUFFIXES = (".csv", ".parquet")
 LabelPolicy = Literal["ones", "zeros", "ignore"]
 _POLICY_VALUE = {"ones": 1, "zeros": 0, "ignore": -1}
-_SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-
-
-def load_image(path: Path, image_size: int) -> torch.Tensor:
-    """uint8 [3,S,S]: shorter side resized to S (bicubic), then centre-cropped, as CLIP preprocesses."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                img = _to_8bit(img)
-            img = img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {path} ({exc}); replace or remove that file") from exc
-    img = TF.resize(img, image_size, interpolation=InterpolationMode.BICUBIC)
-    return TF.pil_to_tensor(TF.center_crop(img, image_size))
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit/float scans (DICOM exports) min-max scaled to 0..255; PIL's own conversion clips them."""
-    arr = np.asarray(img, dtype=np.float64)
-    low, high = arr.min(), arr.max()
-    scaled = (arr - low) * (255.0 / (high - low)) if high > low else np.zeros_like(arr)
-    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
 
 
 class ImageFiles(Dataset):
@@ -212,7 +185,7 @@ def load_table(
     stratified 70/10/20 with `seed`.
     """
     path = Path(path).expanduser()
-    table = _read_table(path)
+    table = read_table(path)
     label_columns = list(label_columns)
     if not label_columns:
         raise DataError(f"no label column given for {path}: set label_columns (one column = classes, several = multi-label)")
@@ -233,7 +206,7 @@ def load_table(
     why = f"; {dropped} rows whose labels are all uncertain (-1) were dropped (label_policy=ignore)" if dropped else ""
 
     if split_column and split_column in table.columns:
-        split_of = _split_values(table[split_column], split_column, path)
+        split_of = split_values(table[split_column], path, split_column).to_numpy()
         idx = {split: np.flatnonzero(split_of == split) for split in SPLITS}
         for split in SPLITS:
             _require_rows(path, split, len(idx[split]), f"no rows with {split_column}='{split}'{why}")
@@ -257,17 +230,6 @@ def load_table(
         extra={"digest": _listing_digest([path, *every], Path(path.anchor)), "split": how,
                "label_policy": label_policy, "ignored_labels": int((labels < 0).sum())},
     )
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    if path.suffix.lower() not in TABLE_SUFFIXES:
-        raise DataError(f"table {path} must be a .csv or .parquet file")
-    if not path.is_file():
-        raise DataError(f"table {path} not found; pass an existing CSV/parquet file")
-    try:
-        return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read table {path} ({str(exc).strip().splitlines()[0]}); check it is a valid CSV/parquet file") from exc
 
 
 def _class_labels(column: pd.Series, path: Path) -> tuple[np.ndarray, list[str]]:
@@ -298,14 +260,6 @@ def _multilabel(frame: pd.DataFrame, policy: LabelPolicy, path: Path) -> np.ndar
         raise DataError(f"column '{column}' of {path} holds {values}; multi-label columns take 1, 0, -1 (uncertain) or blank")
     values = numeric.fillna(0).to_numpy(dtype=np.int64)
     return np.where(values == -1, _POLICY_VALUE[policy], values)
-
-
-def _split_values(column: pd.Series, name: str, path: Path) -> np.ndarray:
-    values = column.astype(str).str.strip().str.lower()
-    unknown = sorted(set(values) - _SPLIT_ALIASES.keys())
-    if unknown:
-        raise DataError(f"column '{name}' of {path} holds {unknown[:5]}; split values must be train, val or test")
-    return values.map(_SPLIT_ALIASES).to_numpy()
 
 
 def _image_paths(column: pd.Series, path: Path) -> list[Path]:

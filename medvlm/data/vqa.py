@@ -24,9 +24,7 @@ VQA-RAD answers are JSON integers); normalisation belongs to the answer vocabula
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -41,19 +39,25 @@ import torch
 from torch.utils.data import Dataset
 
 from medvlm.data.content import content_keys
-from medvlm.data.files import load_image
+from medvlm.data.sources import (
+    SPLITS,
+    TABLE_SUFFIXES,
+    decode_image,
+    image_ref,
+    image_split,
+    locate,
+    read_tables,
+    split_values,
+    table_files,
+)
 from medvlm.errors import ConfigError, DataError
 
 SplitMode = Literal["auto", "image", "official"]
-SPLITS = ("train", "val", "test")
-TEST_FRACTION = 0.2
-VAL_FRACTION = 0.2
 META_COLUMNS = ("question_type", "content_type", "modality", "organ")
 YES_NO = frozenset({"yes", "no"})
 VQA_RAD_JSON = "VQA_RAD Dataset Public.json"
 VQA_RAD_IMAGES = "VQA_RAD Image Folder"
 SLAKE_VAL_FILES = ("validation.json", "validate.json")
-TABLE_SUFFIXES = (".parquet", ".csv")
 ALIASES = {
     "vqa_rad": ("vqa_rad", "vqa-rad", "vqarad", "VQA_RAD"),
     "slake": ("slake", "Slake1.0", "SLAKE"),
@@ -64,8 +68,6 @@ HOW_TO_GET = {
     "slake": "download SLAKE (Hugging Face BoKelvin/SLAKE: train/validation/test.json + imgs.zip) and unzip imgs/ there",
     "pathvqa": "save the PathVQA parquet files (Hugging Face flaviagiammarino/path-vqa, data/*.parquet) there",
 }
-_SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                "validate": "val", "dev": "val", "test": "test", "testing": "test"}
 
 
 def normalize_answer(text: object) -> str:
@@ -208,30 +210,25 @@ def _resolve(name: str, data_root: Path) -> tuple[str, Path]:
     """(kind, path): kind is vqa_rad, slake or table."""
     key = name.lower().replace("-", "_")
     if key in ALIASES:
-        for alias in ALIASES[key]:
-            for candidate in (data_root / alias, Path(alias)):
-                if candidate.is_dir():
-                    return (key if key != "pathvqa" else "table"), candidate
-        raise DataError(f"{name} not found in data_root {data_root} (looked for {', '.join(ALIASES[key])}/); "
-                        f"{HOW_TO_GET[key]}, or set data_root / pass dataset=PATH")
-    for candidate in (Path(name).expanduser(), data_root / name):
-        if candidate.is_file() and candidate.suffix.lower() in TABLE_SUFFIXES:
-            return "table", candidate
-        if candidate.is_dir():
-            if (candidate / VQA_RAD_JSON).is_file():
-                return "vqa_rad", candidate
-            if (candidate / "train.json").is_file():
-                return "slake", candidate
-            if _table_files(candidate):
-                return "table", candidate
-            raise DataError(f"folder {candidate} holds no VQA data: expected '{VQA_RAD_JSON}' (VQA-RAD), "
-                            f"train.json (SLAKE) or parquet/CSV files with image, question, answer columns")
+        folder = locate(name, data_root, ALIASES[key])
+        if folder is None:
+            raise DataError(f"{name} not found in data_root {data_root} (looked for {', '.join(ALIASES[key])}/); "
+                            f"{HOW_TO_GET[key]}, or set data_root / pass dataset=PATH")
+        return (key if key != "pathvqa" else "table"), folder
+    path = locate(name, data_root)
+    if path is not None and path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
+        return "table", path
+    if path is not None and path.is_dir():
+        if (path / VQA_RAD_JSON).is_file():
+            return "vqa_rad", path
+        if (path / "train.json").is_file():
+            return "slake", path
+        if table_files(path):
+            return "table", path
+        raise DataError(f"folder {path} holds no VQA data: expected '{VQA_RAD_JSON}' (VQA-RAD), "
+                        f"train.json (SLAKE) or parquet/CSV files with image, question, answer columns")
     raise DataError(f"unknown VQA dataset '{name}': use vqa_rad, slake, pathvqa (folders under data_root {data_root}), "
                     f"a folder in one of those layouts, or a parquet/CSV file with image, question, answer columns")
-
-
-def _table_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in TABLE_SUFFIXES and p.is_file())
 
 
 # -- readers: each returns one row per QA with image_key/image_source/image_name/split -------
@@ -318,74 +315,24 @@ def _text_column(records: pd.DataFrame, name: str) -> pd.Series:
 
 
 def _table_rows(path: Path, image_column: str) -> pd.DataFrame:
-    files = _table_files(path) if path.is_dir() else [path]
-    split_of_file = {f: _split_from_name(f) if len(files) > 1 else None for f in files}
-    named = [f for f, s in split_of_file.items() if s]
-    frames = []
-    for f in files:
-        frame = _read_table(f)
-        if named:
-            if not split_of_file[f]:
-                raise DataError(f"cannot tell the split of {f} (others are named train/val/test); rename it or remove it")
-            frame = frame.assign(split=split_of_file[f])
-        frames.append(frame.assign(_folder=str(f.parent)))
-    table = pd.concat(frames, ignore_index=True)
+    table, _ = read_tables(path)
     missing = [c for c in (image_column, "question", "answer") if c not in table.columns]
     if missing:
         raise DataError(f"column(s) {missing} not in {path}; its columns are {list(table.columns)[:12]}: "
                         f"a VQA table needs image (set image_column), question and answer")
-    keys, sources, names = zip(*(_image_ref(v, Path(folder)) for v, folder in zip(table[image_column], table["_folder"])))
+    keys, sources, names = zip(*(image_ref(v, Path(folder)) for v, folder in zip(table[image_column], table["_folder"])))
     answers = table["answer"].map(_answer_text)
     out = pd.DataFrame({
         "image_key": keys, "image_source": sources, "image_name": names,
         "question": table["question"].map(_answer_text), "answer": answers,
         "closed": _closed_from(table.get("answer_type"), answers, path),
-        "split": _split_values(table["split"], path) if "split" in table.columns else None,
+        "split": split_values(table["split"], path) if "split" in table.columns else None,
     })
     for c in META_COLUMNS:
         if c in table.columns:
             out[c] = _text_column(table, c)
     _require_files(out["image_source"][out["image_source"].map(lambda s: isinstance(s, str))], path, None)
     return out
-
-
-def _split_from_name(file: Path) -> str | None:
-    words = re.split(r"[^a-z]+", file.stem.lower())
-    return next((_SPLIT_WORDS[w] for w in words if w in _SPLIT_WORDS), None)
-
-
-def _split_values(column: pd.Series, path: Path) -> pd.Series:
-    values = column.astype(str).str.strip().str.lower()
-    unknown = sorted(set(values) - _SPLIT_WORDS.keys())
-    if unknown:
-        raise DataError(f"column 'split' of {path} holds {unknown[:5]}; split values must be train, val or test")
-    return values.map(_SPLIT_WORDS)
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read table {path} ({str(exc).strip().splitlines()[0]}); check it is valid parquet/CSV") from exc
-
-
-def _image_ref(value, folder: Path) -> tuple[str, str | bytes, str]:
-    """(identity, source, display name) of a table cell: HF image struct, raw bytes or a path."""
-    if isinstance(value, dict):
-        data, name = value.get("bytes"), value.get("path")
-        if data is None:
-            value = name
-        else:
-            digest = hashlib.sha1(data).hexdigest()
-            return f"sha1:{digest}", bytes(data), str(name or digest[:12])
-    if isinstance(value, (bytes, bytearray)):
-        digest = hashlib.sha1(value).hexdigest()
-        return f"sha1:{digest}", bytes(value), digest[:12]
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        raise DataError(f"an image cell in the table under {folder} is empty; fill or drop that row")
-    p = Path(str(value)).expanduser()
-    p = p if p.is_absolute() else folder / p
-    return str(p), str(p), p.name
 
 
 def _require_files(paths: pd.Series, where: Path, kind: str | None) -> None:
@@ -396,15 +343,6 @@ def _require_files(paths: pd.Series, where: Path, kind: str | None) -> None:
 
 
 # -- splitting ----------------------------------------------------------------------------
-
-
-def image_split(image_keys: np.ndarray, seed: int, test_fraction: float = TEST_FRACTION) -> dict[str, set]:
-    """Distinct images -> train/val/test sets: test floor(20 %), val ceil(20 % of the rest), seeded."""
-    unique = np.array(sorted(set(image_keys)), dtype=object)
-    order = unique[np.random.default_rng(seed).permutation(len(unique))]
-    n_test = int(len(order) * test_fraction)
-    n_val = math.ceil((len(order) - n_test) * VAL_FRACTION)
-    return {"test": set(order[:n_test]), "val": set(order[n_test:n_test + n_val]), "train": set(order[n_test + n_val:])}
 
 
 def _assign_splits(rows: pd.DataFrame, kind: str, mode: SplitMode, seed: int, official: str,
@@ -440,11 +378,6 @@ def _seeded_image_order(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 
 # -- images -------------------------------------------------------------------------------
-
-
-def decode_image(source: str | Path | bytes, image_size: int) -> torch.Tensor:
-    """uint8 [3, S, S] from a path or encoded bytes, preprocessed like every file source (`load_image`)."""
-    return load_image(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source), image_size)
 
 
 def _decode_all(sources: list[str | bytes], image_size: int, where: Path) -> torch.Tensor:

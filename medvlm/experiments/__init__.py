@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from accelerate.utils import set_seed
+
 from medvlm.config import RunConfig
+from medvlm.tracking.session import tracked_run
 
 
 def _classification(cfg: RunConfig) -> dict[str, float]:
-    from medvlm.experiments.classification import run_classification
+    from medvlm.experiments.classification import run_classification  # lazy: each task loads only its own modules
 
     return run_classification(cfg)
 
 
 def _vqa(cfg: RunConfig) -> dict[str, float]:
-    from medvlm.experiments.vqa import run_vqa
+    from medvlm.experiments.vqa import run_vqa  # lazy: each task loads only its own modules
 
     return run_vqa(cfg)
 
 
 def _retrieval(cfg: RunConfig) -> dict[str, float]:
-    from medvlm.experiments.retrieval import run_retrieval
+    from medvlm.experiments.retrieval import run_retrieval  # lazy: each task loads only its own modules
 
     return run_retrieval(cfg)
 
@@ -30,3 +33,19 @@ EXPERIMENTS: dict[str, Callable[[RunConfig], dict[str, float]]] = {
     "retrieval": _retrieval,
     "vqa": _vqa,
 }
+
+
+def run_experiment(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None,
+                   commit: Callable[[str, dict[str, float]], None] | None = None) -> dict[str, float]:
+    """Dispatch to the task's experiment inside the run `cfg` defines (a nested child run for study trials).
+
+    Seeding first makes head and adapter initialisation part of the seed, so CPU reruns repeat exactly.
+    `commit(run_id, metrics)` runs before the run may end FINISHED (a study trial's fence); if it
+    raises, the run ends FAILED or KILLED instead.
+    """
+    with tracked_run(cfg, nested=nested, extra_tags=extra_tags) as run:
+        set_seed(cfg.seed)
+        metrics = EXPERIMENTS[cfg.task](cfg)
+        if commit is not None:
+            commit(run.info.run_id, metrics)
+        return metrics

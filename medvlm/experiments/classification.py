@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medvlm.adapters.base import ClassifierAdapterModel, log_adapter, registered_name
 from medvlm.config import RunConfig
 from medvlm.data.base import ClassificationData, LabelKind, TensorRows
-from medvlm.data.registry import load_classification
+from medvlm.data.classification import load_classification
 from medvlm.data.subsample import subsample_splits
 from medvlm.engine.features import cached_features
 from medvlm.engine.checkpoints import Checkpoints
@@ -131,8 +132,6 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
     metrics = log_test_results(logits, targets, data, history)
 
     if cfg.strategy == "lora" and cfg.register_adapter and selection is not None:
-        from medvlm.tracking.adapter_model import ClassifierAdapterModel, log_adapter, registered_name
-
         meta = {"model": cfg.model, "pin": clip.spec.pin, "task": "classification", "kind": data.kind,
                 "class_names": data.class_names, "dataset": cfg.dataset}
         log_adapter(ClassifierAdapterModel(), clip.net, {"head": head}, meta,

@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from medvlm.adapters.base import log_adapter, registered_name
+from medvlm.adapters.retrieval import RetrievalAdapterModel
 from medvlm.config import RunConfig
 from medvlm.data.captions import SPLITS, CaptionData, CaptionSplit, load_captions
 from medvlm.data.subsample import stratified_indices
@@ -228,9 +230,6 @@ def run_retrieval(cfg: RunConfig) -> dict[str, float]:
 
 def register(cfg: RunConfig, encoder: DualEncoder, data: CaptionData, selection: tuple[str, float, bool]) -> None:
     """Log the LoRA adapter as `medvlm-<model>-<dataset>-retrieval`, a model that embeds images and texts."""
-    from medvlm.tracking.adapter_model import log_adapter, registered_name
-    from medvlm.tracking.retrieval_adapter_model import RetrievalAdapterModel
-
     meta = {"model": cfg.model, "pin": encoder.clip.spec.pin, "task": "retrieval", "dataset": cfg.dataset,
             "subset": data.subset}
     log_adapter(RetrievalAdapterModel(), encoder.clip.net, {}, meta,

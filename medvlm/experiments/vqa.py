@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from medvlm.adapters.base import log_adapter, registered_name
+from medvlm.adapters.vqa import VQAAdapterModel
 from medvlm.config import RunConfig
 from medvlm.data.base import TensorRows
 from medvlm.data.subsample import stratified_indices
@@ -251,9 +253,6 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
 def register(cfg: RunConfig, clip: ClipModel, head: BANHead, vocab: AnswerVocab,
              selection: tuple[str, float, bool]) -> None:
     """Log the LoRA adapter + BAN head as `medvlm-<model>-<dataset>-vqa`, a model that answers questions."""
-    from medvlm.tracking.adapter_model import log_adapter, registered_name
-    from medvlm.tracking.vqa_adapter_model import VQAAdapterModel
-
     meta = {"model": cfg.model, "pin": clip.spec.pin, "task": "vqa", "dataset": cfg.dataset,
             "head": head.config, "vocab": vocab.to_dict()}
     log_adapter(VQAAdapterModel(), clip.net, {"head": head}, meta, registered_name(cfg.model, cfg.dataset, "vqa"),

@@ -1,6 +1,6 @@
 """In-domain or out-of-domain: does a model's pre-training modality cover a dataset's modality?
 
-Seed paper 2 splits its results this way: a dataset is in-domain (ID) for a model whose
+*Can Common VLMs Rival Medical VLMs?* splits its results this way: a dataset is in-domain (ID) for a model whose
 pre-training data covers the dataset's imaging modality, and out-of-domain (OOD) otherwise.
 Models' modalities come from the zoo entries; datasets' from MedMNIST's modality names, the ROCO
 subset, or the VQA dataset. Coverage is by family: a "pathology" model covers colon pathology and

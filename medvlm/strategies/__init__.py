@@ -49,7 +49,7 @@ class Frozen(ZeroShot):
 
 
 class Partial(Strategy):
-    """Only the projection heads and the logit scale train (the reference repository's 'partial')."""
+    """Only the projection heads and the logit scale train (the 'partial' fine-tuning of *General or Medical CLIP, Which one Shall We Choose?*)."""
 
     name = "partial"
 

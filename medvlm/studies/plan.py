@@ -8,34 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from medvlm.config import RunConfig, build_config
-from medvlm.studies.spec import Cell, StudyConfig, expand_cells, identity_of
-
-
-@dataclass(frozen=True)
-class PlannedTrial:
-    """One experiment of a study: its Optuna params (`cell` plus any perturbed keys) and its config."""
-
-    cell: Cell
-    params: dict[str, Any]
-    distributions: dict[str, Any]
-    config: RunConfig
-
-    @property
-    def label(self) -> str:
-        return f"{self.cell.label}  {perturbed(self.params)}".rstrip()
-
-
-def perturbed(params: dict[str, Any]) -> str:
-    """A trial's own values beyond its cell (`lr=1.2e-05 seed=3`): what tells study children apart."""
-    return " ".join(f"{k}={_short(v)}" for k, v in params.items() if k != "cell")
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+from medvlm.studies.spec import Cell, PlannedTrial, StudyConfig, expand_cells, identity_of
+from medvlm.studies.stability import perturbed_trials
 
 
 def build_plan(study: StudyConfig, run_flags: dict[str, Any]) -> list[PlannedTrial]:
@@ -45,8 +22,6 @@ def build_plan(study: StudyConfig, run_flags: dict[str, Any]) -> list[PlannedTri
     cells = expand_cells(study, run_flags)
     cell_dist = IntDistribution(0, len(cells) - 1)
     if study.kind == "stability":
-        from medvlm.studies.stability import perturbed_trials
-
         return perturbed_trials(study, cells, cell_dist)
     return [PlannedTrial(c, {"cell": c.index}, {"cell": cell_dist}, c.config) for c in cells]
 

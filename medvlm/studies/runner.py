@@ -43,8 +43,8 @@ from mlflow.tracking import MlflowClient
 
 from medvlm.errors import ConfigError, MedvlmError, Superseded, one_line
 from medvlm.progress import log
-from medvlm.studies.plan import PlannedTrial, build_plan, describe, perturbed, plan_digest, trial_config
-from medvlm.studies.spec import Kind, StudyConfig, load_study_config
+from medvlm.studies.plan import build_plan, describe, plan_digest, trial_config
+from medvlm.studies.spec import Kind, PlannedTrial, StudyConfig, load_study_config, perturbed
 from medvlm.studies.summary import PRIMARY_METRIC, child_runs, format_summary, log_summary, summary_table
 from medvlm.tracking.session import ensure_tracking
 
@@ -371,7 +371,7 @@ def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, pare
     """One trial as a nested MLflow child run; completes it in Optuna (the `Fence`) or tells FAIL."""
     import optuna
 
-    from medvlm.cli import run_experiment
+    from medvlm.experiments import run_experiment  # lazy: a dry run or a finished study loads no torch
 
     frozen, trial = storage.get_trial(trial_id), optuna.Trial(study, trial_id)
     label = frozen.user_attrs.get("label", f"trial {trial.number}")

@@ -189,6 +189,29 @@ class Cell:
     config: RunConfig
 
 
+@dataclass(frozen=True)
+class PlannedTrial:
+    """One experiment of a study: its Optuna params (`cell` plus any perturbed keys) and its config."""
+
+    cell: Cell
+    params: dict[str, Any]
+    distributions: dict[str, Any]
+    config: RunConfig
+
+    @property
+    def label(self) -> str:
+        return f"{self.cell.label}  {perturbed(self.params)}".rstrip()
+
+
+def perturbed(params: dict[str, Any]) -> str:
+    """A trial's own values beyond its cell (`lr=1.2e-05 seed=3`): what tells study children apart."""
+    return " ".join(f"{k}={_short(v)}" for k, v in params.items() if k != "cell")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def _matches(match: dict[str, Any], cfg: RunConfig) -> bool:
     return all(getattr(cfg, k) in (v if isinstance(v, list) else [v]) for k, v in match.items())
 

@@ -21,8 +21,7 @@ import pandas as pd
 
 from medvlm.config import RunConfig, build_config
 from medvlm.errors import ConfigError
-from medvlm.studies.plan import PlannedTrial
-from medvlm.studies.spec import DEFAULT_SPACE, Cell, Perturbation, StudyConfig
+from medvlm.studies.spec import DEFAULT_SPACE, Cell, Perturbation, PlannedTrial, StudyConfig
 
 
 def unit_points(names: list[str], n: int, seed: int) -> list[dict[str, float]]:

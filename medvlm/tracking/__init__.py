@@ -1,1 +1,1 @@
-"""MLflow runs, plots and registered adapter models."""
+"""MLflow logging: runs, params, metrics, datasets and plots."""

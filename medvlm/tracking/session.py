@@ -1,4 +1,4 @@
-"""One MLflow run per experiment, per the SPEC's conventions.
+"""One MLflow run per experiment, with the conventions of the README's "What a run records" section.
 
 - The embedded default store is `sqlite:///mlflow.db`; `MLFLOW_TRACKING_URI` overrides it.
 - Inside `mlflow run`, `MLFLOW_RUN_ID` is set and the first `start_run()` resumes that run,

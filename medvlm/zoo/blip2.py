@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from medvlm.errors import ModelError
 from medvlm.zoo import hf_parts
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
+from medvlm.zoo.checkpoints import weights_digest
 
 TEMPERATURE = 0.07
 
@@ -80,8 +81,6 @@ class Blip2ItcModel(ClipModel):
 
 def load_blip2(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
     from transformers import AutoTokenizer, Blip2ForImageTextRetrieval
-
-    from medvlm.zoo.factory import weights_digest
 
     ident = location or entry["model"]
     try:

@@ -14,6 +14,7 @@ Without a mirror the Hub id is used as is (the Hugging Face cache, or the networ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -25,6 +26,25 @@ import torch
 from torch import nn
 
 from medvlm.errors import ModelError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".tar")
+
+# Module-name suffixes LoRA adapts, by attention implementation (used when no zoo entry says).
+OPEN_CLIP_BLOCK = ["attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj"]
+TIMM_BLOCK = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
+BERT_BLOCK = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"]
+HF_CLIP_BLOCK = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"]
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 over the weight files of a folder (or one file): pins what an adapter was trained on."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def weights_root() -> Path | None:

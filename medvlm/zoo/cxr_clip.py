@@ -28,7 +28,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from medvlm.errors import ModelError
 from medvlm.zoo import hf_parts
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
-from medvlm.zoo.checkpoints import checkpoint_file, load_exact, load_torch_checkpoint, required, take
+from medvlm.zoo.checkpoints import checkpoint_file, load_exact, load_torch_checkpoint, required, take, weights_digest
 
 ARCHITECTURES = {"image_encoder.resnet.": "resnet50", "image_encoder.image_encoder.": "swin"}
 
@@ -134,8 +134,6 @@ class CXRCLIPModel(ClipModel):
 
 
 def load_cxr_clip(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
-    from medvlm.zoo.factory import weights_digest
-
     path = checkpoint_file(spec.name, location, entry["checkpoint"], entry.get("download"))
     ckpt = load_torch_checkpoint(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt:

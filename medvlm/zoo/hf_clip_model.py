@@ -8,6 +8,7 @@ import torch
 
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
+from medvlm.zoo.checkpoints import HF_CLIP_BLOCK, weights_digest
 from medvlm.zoo.hf_parts import preprocess_from
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -72,7 +73,6 @@ def load_transformers_clip(entry: dict, spec: ModelSpec, location: str | None) -
             f"offline, put a save_pretrained folder (config.json, model.safetensors, tokenizer files) in "
             f"$MEDVLM_WEIGHTS/{spec.name}/ or pass its path"
         ) from None
-    from medvlm.zoo.factory import HF_CLIP_BLOCK, weights_digest
 
     spec.partial = spec.partial or ["visual_projection", "text_projection", "logit_scale"]
     spec.lora_vision = spec.lora_vision or HF_CLIP_BLOCK

@@ -27,7 +27,7 @@ from torch import nn
 
 from medvlm.zoo import hf_parts
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
-from medvlm.zoo.checkpoints import checkpoint_file, load_exact, load_torch_checkpoint, required, take
+from medvlm.zoo.checkpoints import checkpoint_file, load_exact, load_torch_checkpoint, required, take, weights_digest
 
 LOGIT_SCALE_MAX = 4.6052
 TEXT_LAYERS = (1, 2, -1)
@@ -91,8 +91,6 @@ class MedCLIPModel(ClipModel):
 
 
 def load_medclip(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
-    from medvlm.zoo.factory import weights_digest
-
     path = checkpoint_file(spec.name, location, entry["checkpoint"], entry.get("download"))
     state = dict(load_torch_checkpoint(path))
     swin = hf_parts.swin_from_state(take(state, "vision_model.model."), entry["image_tower"], spec.name)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
+from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
+from medvlm.zoo.checkpoints import BERT_BLOCK, HF_CLIP_BLOCK, OPEN_CLIP_BLOCK, TIMM_BLOCK, open_clip_local_kwargs, weights_digest
+
+PARTIAL_CANDIDATES = ["visual.proj", "visual.head.proj", "visual.attnpool.c_proj", "text_projection",
+                      "text.proj", "visual_projection", "logit_scale", "logit_bias"]
 
 
 class OpenClipModel(ClipModel):
@@ -138,3 +146,59 @@ def _project(tokens: torch.Tensor, projection: nn.Module | torch.Tensor | None) 
     if projection is None:
         return tokens
     return projection(tokens) if isinstance(projection, nn.Module) else tokens @ projection
+
+
+def _has_prefix(net: nn.Module, prefix: str) -> bool:
+    return any(n == prefix or n.startswith(prefix + ".") for n, _ in net.named_parameters())
+
+
+def _block_suffixes(tower: nn.Module) -> list[str]:
+    names = {n for n, _ in tower.named_modules()}
+    if any(isinstance(m, nn.MultiheadAttention) for m in tower.modules()):
+        return OPEN_CLIP_BLOCK
+    for suffixes in (TIMM_BLOCK, BERT_BLOCK, HF_CLIP_BLOCK):
+        if any(n.endswith(suffixes[0]) for n in names):
+            return suffixes
+    return []
+
+
+def infer_open_clip_spec(net: nn.Module, spec: ModelSpec) -> ModelSpec:
+    """Fill `partial`/`lora` defaults for open_clip models no zoo entry describes."""
+    if not spec.partial:
+        spec.partial = [p for p in PARTIAL_CANDIDATES if _has_prefix(net, p)]
+    spec.text_prefix = "text." if hasattr(net, "text") else "transformer."
+    if not spec.lora_vision:
+        spec.lora_vision = _block_suffixes(net.visual)
+    if not spec.lora_text:
+        text_tower = net.text if hasattr(net, "text") else net.transformer
+        spec.lora_text = _block_suffixes(text_tower)
+    return spec
+
+
+def _open_clip_error(name: str, where: str, exc: Exception) -> ModelError:
+    return ModelError(
+        f"cannot load weights for model '{name}' from {where} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+        f"on an offline machine put the model in $MEDVLM_WEIGHTS/{name}/ (open_clip local-dir layout) "
+        f"or pass model=local-dir:PATH"
+    )
+
+
+def load_open_clip(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
+    if location is not None:
+        model_name, pretrained = f"local-dir:{location}", None
+    else:
+        model_name, pretrained = entry["model"], entry.get("pretrained")
+    kwargs = {}
+    if entry.get("context_length"):
+        kwargs["context_length"] = entry["context_length"]
+    try:
+        net = open_clip.create_model(model_name, pretrained=pretrained, load_weights=True,
+                                     **entry.get("create_kwargs", {}), **open_clip_local_kwargs(location))
+        tokenizer = open_clip.get_tokenizer(model_name, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise _open_clip_error(spec.name, location or model_name + (f" (tag {pretrained})" if pretrained else ""), exc) from None
+    if location is not None:
+        spec.pin = {"model": f"local-dir:{Path(location).resolve()}", "sha256": weights_digest(Path(location))}
+    else:
+        spec.pin = {"model": entry["model"], "pretrained": pretrained}
+    return OpenClipModel(net.float(), tokenizer, infer_open_clip_spec(net, spec))

@@ -27,7 +27,7 @@ from torch import nn
 from medvlm.errors import ModelError
 from medvlm.zoo import hf_parts
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
-from medvlm.zoo.checkpoints import checkpoint_file, load_exact, load_torch_checkpoint, required, take
+from medvlm.zoo.checkpoints import checkpoint_file, load_exact, load_torch_checkpoint, required, take, weights_digest
 
 UNUSED_PREFIXES = ("fusion_module.", "mlm_projection", "img_special_token", "positional_embedding", "ln_final.")
 HEAD_WIDTH = 64
@@ -120,8 +120,6 @@ def _visual_from(state: dict[str, torch.Tensor], embed_dim: int, name: str) -> M
 
 
 def load_pmc_clip(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
-    from medvlm.zoo.factory import weights_digest
-
     path = checkpoint_file(spec.name, location, entry["checkpoint"], entry.get("download"))
     ckpt = load_torch_checkpoint(path)
     state = {k.removeprefix("module."): v for k, v in ckpt.get("state_dict", ckpt).items()}

@@ -27,6 +27,7 @@ import torch
 from medvlm.errors import ModelError
 from medvlm.zoo import hf_parts
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
+from medvlm.zoo.checkpoints import HF_CLIP_BLOCK, weights_digest
 
 
 class SiglipClipModel(ClipModel):
@@ -73,8 +74,6 @@ class SiglipClipModel(ClipModel):
 
 def load_siglip(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
     from transformers import AutoTokenizer, SiglipModel
-
-    from medvlm.zoo.factory import HF_CLIP_BLOCK, weights_digest
 
     ident = location or entry["model"]
     try:

@@ -1,4 +1,4 @@
-"""One entry point from a `dataset` string to a ClassificationData.
+"""Classification datasets: one entry point from a `dataset` string to a ClassificationData.
 
 `dataset` is a MedMNIST subset name, an image folder, or a CSV/parquet file; relative paths
 are looked up in the working directory first, then under `data_root`.
@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medvlm.data.base import ClassificationData
-from medvlm.data.files import TABLE_SUFFIXES, LabelPolicy, load_image_folder, load_table
+from medvlm.data.files import LabelPolicy, load_image_folder, load_table
 from medvlm.data.medmnist import INFO, SUBSETS, load_medmnist
+from medvlm.data.sources import TABLE_SUFFIXES, locate
 from medvlm.errors import DataError
 
 
@@ -30,7 +31,7 @@ def load_classification(
     name = dataset.strip()
     if name.lower() in INFO:
         return load_medmnist(name.lower(), size, data_root)
-    path = _locate(name, Path(data_root).expanduser())
+    path = locate(name, data_root)
     if path is not None and path.is_dir():
         return load_image_folder(path, image_size, seed)
     if Path(name).suffix.lower() in TABLE_SUFFIXES:
@@ -42,9 +43,3 @@ def load_classification(
         f"an image folder or a CSV/parquet file"
     )
 
-
-def _locate(name: str, data_root: Path) -> Path | None:
-    for candidate in (Path(name).expanduser(), data_root / name):
-        if candidate.exists():
-            return candidate
-    return None

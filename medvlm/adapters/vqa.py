@@ -1,6 +1,6 @@
 """A logged VQA LoRA adapter as an MLflow model that answers questions about images.
 
-Artifacts as every adapter (`medvlm.tracking.adapter_model`): the peft adapter, the BAN head
+Artifacts as every adapter (`medvlm.adapters.base`): the peft adapter, the BAN head
 (safetensors) and `medvlm.json`, which here also holds the head's shape and the answer
 vocabulary. Images are preprocessed exactly as in training (`decode_image`).
 """
@@ -13,8 +13,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from medvlm.adapters.base import AdapterModel
+from medvlm.data.sources import decode_image
 from medvlm.errors import ModelError
-from medvlm.tracking.adapter_model import AdapterModel
+from medvlm.tasks.vqa import AnswerVocab, BANHead, VQAModel
 
 
 class VQAAdapterModel(AdapterModel):
@@ -22,8 +24,6 @@ class VQAAdapterModel(AdapterModel):
     Output: one row per question with the `answer` and its softmax `score`."""
 
     def load_context(self, context) -> None:
-        from medvlm.tasks.vqa import AnswerVocab, BANHead, VQAModel
-
         self.load_base(context)
         head = BANHead(**self.meta["head"])
         head.load_state_dict(load_file(context.artifacts["head"]))
@@ -31,8 +31,6 @@ class VQAAdapterModel(AdapterModel):
         self.vocab = AnswerVocab(**self.meta["vocab"])
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from medvlm.data.vqa import decode_image
-
         if not isinstance(model_input, pd.DataFrame) or not {"image", "question"} <= set(model_input.columns):
             raise ModelError("VQA input must be a DataFrame with columns 'image' (bytes or path) and 'question'")
         size = self.clip.preprocess.image_size

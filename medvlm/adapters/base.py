@@ -1,4 +1,4 @@
-"""LoRA adapters as MLflow models that load and predict, registered per the SPEC.
+"""LoRA adapters as MLflow models that load and predict, registered as the README's Model Registry section says.
 
 A logged adapter holds: `adapter/` (peft safetensors + adapter_config.json), the task
 head (safetensors) and `medvlm.json` (the base model argument, its weights pin, class
@@ -19,9 +19,15 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
+import medvlm
 from medvlm.errors import ModelError
+from medvlm.metrics.classification import probabilities
+from medvlm.strategies.lora import load_adapter, save_adapter
+from medvlm.tasks.classification import ImageClassifier, LinearHead
+from medvlm.zoo import create_model
 
 ALIAS = "best"
 
@@ -29,8 +35,6 @@ ALIAS = "best"
 def _images_from(model_input: Any) -> torch.Tensor:
     """uint8 [B,C,H,W] from an array (N,H,W[,C]) or a DataFrame column `image` of bytes or paths."""
     if isinstance(model_input, pd.DataFrame):
-        from PIL import Image
-
         col = model_input["image"]
         arrays = [np.asarray(Image.open(io.BytesIO(v) if isinstance(v, (bytes, bytearray)) else v).convert("RGB"))
                   for v in col]
@@ -47,9 +51,6 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     """Base: rebuild the pinned base model and apply the LoRA adapter."""
 
     def load_base(self, context) -> None:
-        from medvlm.strategies.lora import load_adapter
-        from medvlm.zoo import create_model
-
         self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
         clip = create_model(self.meta["model"])
         pin = self.meta["pin"]
@@ -65,8 +66,6 @@ class ClassifierAdapterModel(AdapterModel):
     """Predicts class probabilities (softmax, or sigmoid for multi-label) from images."""
 
     def load_context(self, context) -> None:
-        from medvlm.tasks.classification import ImageClassifier, LinearHead
-
         self.load_base(context)
         state = load_file(context.artifacts["head"])
         head = LinearHead(state["linear.weight"].shape[1], state["linear.weight"].shape[0])
@@ -74,8 +73,6 @@ class ClassifierAdapterModel(AdapterModel):
         self.classifier = ImageClassifier(self.clip, head).eval()
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from medvlm.metrics.classification import probabilities
-
         images = _images_from(model_input)
         batch = int((params or {}).get("batch_size", 64))
         with torch.no_grad():
@@ -90,9 +87,6 @@ def log_adapter(python_model: AdapterModel, peft_net, heads: dict[str, torch.nn.
 
     `selection` is (validation metric name, value, higher_is_better). Returns the registered version.
     """
-    import medvlm
-    from medvlm.strategies.lora import save_adapter
-
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         save_adapter(peft_net, root / "adapter")

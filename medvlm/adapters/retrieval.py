@@ -1,6 +1,6 @@
 """A logged retrieval LoRA adapter as an MLflow model that embeds images and texts.
 
-Artifacts as every adapter (`medvlm.tracking.adapter_model`): the peft adapter and
+Artifacts as every adapter (`medvlm.adapters.base`): the peft adapter and
 `medvlm.json`; retrieval has no head. Images are preprocessed exactly as in training
 (`decode_image`: shorter side to the model's size, centre crop) and texts are tokenised by the
 model's tokenizer, so embeddings match those the run's recall was measured on.
@@ -13,8 +13,10 @@ from typing import Any
 import pandas as pd
 import torch
 
+from medvlm.adapters.base import AdapterModel
+from medvlm.data.sources import decode_image
 from medvlm.errors import ModelError
-from medvlm.tracking.adapter_model import AdapterModel
+from medvlm.tasks.retrieval import DualEncoder
 
 INPUT_COLUMNS = ("image", "text")
 
@@ -25,8 +27,6 @@ class RetrievalAdapterModel(AdapterModel):
     row (None where the cell is empty). Their dot product is the cosine similarity retrieval ranks by."""
 
     def load_context(self, context) -> None:
-        from medvlm.tasks.retrieval import DualEncoder
-
         self.load_base(context)
         self.encoder = DualEncoder(self.clip).eval()
 
@@ -49,8 +49,6 @@ class RetrievalAdapterModel(AdapterModel):
 
     @torch.no_grad()
     def _embed(self, column: str, cells: list, batch: int) -> list[list[float]]:
-        from medvlm.data.vqa import decode_image
-
         chunks = []
         for start in range(0, len(cells), batch):
             part = cells[start:start + batch]

@@ -1,0 +1,1 @@
+"""Serving: logged LoRA adapters as MLflow pyfunc models that rebuild the base model and predict."""
