@@ -130,9 +130,10 @@ def test_ctrl_c_ends_the_run_killed_keeps_the_checkpoint_and_prints_the_resume_c
     err = proc.communicate(timeout=300)[1]
     assert proc.returncode == 130, err
     run = client.get_run(runs[0].info.run_id)
-    lines = [line for line in err.splitlines() if line.startswith("medvlm:")]
+    lines = [line for line in err.splitlines() if line.startswith("medvlm: interrupted")]  # after the progress lines
     command = f"medvlm {shlex.join(args)} --resume {run.info.run_id}"
     assert lines == [f"medvlm: interrupted; run {run.info.run_id} is KILLED, its checkpoint kept; resume with: {command}"]
+    assert err.rstrip().splitlines()[-1] == lines[0]
     assert "Traceback" not in err
     assert run.info.status == "KILLED"
     assert (workdir / "checkpoints" / run.info.run_id / CHECKPOINT_FILE).is_file()
