@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import shlex
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from medvlm.config import FINETUNE_STRATEGIES, RunConfig, build_config
 from medvlm.errors import ConfigError, MedvlmError, TrackingError, one_line
 
 EXIT_USER_ERROR = 2
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # the disk, not medvlm, refused a write
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
@@ -236,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     except MedvlmError as exc:
         hint = resume_hint(argv, exc) if isinstance(exc, TrackingError) else ""
         print(f"medvlm: error: {one_line(exc)}{hint}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        print(f"medvlm: error: cannot write {exc.filename or 'a file'} ({exc.strerror}); free disk space or point "
+              f"data_root, checkpoint_dir, MEDVLM_CACHE or the MLflow store at a writable folder", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

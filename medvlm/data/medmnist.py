@@ -130,10 +130,16 @@ def load_medmnist(flag: str, size: int, root: str | Path, download: bool = True)
 def _download(info: SubsetInfo, size: int, root: Path) -> str:
     """Fetch the official file into root; return why it failed (the caller reports it)."""
     path = root / info.file_name(size)
+    created = [p for p in (root, *root.parents) if not p.exists()]  # download_url makes these folders
     try:
         download_url(info.url(size), str(root), filename=path.name, md5=info.md5(size))
     except Exception as exc:  # any network, disk or checksum failure ends in the same user-facing error
         path.unlink(missing_ok=True)  # never leave a partial or corrupt file behind
+        for folder in created:  # nor folders the user never asked for (innermost first; only if empty)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         return f"automatic download failed: {_first_line(exc)}"
     return "downloaded"
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from medvlm.config import RunConfig
-from medvlm.errors import TrainingError
+from medvlm.errors import TrainingError, one_line
 
 CHECKPOINT_FILE = "last.safetensors"
 # Where a run trains, not what it trains: these may differ between the original run and its resume.
@@ -89,15 +89,21 @@ class Checkpoints:
         return cls(cfg.checkpoint_dir, run_id, checkpoint_identity(run_id, cfg.resolved(), pin))
 
     def save(self, payload: dict[str, Any]) -> None:
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         tensors: dict[str, torch.Tensor] = {}
         state = _encode(payload, tensors)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        save_file(tensors, str(tmp), metadata={"medvlm.identity": json.dumps(self.identity),
-                                               "medvlm.state": json.dumps(state)})
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(tmp), metadata={"medvlm.identity": json.dumps(self.identity),
+                                                   "medvlm.state": json.dumps(state)})
+            os.replace(tmp, self.path)
+        except (OSError, SafetensorError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise TrainingError(f"cannot write checkpoint {self.path} ({one_line(exc)[:160]}); free disk space or "
+                                f"pass checkpoint_dir=WRITABLE_FOLDER") from None
 
     def load(self) -> dict[str, Any] | None:
         """The saved loop state, or None when this run has none; refuses another run's checkpoint."""

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medvlm.data.base import collate_batch
 from medvlm.data.content import cache_root
+from medvlm.errors import DataError, one_line
 from medvlm.data.transforms import to_model_input
 from medvlm.progress import tracked
 from medvlm.zoo.base import ClipModel
@@ -73,8 +74,13 @@ def cached_features(model: ClipModel, dataset: Dataset, batch_size: int, device:
         blob = torch.load(path, weights_only=True)
         return blob["features"], blob["labels"]
     feats, labels = encode_dataset(encode, dataset, batch_size, device, precision, what=f"encoding ({kind})")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"features": feats, "labels": labels}, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"features": feats, "labels": labels}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"cannot write the feature cache {path} ({one_line(exc)[:160]}); free disk space or set "
+                        f"MEDVLM_CACHE to a writable folder") from None
     return feats, labels

@@ -107,11 +107,27 @@ def spec_from_entry(entry: dict) -> ModelSpec:
     )
 
 
+def _corrupt_weights_errors() -> tuple[type[BaseException], ...]:
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return SafetensorError, pickle.UnpicklingError, EOFError
+
+
+CORRUPT_WEIGHTS = _corrupt_weights_errors()
+
+
 def create_model(name: str, device: str | torch.device = "cpu") -> ClipModel:
     """Build a `ClipModel` from any supported model argument, in eval mode on `device`."""
     entry, location = resolve(name)
     backend = BACKENDS.get(entry["source"])
     if backend is None:
         raise ModelError(f"model '{name}' needs backend '{entry['source']}', which this medvlm build does not have")
-    model = backend(entry, spec_from_entry(entry), location)
+    try:
+        model = backend(entry, spec_from_entry(entry), location)
+    except CORRUPT_WEIGHTS as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"the weights of model '{name}' are corrupt or truncated ({reason}); download or export "
+                         f"them again") from None
     return model.to(device).eval()
