@@ -12,17 +12,16 @@ from medvlm.adapters.base import ALIAS, point_best_alias, registered_name
 NAME = "medvlm-race-test-classification"
 
 
-def register_versions(uri: str, scores: list[float], start) -> None:
+def register_versions(uri: str, scores: list[float], first: bool, ready) -> None:
     """One 'worker': register versions with their val AUC, then point the alias, as `log_adapter` does."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
+    if first:  # one worker creates the store's tables and the model; the others start together after it
+        MlflowClient().create_registered_model(NAME)
+        ready.set()
+    ready.wait()
     client = MlflowClient()
-    try:
-        client.create_registered_model(NAME)
-    except mlflow.exceptions.MlflowException:
-        pass  # another worker created it first
-    start.wait()
     for score in scores:
         version = client.create_model_version(NAME, source="file:///nowhere", run_id=None)
         client.set_model_version_tag(NAME, version.version, "val_auc", str(score))
@@ -33,11 +32,10 @@ def test_concurrent_registrations_leave_best_on_the_best_version(workdir):
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     scores = [[0.353, 0.41, 0.2], [0.668, 0.1, 0.3], [0.5, 0.6, 0.05], [0.2, 0.65, 0.66]]
     ctx = mp.get_context("fork")  # no store is open in this process yet; children import nothing anew
-    start = ctx.Event()
-    workers = [ctx.Process(target=register_versions, args=(uri, s, start)) for s in scores]
+    ready = ctx.Event()
+    workers = [ctx.Process(target=register_versions, args=(uri, s, i == 0, ready)) for i, s in enumerate(scores)]
     for w in workers:
         w.start()
-    start.set()
     for w in workers:
         w.join(timeout=300)
         assert w.exitcode == 0

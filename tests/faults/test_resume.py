@@ -141,3 +141,9 @@ def test_ctrl_c_ends_the_run_killed_keeps_the_checkpoint_and_prints_the_resume_c
     resumed = client.get_run(run.info.run_id)
     assert resumed.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == list(range(6))
+
+
+def test_a_parameter_longer_than_mlflow_keeps_does_not_block_resume(workdir, tiny_model_dir):
+    cfg, run_id = interrupted_run(tiny_model_dir, image_column="x" * 7000)
+    assert len(MlflowClient().get_run(run_id).data.params["image_column"]) < 7000  # MLflow truncated it
+    check_resumable(build_config({**cfg.resolved(), "resume": run_id}))
