@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medvlm.errors import ConfigError
 
 Task = Literal["classification", "retrieval", "vqa"]
-Strategy = Literal["zeroshot", "linear", "frozen", "partial", "full", "lora"]
-FINETUNE_STRATEGIES = ("linear", "frozen", "partial", "full", "lora")
+Strategy = Literal["zeroshot", "linear", "frozen", "partial", "full", "lora", "mlp"]
+FINETUNE_STRATEGIES = ("linear", "frozen", "partial", "full", "lora", "mlp")
+LoraParts = Literal["", "v", "l", "m", "vm", "lm", "vml"]
 MEDMNIST_SIZES = (28, 64, 128, 224)
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
@@ -57,6 +58,10 @@ class RunConfig(BaseModel):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_targets: list[str] = Field(default_factory=list, description="module-name suffixes to adapt; empty = the zoo entry's defaults")
     lora_text: bool = Field(False, description="also adapt the text tower")
+    lora_parts: LoraParts = Field("", description="generative (LLaVA) models: LoRA on v (vision tower), l (language model), m (projector) or vm/lm/vml; empty = l")
+    max_new_tokens: int = Field(32, ge=1, description="generative VQA: greedy decoding stops after this many new tokens (or at EOS)")
+    gradient_checkpointing: bool = Field(False, description="generative models: recompute activations in backward to save memory")
+    judge: str = Field("", description="generative VQA: a local transformers chat model (folder or hf: id) that scores open answers 1-100; empty = off")
     label_policy: Literal["ones", "zeros", "ignore"] = Field("zeros", description="CheXpert-style uncertain (-1) labels")
     image_column: str = Field("image", description="CSV/parquet column with image paths")
     label_columns: list[str] = Field(default_factory=list, description="CSV/parquet label columns (several = multi-label)")
@@ -97,6 +102,14 @@ class RunConfig(BaseModel):
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+    @model_validator(mode="after")
+    def _generative_only(self) -> RunConfig:
+        if self.strategy == "mlp" and self.task != "vqa":
+            raise ValueError("strategy=mlp (projector only) is for generative VQA models; use task=vqa with a LLaVA model")
+        if self.lora_parts and self.strategy != "lora":
+            raise ValueError(f"lora_parts={self.lora_parts} needs strategy=lora")
+        return self
 
     def resolved(self) -> dict[str, Any]:
         """A JSON-safe dict of every field, defaults included."""

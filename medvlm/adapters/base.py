@@ -91,8 +91,10 @@ def log_adapter(python_model: AdapterModel, peft_net, heads: dict[str, torch.nn.
     """
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        save_adapter(peft_net, root / "adapter")
-        artifacts = {"adapter": str(root / "adapter"), "meta": str(root / "medvlm.json")}
+        artifacts = {"meta": str(root / "medvlm.json")}
+        if peft_net is not None:  # projector-only adapters have no LoRA part
+            save_adapter(peft_net, root / "adapter")
+            artifacts["adapter"] = str(root / "adapter")
         (root / "medvlm.json").write_text(json.dumps(meta, indent=2))
         for key, head in heads.items():
             save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(root / f"{key}.safetensors"))

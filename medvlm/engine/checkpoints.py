@@ -22,6 +22,7 @@ from medvlm.config import RunConfig
 from medvlm.errors import TrainingError, one_line
 
 CHECKPOINT_FILE = "last.safetensors"
+BEST_FILE = "best.safetensors"  # the best epoch's trainable weights, beside the checkpoint (see trainer.BestWeights)
 # Where a run trains, not what it trains: these may differ between the original run and its resume.
 MACHINE_FIELDS = frozenset({"resume", "checkpoint_dir", "data_root", "num_workers", "eval_batch_size", "experiment",
                             "run_name"})
@@ -38,11 +39,23 @@ def checkpoint_identity(run_id: str, resolved_config: dict[str, Any], pin: dict[
             "pin": json.dumps(pin, sort_keys=True, default=str)}
 
 
+def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous tensors with no storage shared between two of them (tied weights), as safetensors requires;
+    only a repeated storage is copied, the rest are written straight from the live tensors."""
+    out, seen = {}, set()
+    for key, tensor in tensors.items():
+        tensor = tensor.detach().cpu().contiguous()
+        ptr = tensor.untyped_storage().data_ptr()
+        out[key] = tensor.clone() if ptr in seen and tensor.numel() else tensor
+        seen.add(ptr)
+    return out
+
+
 def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """`obj` as JSON, with each tensor or array moved into `tensors` and referenced by key."""
     if isinstance(obj, torch.Tensor):
         key = str(len(tensors))
-        tensors[key] = obj.detach().cpu().contiguous().clone()
+        tensors[key] = obj
         return {"__tensor__": key}
     if isinstance(obj, np.ndarray):
         key = str(len(tensors))
@@ -97,7 +110,7 @@ class Checkpoints:
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(tmp), metadata={"medvlm.identity": json.dumps(self.identity),
+            save_file(unshared(tensors), str(tmp), metadata={"medvlm.identity": json.dumps(self.identity),
                                                    "medvlm.state": json.dumps(state)})
             os.replace(tmp, self.path)
         except (OSError, SafetensorError) as exc:
@@ -130,3 +143,4 @@ class Checkpoints:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+        (self.path.parent / BEST_FILE).unlink(missing_ok=True)

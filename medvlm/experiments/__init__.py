@@ -17,7 +17,14 @@ def _classification(cfg: RunConfig) -> dict[str, float]:
 
 
 def _vqa(cfg: RunConfig) -> dict[str, float]:
-    from medvlm.experiments.vqa import run_vqa  # lazy: each task loads only its own modules
+    """CLIP models rank answers with a BAN head; LLaVA-family models generate them."""
+    from medvlm.zoo.factory import is_generative
+
+    if is_generative(cfg.model):
+        from medvlm.experiments.generative_vqa import run_generative_vqa  # lazy: each task loads only its own modules
+
+        return run_generative_vqa(cfg)
+    from medvlm.experiments.vqa import run_vqa
 
     return run_vqa(cfg)
 

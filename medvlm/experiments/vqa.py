@@ -195,6 +195,9 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: VQAData,
 
 
 def _check_strategy(cfg: RunConfig) -> None:
+    if cfg.strategy == "mlp" or cfg.lora_parts:
+        raise ConfigError(f"strategy=mlp and lora_parts are for generative (LLaVA) models; {cfg.model} is a CLIP "
+                          f"model: use zeroshot, frozen, partial, full or lora")
     if cfg.strategy == "linear":
         raise ConfigError("task=vqa has no linear probe; use strategy=frozen (frozen encoders, BAN head on cached tokens)")
 

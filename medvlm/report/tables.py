@@ -33,7 +33,8 @@ FINETUNE_METRICS = {
     "vqa": ("test_acc", "test_acc_open", "test_acc_closed"),
 }
 METRIC_NAMES = {"test_auc": "AUC", "test_acc": "ACC", "test_f1": "F1", "test_acc_open": "ACC open",
-                "test_acc_closed": "ACC closed", "test_f1_weighted": "F1 (weighted)"}
+                "test_acc_closed": "ACC closed", "test_f1_weighted": "F1 (weighted)",
+                "test_closed_acc": "closed ACC (generated)", "test_open_recall": "open token recall"}
 METRIC_NAMES.update({f"test_{d}_R{k}": f"{a} R@{k}" for d, a in (("image_to_text", "I→T"), ("text_to_image", "T→I"))
                      for k in (1, 5, 10)})
 TASK_NAMES = {"classification": "classification", "retrieval": "image-text retrieval", "vqa": "VQA"}
