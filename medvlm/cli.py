@@ -20,7 +20,8 @@ from medvlm.config import FINETUNE_STRATEGIES, RunConfig, build_config
 from medvlm.errors import ConfigError, MedvlmError, TrackingError, one_line
 
 EXIT_USER_ERROR = 2
-DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # the disk, not medvlm, refused a write
+# the disk or the folder layout, not medvlm, refused a write
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOTDIR)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
