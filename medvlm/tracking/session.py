@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import urllib.error
@@ -204,6 +205,8 @@ def _end_unsuccessful(run_id: str, exc: BaseException) -> None:
         _forget_active_run()
         if isinstance(exc, KeyboardInterrupt):
             return
+        # metrics still queued for the dead store fail again at exit; the one line below already says so
+        logging.getLogger("mlflow.utils.async_logging.async_logging_queue").setLevel(logging.CRITICAL)
         reason = one_line(exc) if store_exc.args == ("unreachable",) else one_line(store_exc)
         lost = TrackingError(f"the tracking store {mlflow.get_tracking_uri()} stopped answering ({reason}); run "
                              f"{run_id} is left RUNNING and its training progress is kept in its checkpoint")
