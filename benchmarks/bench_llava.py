@@ -26,7 +26,7 @@ import torch
 
 from medvlm.config import RunConfig
 from medvlm.strategies import get_strategy
-from medvlm.tasks.generative_vqa import TeacherForced, pixels, token_mean
+from medvlm.tasks.generative_vqa import TeacherForced, token_mean, vision_inputs
 from medvlm.zoo.base import ModelSpec, Preprocess
 from medvlm.zoo.llava import LLAVA_MED_TEMPLATE, LORA_PARTS, PROJECTOR, GenerativeVLM
 
@@ -110,11 +110,11 @@ def run_strategy(vlm: GenerativeVLM, name: str, inputs: dict, args, device: torc
     size, seq = inputs["input_ids"].shape
     if strategy == "zeroshot":
         prompt = {k: inputs[k][:, :-(args.answer + 1)] for k in ("input_ids", "attention_mask")}
-        pixel_values = pixels(vlm, inputs["images"])
+        images = vision_inputs(vlm, inputs["images"])
 
         def step() -> None:
             with torch.no_grad(), autocast:
-                vlm.llava.generate(**prompt, pixel_values=pixel_values, max_new_tokens=args.new_tokens, do_sample=False,
+                vlm.llava.generate(**prompt, **images, max_new_tokens=args.new_tokens, do_sample=False,
                                    min_new_tokens=args.new_tokens, pad_token_id=PAD, eos_token_id=EOS)
         tokens, answer_tokens = size * (prompt["input_ids"].shape[1] + args.new_tokens), size * args.new_tokens
     else:

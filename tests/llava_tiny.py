@@ -3,6 +3,7 @@
 - `write_llava_hf`: a transformers `LlavaForConditionalGeneration` (tiny CLIP vision tower + tiny
   Llama) saved with `save_pretrained`, with a `LlavaProcessor`: a real fast BPE tokenizer trained
   with `tokenizers` on the real VQA-RAD questions and answers, and the llava-1.5-hf chat template.
+  With `next_=True`, the same as a LLaVA-NeXT folder (any-resolution tiles).
 - `write_llava_med`: the same sizes in the LLaVA-Med v1.5 release's own layout (`llava_mistral`
   config with `mm_*` keys, `model.mm_projector.{0,2}`, `model.vision_tower.vision_tower.vision_model.*`,
   a Mistral language model), plus the Hub mirror of the CLIP tower config it names.
@@ -73,28 +74,38 @@ def _sizes(vocab: int) -> dict:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)}
 
 
-def write_llava_hf(folder: Path, seed: int = 0) -> Path:
-    """A transformers Llava folder (config, safetensors, processor with tokenizer and chat template)."""
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+def write_llava_hf(folder: Path, seed: int = 0, next_: bool = False) -> Path:
+    """A transformers Llava folder (config, safetensors, processor with tokenizer and chat template).
+
+    `next_`: a LLaVA-NeXT folder instead, with any-resolution tiles (pinpoints at the tiny size).
+    """
+    import transformers as tf
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer()
     sizes = _sizes(len(tokenizer))
-    text = LlamaConfig(**sizes["text"], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id)
-    config = LlavaConfig(vision_config=CLIPVisionConfig(**sizes["vision"]), text_config=text,
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=(IMAGE_SIZE // PATCH) ** 2)
+    text = tf.LlamaConfig(**sizes["text"], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+    common = {"vision_config": tf.CLIPVisionConfig(**sizes["vision"]), "text_config": text,
+              "image_token_index": tokenizer.convert_tokens_to_ids("<image>")}
+    crop = {"size": {"shortest_edge": IMAGE_SIZE}, "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}}
+    if next_:
+        pinpoints = [[IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE], [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]]
+        config = tf.LlavaNextConfig(**common, image_grid_pinpoints=pinpoints)
+        model_cls, processor_cls = tf.LlavaNextForConditionalGeneration, tf.LlavaNextProcessor
+        images = tf.LlavaNextImageProcessor(**crop, image_grid_pinpoints=pinpoints)
+    else:
+        config = tf.LlavaConfig(**common, image_seq_length=(IMAGE_SIZE // PATCH) ** 2)
+        model_cls, processor_cls = tf.LlavaForConditionalGeneration, tf.LlavaProcessor
+        images = tf.CLIPImageProcessor(**crop)
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
+    model = model_cls(config)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.3)
     model.save_pretrained(folder)
-    images = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=PATCH, chat_template=LLAVA15_TEMPLATE,
-                   vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(folder)
+    processor_cls(image_processor=images, tokenizer=tokenizer, patch_size=PATCH, chat_template=LLAVA15_TEMPLATE,
+                  vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(folder)
     return folder
 
 
@@ -157,12 +168,13 @@ needs_vqa_rad = pytest.mark.skipif(not (VQA_RAD / VQA_RAD_JSON).is_file(),
 
 @pytest.fixture(scope="module")
 def llava_family(tmp_path_factory):
-    """Both tiny models, `MEDVLM_WEIGHTS` pointing at their mirror: {"hf": Llava folder, "med": "llava-med"}."""
+    """The tiny models, `MEDVLM_WEIGHTS` pointing at their mirror: {"hf": Llava folder, "med": "llava-med", "next": LLaVA-NeXT folder}."""
     if not (VQA_RAD / VQA_RAD_JSON).is_file():
         pytest.skip(f"real VQA-RAD not found at {VQA_RAD}: it trains the tiny models' tokenizer")
     root = tmp_path_factory.mktemp("llava-mirror")
     write_llava_med(root)
     hf = write_llava_hf(root / "tiny-llava")
+    nxt = write_llava_hf(root / "tiny-llava-next", next_=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MEDVLM_WEIGHTS", str(root))
-        yield {"hf": str(hf), "med": "llava-med", "root": root}
+        yield {"hf": str(hf), "med": "llava-med", "next": str(nxt), "root": root}

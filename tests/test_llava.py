@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 from medvlm.config import build_config
 from medvlm.errors import ModelError
 from medvlm.strategies import get_strategy
-from medvlm.tasks.generative_vqa import (TeacherForced, answer_all, answer_nll, build_prompts, generate, pixels,
-                                         token_mean)
+from medvlm.tasks.generative_vqa import (TeacherForced, answer_all, answer_nll, build_prompts, generate, token_mean,
+                                         vision_inputs)
 from medvlm.zoo.factory import create_model, is_generative, load_vlm
 from medvlm.zoo.llava import LORA_PARTS
 from tests.llava_tiny import llava_family, write_llava_med  # noqa: F401  (fixture)
@@ -52,6 +52,7 @@ def test_llava_med_release_maps_every_tensor_strictly(llava_family):
     assert (cfg.vision_feature_layer, cfg.vision_feature_select_strategy) == (-2, "default")
     assert vlm.image_token_id == vlm.tokenizer.unk_token_id and vlm.image_tokens == 16
     assert vlm.render("Is it?") == "[INST] <image>\nIs it? [/INST]"
+    assert vlm.pad == (122, 116, 104)  # LLaVA's expand2square background for CLIP's mean
     assert is_generative("llava-med") and is_generative(llava_family["hf"]) and not is_generative("clip-vit-b32")
 
     # image features: the release's CLIP layer -2 patch states through mm_projector (Linear, GELU, Linear)
@@ -60,13 +61,26 @@ def test_llava_med_release_maps_every_tensor_strictly(llava_family):
     tower = CLIPVisionModel(CLIPVisionConfig.from_pretrained(root / "openai" / "clip-vit-large-patch14-336"))
     tower.load_state_dict({k[len("model.vision_tower.vision_tower."):]: v for k, v in release.items()
                            if k.startswith("model.vision_tower.")})
-    pixel_values = pixels(vlm, images(2))
+    pixel_values = vision_inputs(vlm, images(2))["pixel_values"]
     states = tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
     expected = F.linear(F.gelu(F.linear(states, release["model.mm_projector.0.weight"], release["model.mm_projector.0.bias"])),
                         release["model.mm_projector.2.weight"], release["model.mm_projector.2.bias"])
     with torch.no_grad():
         got = torch.stack(vlm.llava.get_image_features(pixel_values).pooler_output)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pad_to_square_keeps_the_whole_image(tmp_path):
+    from PIL import Image
+
+    from medvlm.data.sources import decode_image
+
+    Image.new("RGB", (40, 10), (255, 255, 255)).save(tmp_path / "wide.png")  # 15 rows of padding above and below
+    padded = decode_image(tmp_path / "wide.png", 8, pad=(122, 116, 104))
+    assert padded.shape == (3, 8, 8)
+    assert padded[:, 0].tolist() == [[122] * 8, [116] * 8, [104] * 8] == padded[:, 7].tolist()
+    assert (padded[:, 3:5].float().mean() > padded[:, 0].float().mean() + 50)  # the white band in the middle
+    assert (decode_image(tmp_path / "wide.png", 8) >= 250).all()  # the default centre crop sees only white
 
 
 @pytest.mark.parametrize("change", ["drop", "extra"])
@@ -114,13 +128,13 @@ def test_lora_forward_is_the_manual_merge_for_each_part_selection(llava_family, 
     assert all(p.requires_grad == ("lora_" in n) for n, p in vlm.net.named_parameters())
     table = build_prompts(vlm, QUESTIONS, ANSWERS)
     args = {"input_ids": table.input_ids, "attention_mask": table.attention_mask.long(),
-            "pixel_values": pixels(vlm, images())}
+            **vision_inputs(vlm, images())}
     with torch.no_grad():
         torch.testing.assert_close(vlm.net(**args).logits, reference(**args).logits, atol=1e-4, rtol=1e-4)
         assert not torch.allclose(vlm.net(**args).logits, load_vlm(llava_family["hf"]).net(**args).logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("family", ["hf", "med"])
+@pytest.mark.parametrize("family", ["hf", "med", "next"])
 def test_loss_counts_answer_tokens_only_and_the_mask_follows_the_chat_template(llava_family, family):
     vlm = load_vlm(llava_family[family])
     table = build_prompts(vlm, QUESTIONS, ANSWERS)
@@ -136,7 +150,7 @@ def test_loss_counts_answer_tokens_only_and_the_mask_follows_the_chat_template(l
 
     with torch.no_grad():
         logits = vlm.net(input_ids=table.input_ids, attention_mask=table.attention_mask.long(),
-                         pixel_values=pixels(vlm, images())).logits
+                         **vision_inputs(vlm, images())).logits
     loss = token_mean(answer_nll(logits, table.input_ids, table.answer_mask))
     scrambled = table.input_ids.clone()
     outside = ~table.answer_mask
@@ -152,9 +166,11 @@ def test_loss_counts_answer_tokens_only_and_the_mask_follows_the_chat_template(l
     torch.testing.assert_close(token_mean(TeacherForced(vlm)(batch(vlm, table))), direct, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["hf", "med"])
+@pytest.mark.parametrize("family", ["hf", "med", "next"])
 def test_batched_greedy_generation_equals_one_by_one(llava_family, family):
     vlm = load_vlm(llava_family[family])
+    if family == "next":  # any-resolution: a base view plus tiles and row newlines, more than one view's 16 tokens
+        assert vlm.image_processor is not None and vlm.image_tokens > 16
     table = build_prompts(vlm, QUESTIONS)
     assert len(set(table.prompt_mask.sum(dim=1).tolist())) > 1  # prompts of different lengths: real padding
     index = torch.arange(4)
@@ -173,3 +189,95 @@ def test_generation_settings_are_recorded_in_the_config():
         build_config({"task": "vqa", "model": "llava-med", "dataset": "vqa_rad", "strategy": "mlp", "lora_parts": "v"})
     with pytest.raises(Exception, match="mlp"):
         build_config({"task": "classification", "model": "llava-med", "dataset": "breastmnist", "strategy": "mlp"})
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(llava_family):
+    cfg = build_config({"task": "vqa", "model": llava_family["hf"], "dataset": "vqa_rad", "strategy": "lora",
+                        "lora_parts": "vml"})
+    vlm = get_strategy("lora").prepare(load_vlm(llava_family["hf"]), cfg)
+    with torch.no_grad():
+        for name, p in vlm.net.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    table = build_prompts(vlm, QUESTIONS, ANSWERS)
+    module = TeacherForced(vlm).train()
+    results = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            vlm.llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        vlm.net.zero_grad()
+        loss = token_mean(module(batch(vlm, table)))
+        loss.backward()
+        # the vision tower's last layer feeds nothing (features come from layer -2): no gradient there
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in vlm.net.named_parameters() if p.grad is not None}))
+    assert vlm.llava.is_gradient_checkpointing
+    torch.testing.assert_close(results[0][0], results[1][0])
+    assert results[0][1].keys() == results[1][1].keys()
+    assert all(any(part in n for n in results[1][1]) for part in ("vision_tower", "language_model", "multi_modal_projector"))
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], atol=1e-5, rtol=1e-4)
+
+
+def test_resume_continues_lora_training_exactly(llava_family, tmp_path):
+    """Two epochs in one go equal one epoch, a stop, and a resumed second epoch from the engine's checkpoint."""
+    from medvlm.data.vqa import load_vqa
+    from medvlm.engine.trainer import Checkpoints, fit, make_accelerator, trainable_state
+    from medvlm.experiments.generative_vqa import AnswerObjective, teacher_forced_sets
+    from tests.conftest import SHARED_DATA
+
+    def train(epochs: int, run: str, on_resume=None):
+        cfg = build_config({"task": "vqa", "model": llava_family["hf"], "dataset": "vqa_rad", "strategy": "lora",
+                            "epochs": epochs, "patience": 5, "batch_size": 3, "lr": 1e-2, "seed": 3})
+        torch.manual_seed(0)
+        vlm = get_strategy("lora").prepare(load_vlm(llava_family["hf"]), cfg)
+        data = load_vqa("vqa_rad", data_root=SHARED_DATA, image_size=32, max_rows=6)
+        tables = {s: build_prompts(vlm, data.splits[s]["question"].tolist(), data.splits[s]["answer"].tolist())
+                  for s in ("train", "val")}
+        sets = teacher_forced_sets(data, tables)
+        result = fit(AnswerObjective(TeacherForced(vlm)), sets["train"], sets["val"], cfg, make_accelerator(cfg),
+                     Checkpoints(tmp_path, run), on_resume=on_resume)
+        return result, {k: v for k, v in trainable_state(vlm).items()}
+
+    straight, weights = train(2, "straight")
+    train(1, "resumed")
+    restored: list[dict] = []
+    resumed, resumed_weights = train(2, "resumed", on_resume=restored.extend)
+    assert len(restored) == 1  # it started from the checkpoint of epoch 1, not from scratch
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+    assert resumed_weights.keys() == weights.keys() and len(weights) > 0
+    for key, value in weights.items():
+        torch.testing.assert_close(resumed_weights[key], value)
+
+
+def test_strategies_that_do_not_apply_fail_in_one_line_with_a_failed_run(llava_family, workdir, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from medvlm.cli import main
+
+    common = ["--task", "vqa", "--model", llava_family["hf"], "--dataset", "vqa_rad"]
+    assert main(["finetune", *common, "--strategy", "partial"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "strategy=partial does not apply to generative (LLaVA) models" in err and "mlp, lora" in err
+    (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("medvlm").experiment_id])
+    assert run.info.status == "FAILED"
+    assert main(["finetune", *common, "--strategy", "mlp", "--lora-parts", "v"]) == 2
+    assert "lora_parts=v needs strategy=lora" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("strategy", ["mlp", "lora"])
+def test_bf16_frozen_weights_with_fp32_trained_ones_train_and_generate(llava_family, strategy):
+    """The GPU layout (frozen weights stored in bf16, trained ones in fp32), exercised with CPU autocast."""
+    from medvlm.experiments.generative_vqa import trainable_in_fp32
+
+    cfg = build_config({"task": "vqa", "model": llava_family["hf"], "dataset": "vqa_rad", "strategy": strategy})
+    vlm = get_strategy(strategy).prepare(load_vlm(llava_family["hf"], dtype=torch.bfloat16), cfg)
+    trainable_in_fp32(vlm)
+    dtypes = {p.dtype for p in vlm.parameters() if p.requires_grad}, {p.dtype for p in vlm.parameters() if not p.requires_grad}
+    assert dtypes == ({torch.float32}, {torch.bfloat16})
+    table = build_prompts(vlm, QUESTIONS, ANSWERS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = token_mean(TeacherForced(vlm)(batch(vlm, table)))
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None and bool(p.grad.abs().sum() > 0)
+                                        for p in vlm.parameters() if p.requires_grad)
+    assert len(answer_all(vlm, images(), torch.arange(4), table, 3, 4)) == 4

@@ -49,7 +49,7 @@ class GenerativeVQAModel(mlflow.pyfunc.PythonModel):
         if not isinstance(model_input, pd.DataFrame) or not {"image", "question"} <= set(model_input.columns):
             raise ModelError("VQA input must be a DataFrame with columns 'image' (bytes or path) and 'question'")
         size = self.vlm.preprocess.image_size
-        images = torch.stack([decode_image(v, size) for v in model_input["image"]])
+        images = torch.stack([decode_image(v, size, self.vlm.pad) for v in model_input["image"]])
         table = build_prompts(self.vlm, [str(q) for q in model_input["question"]])
         params = params or {}
         answers = answer_all(self.vlm, images, torch.arange(len(images)), table,

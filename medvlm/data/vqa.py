@@ -42,6 +42,7 @@ from medvlm.data.content import content_keys
 from medvlm.data.sources import (
     SPLITS,
     TABLE_SUFFIXES,
+    candidates,
     decode_image,
     image_ref,
     image_split,
@@ -165,7 +166,7 @@ def read_vqa(dataset: str, *, data_root: str | Path, split: SplitMode = "auto", 
     `max_rows` > 0 keeps the first rows of each split in a seeded image order (whole images
     first, so few images are decoded): for smoke tests and quick looks, never for results.
     """
-    kind, path = _resolve(dataset.strip(), Path(data_root).expanduser())
+    kind, path = locate_source(dataset.strip(), Path(data_root).expanduser())
     if kind == "vqa_rad":
         rows, official = _vqa_rad_rows(path), "phrase_type test_* = test"
     elif kind == "slake":
@@ -184,8 +185,8 @@ def read_vqa(dataset: str, *, data_root: str | Path, split: SplitMode = "auto", 
 
 
 def load_vqa(dataset: str, *, data_root: str | Path, image_size: int, split: SplitMode = "auto", seed: int = 0,
-             image_column: str = "image", max_rows: int = 0) -> VQAData:
-    """`read_vqa`, then every distinct image decoded once at `image_size`.
+             image_column: str = "image", max_rows: int = 0, pad: tuple[int, int, int] | None = None) -> VQAData:
+    """`read_vqa`, then every distinct image decoded once at `image_size` (padded to square with `pad`, see `load_image`).
 
     Images are stored in a canonical (sorted) order, so the seed changes the split but not the
     image tensor: cached encoder features are reused across seeds.
@@ -195,7 +196,7 @@ def load_vqa(dataset: str, *, data_root: str | Path, image_size: int, split: Spl
     rows = records.rows
     keys = sorted(set(rows["image_key"]))
     first = rows.drop_duplicates("image_key").set_index("image_key")["image_source"]
-    images = _decode_all([first[k] for k in keys], image_size, records.source)
+    images = _decode_all([first[k] for k in keys], image_size, records.source, pad)
     rows = rows.assign(image_index=rows["image_key"].map({k: i for i, k in enumerate(keys)}).astype(np.int64))
     columns = ["image_index", "image_name", "question", "answer", "closed", *[c for c in META_COLUMNS if c in rows]]
     splits = {name: rows[rows["split"] == name][columns].reset_index(drop=True) for name in SPLITS}
@@ -206,14 +207,15 @@ def load_vqa(dataset: str, *, data_root: str | Path, image_size: int, split: Spl
 # -- locating -----------------------------------------------------------------------------
 
 
-def _resolve(name: str, data_root: Path) -> tuple[str, Path]:
+def locate_source(name: str, data_root: Path) -> tuple[str, Path]:
     """(kind, path): kind is vqa_rad, slake or table."""
     key = name.lower().replace("-", "_")
     if key in ALIASES:
         folder = locate(name, data_root, ALIASES[key])
         if folder is None:
-            raise DataError(f"{name} not found in data_root {data_root} (looked for {', '.join(ALIASES[key])}/); "
-                            f"{HOW_TO_GET[key]}, or set data_root / pass dataset=PATH")
+            tried = ", ".join(f"{p}/" for p in candidates(name, data_root, ALIASES[key]))
+            raise DataError(f"{name} not found: tried {tried}; in {Path(data_root) / ALIASES[key][0]}/: {HOW_TO_GET[key]}; "
+                            f"or set data_root / MEDVLM_DATA to the folder that holds {ALIASES[key][0]}/, or pass dataset=PATH")
         return (key if key != "pathvqa" else "table"), folder
     path = locate(name, data_root)
     if path is not None and path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
@@ -400,13 +402,14 @@ def _seeded_image_order(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
 # -- images -------------------------------------------------------------------------------
 
 
-def _decode_all(sources: list[str | bytes], image_size: int, where: Path) -> torch.Tensor:
+def _decode_all(sources: list[str | bytes], image_size: int, where: Path,
+                pad: tuple[int, int, int] | None = None) -> torch.Tensor:
     """uint8 [M, 3, S, S]; decoding runs in threads (PIL releases the GIL while decoding)."""
     if not sources:
         raise DataError(f"no images referenced in {where}")
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        return torch.stack(list(pool.map(lambda s: decode_image(s, image_size), sources)))
+        return torch.stack(list(pool.map(lambda s: decode_image(s, image_size, pad), sources)))
 
 
 def _digest(splits: dict[str, pd.DataFrame], keys: list[str]) -> str:

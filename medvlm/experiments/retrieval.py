@@ -15,6 +15,7 @@ and the recall@k-against-k curve (plot and table).
 
 from __future__ import annotations
 
+import sys
 import time
 
 import mlflow
@@ -31,11 +32,11 @@ from medvlm.data.subsample import stratified_indices
 from medvlm.engine.checkpoints import Checkpoints
 from medvlm.engine.trainer import count_trainable, fit, make_accelerator
 from medvlm.errors import ConfigError
-from medvlm.metrics.retrieval import DEFAULT_KS, RetrievalResult, retrieval_metrics
+from medvlm.metrics.retrieval import DEFAULT_KS, RetrievalResult, retrieval_metrics, small_gallery_warning
 from medvlm.strategies import get_strategy
 from medvlm.tasks.retrieval import DualEncoder, TokenizedPairs, blockwise_info_nce, embed_gallery, unpack
 from medvlm.tracking import plots
-from medvlm.tracking.session import log_dataset, log_epoch, replay_epochs
+from medvlm.tracking.session import WARNING_TAG_PREFIX, log_dataset, log_epoch, replay_epochs
 from medvlm.zoo import create_model
 from medvlm.zoo.base import TextBatch
 
@@ -43,6 +44,7 @@ STRATEGIES = ("zeroshot", "partial", "full", "lora")
 CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
 WORST_QUERIES = 50
 DIRECTIONS = ("image_to_text", "text_to_image")
+SMALL_GALLERY_TAG = WARNING_TAG_PREFIX + "small_gallery"
 
 
 def metric_names(metrics: dict[str, float]) -> dict[str, float]:
@@ -167,6 +169,10 @@ def log_test_results(result: RetrievalResult, image_emb: torch.Tensor, text_emb:
                      split: CaptionSplit, history: list[dict[str, float]]) -> dict[str, float]:
     metrics = {f"test_{k}": v for k, v in summary(result).items()}
     mlflow.log_metrics(metrics)
+    warning = small_gallery_warning(len(image_emb), len(text_emb))
+    if warning:
+        mlflow.set_tag(SMALL_GALLERY_TAG, warning)
+        print(f"medvlm: warning: {warning}", file=sys.stderr)
     mlflow.log_table(worst_queries(result, image_emb, text_emb, split), "worst_queries.json")
     curve = recall_curve(result)
     mlflow.log_table(curve, "recall_at_k.json")

@@ -37,9 +37,19 @@ class PromptTable:
     prompt_mask: torch.Tensor
 
 
-def pixels(vlm: GenerativeVLM, images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> the vision tower's normalised input, in the weights' dtype."""
-    return to_model_input(images, vlm.preprocess).to(next(vlm.parameters()).dtype)
+def vision_inputs(vlm: GenerativeVLM, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """uint8 images -> the model's image inputs, in the weights' dtype and device.
+
+    One square image per row: normalised on the device in one batch. LLaVA-NeXT: its image
+    processor cuts each image into its any-resolution tiles (`pixel_values` [B, tiles, 3, S, S]
+    plus `image_sizes`), on the CPU.
+    """
+    weight = next(vlm.parameters())
+    if vlm.image_processor is None:
+        return {"pixel_values": to_model_input(images, vlm.preprocess).to(weight.dtype)}
+    out = vlm.image_processor(list(images.cpu().permute(0, 2, 3, 1).numpy()), return_tensors="pt")
+    return {"pixel_values": out["pixel_values"].to(weight.device, weight.dtype),
+            "image_sizes": out["image_sizes"].to(weight.device)}
 
 
 def _pad(rows: list[list[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +128,7 @@ class TeacherForced(nn.Module):
         mask = inputs["attention_mask"].bool()
         n = int(mask.sum(dim=1).max())
         ids, mask, answer = inputs["input_ids"][:, :n], mask[:, :n], inputs["answer_mask"][:, :n].bool()
-        logits = self.vlm.net(input_ids=ids, attention_mask=mask.long(), pixel_values=pixels(self.vlm, inputs["images"])).logits
+        logits = self.vlm.net(input_ids=ids, attention_mask=mask.long(), **vision_inputs(self.vlm, inputs["images"])).logits
         return answer_nll(logits, ids, answer)
 
 
@@ -130,10 +140,13 @@ def generate(vlm: GenerativeVLM, images: torch.Tensor, prompt_ids: torch.Tensor,
     first = int(keep.nonzero()[0]) if keep.any() else 0
     ids, mask = prompt_ids[:, first:], prompt_mask[:, first:].long()
     device = next(vlm.parameters()).device
-    out = vlm.llava.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             pixel_values=pixels(vlm, images.to(device)),
-                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             pad_token_id=vlm.pad_token_id, eos_token_id=vlm.tokenizer.eos_token_id)
+    # bf16 frozen weights next to fp32 trained ones (mlp/lora under bf16): autocast joins them, as in training
+    mixed = any(p.dtype == torch.bfloat16 for p in vlm.parameters())
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
+        out = vlm.llava.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 **vision_inputs(vlm, images.to(device)),
+                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 pad_token_id=vlm.pad_token_id, eos_token_id=vlm.tokenizer.eos_token_id)
     new = out[:, ids.shape[1]:].cpu()
     eos = vlm.tokenizer.eos_token_id
     rows = []

@@ -16,6 +16,7 @@ one code path:
   come from the release when it holds them, else from that repository. Loading is strict:
   any key missing or left over stops it. The conversation template is LLaVA-Med's
   `mistral_instruct` (`[INST] <image>\\n{question} [/INST] {answer}</s>`), written as a chat template.
+  `image_aspect_ratio: pad` pads images to a square in the image mean colour, as LLaVA does.
   LLaVA inserts the image at a sentinel id outside the vocabulary; here the image placeholder
   is the tokenizer's `<unk>` id, which byte-fallback tokenisation never produces, so no
   embedding row is added and none is random.
@@ -37,7 +38,7 @@ from medvlm.zoo.base import ModelSpec, Preprocess
 from medvlm.zoo.checkpoints import drop_index_buffers, hf_from_state, hub_source, load_torch_checkpoint, weights_digest
 
 IMAGE_PLACEHOLDER = "<image>"
-HF_LLAVA_TYPES = ("llava",)
+HF_LLAVA_TYPES = ("llava", "llava_next")
 ORIGINAL_LLAVA_TYPES = ("llava_mistral", "llava_llama", "llava_mpt")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -66,16 +67,19 @@ PROJECTOR = "model.multi_modal_projector"
 class GenerativeVLM(nn.Module):
     """A LLaVA-family model with what prompting needs: tokenizer, chat template, image token layout.
 
-    `net` is the `LlavaForConditionalGeneration` (a peft model once LoRA is applied); parameter
-    names seen by strategies are its own. Images arrive as uint8 and are normalised with
+    `net` is the `LlavaForConditionalGeneration` (or LLaVA-NeXT's; a peft model once LoRA is
+    applied); parameter names seen by strategies are its own. Images arrive as uint8 and are normalised with
     `preprocess`; each image placeholder in a prompt becomes `image_tokens` copies of `image_token_id`.
     """
 
     generative = True
 
     def __init__(self, net: nn.Module, tokenizer: Any, spec: ModelSpec, preprocess: Preprocess, template: str,
-                 image_token_id: int, image_tokens: int):
+                 image_token_id: int, image_tokens: int, image_processor: Any = None,
+                 pad: tuple[int, int, int] | None = None):
         super().__init__()
+        self.image_processor = image_processor  # LLaVA-NeXT (any-resolution tiles); None: one square image per row
+        self.pad = pad  # LLaVA's `image_aspect_ratio: pad`: images padded to square with this colour, not cropped
         self.net, self.tokenizer, self.spec, self.preprocess = net, tokenizer, spec, preprocess
         self.template, self.image_token_id, self.image_tokens = template, image_token_id, image_tokens
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -138,6 +142,9 @@ def model_type(ident: str) -> str | None:
         try:
             from huggingface_hub import hf_hub_download
 
+            from medvlm.zoo.hub import hub_unreachable
+
+            hub_unreachable()  # unreachable: offline mode, so the cache answers at once instead of a minute of retries
             path = Path(hf_hub_download(ident, "config.json"))
         except Exception:  # offline or no such repo: the caller's default loader reports it
             return None
@@ -160,15 +167,25 @@ def _pin(spec: ModelSpec, location: str | None, ident: str, net: nn.Module) -> d
     return {"model": ident, "revision": getattr(net.config, "_commit_hash", None)}
 
 
+def _image_tokens(processor: Any, size: int) -> int:
+    """How many image tokens the processor puts in a prompt for one size x size image (LLaVA-NeXT: tiles + newlines)."""
+    import numpy as np
+
+    ids = processor(images=[np.zeros((size, size, 3), dtype=np.uint8)], text=[processor.image_token],
+                    return_tensors="pt")["input_ids"]
+    return int((ids == processor.image_token_id).sum())
+
+
 def load_llava_hf(entry: dict, spec: ModelSpec, location: str | None, dtype: torch.dtype = torch.float32) -> GenerativeVLM:
-    """A transformers Llava folder or Hub id, with its processor's tokenizer, image statistics and chat template."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    """A transformers Llava or LLaVA-NeXT folder or Hub id, with its processor's tokenizer, image statistics and chat template."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
     ident = location or hub_source(entry["model"])
     local = Path(ident).is_dir()
+    cls = LlavaNextForConditionalGeneration if model_type(ident) == "llava_next" else LlavaForConditionalGeneration
     try:
         processor = AutoProcessor.from_pretrained(ident, local_files_only=local)
-        net = LlavaForConditionalGeneration.from_pretrained(ident, local_files_only=local, dtype=dtype)
+        net = cls.from_pretrained(ident, local_files_only=local, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"cannot load LLaVA model '{spec.name}' from {ident} ({str(exc).splitlines()[0][:200]}); offline, put its "
@@ -180,13 +197,12 @@ def load_llava_hf(entry: dict, spec: ModelSpec, location: str | None, dtype: tor
                          f"(the model card's prompt format) to the folder")
     images = processor.image_processor
     size = images.crop_size["height"] if getattr(images, "crop_size", None) else images.size["shortest_edge"]
-    cfg = net.config
-    n = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
-    n += 1 if cfg.vision_feature_select_strategy == "full" else 0
     preprocess = Preprocess(image_size=int(size), mean=tuple(images.image_mean), std=tuple(images.image_std))
     spec = _lora_spec(spec)
     spec.pin = _pin(spec, location, ident, net)
-    return GenerativeVLM(net.eval(), processor.tokenizer, spec, preprocess, template, cfg.image_token_id, n)
+    tiles = images if cls is LlavaNextForConditionalGeneration else None
+    return GenerativeVLM(net.eval(), processor.tokenizer, spec, preprocess, template, net.config.image_token_id,
+                         _image_tokens(processor, int(size)), tiles)
 
 
 def _text_config(cfg: dict, name: str) -> Any:
@@ -286,5 +302,7 @@ def load_llava_original(entry: dict, spec: ModelSpec, location: str | None,
                             std=tuple(images.image_std or OPENAI_STD))
     spec = _lora_spec(spec)
     spec.pin = _pin(spec, str(folder), str(folder), net)
-    return GenerativeVLM(net, tokenizer, spec, preprocess, LLAVA_MED_TEMPLATE, tokenizer.unk_token_id, n)
+    # LLaVA's expand2square background: the image mean as 0..255 integers (122, 116, 104 for CLIP)
+    pad = tuple(int(m * 255) for m in preprocess.mean) if cfg.get("image_aspect_ratio") == "pad" else None
+    return GenerativeVLM(net, tokenizer, spec, preprocess, LLAVA_MED_TEMPLATE, tokenizer.unk_token_id, n, pad=pad)
 
