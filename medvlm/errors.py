@@ -44,4 +44,4 @@ def one_line(exc: BaseException) -> str:
     if text.startswith("Caught ") and "Original Traceback" in text:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
-    return (text.splitlines()[0] if text else type(exc).__name__)[:500]
+    return text.splitlines()[0] if text else type(exc).__name__

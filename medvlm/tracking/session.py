@@ -228,7 +228,7 @@ def _end_unsuccessful(run_id: str, exc: BaseException) -> None:
         if not store_reachable():
             raise TrackingError("unreachable")
         mlflow.flush_async_logging()
-        mlflow.set_tag("medvlm.error", one_line(exc))
+        mlflow.set_tag("medvlm.error", one_line(exc)[:500])
         mlflow.end_run(status=status)
     except Exception as store_exc:  # noqa: BLE001 - any store failure here means the outcome cannot be recorded
         _forget_active_run()
