@@ -52,7 +52,9 @@ class RunConfig(BaseModel):
     patience: int = Field(3, ge=1, description="early-stopping patience in epochs (validation loss)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on GPU, fp32 on CPU")
     seed: int = 0
-    head_init: Literal["random", "zeroshot"] = Field("random", description="fine-tuning head start: random (paper) or zero-shot prompt embeddings")
+    head: Literal["prompt", "linear"] = Field("prompt", description="classification head for partial/full/lora: prompt (logit_scale * cos with the class prompts' text embeddings, text tower in the graph, no extra layer, as the MIDL paper) or linear (a linear layer on image embeddings); strategy=linear always uses a linear head")
+    head_init: Literal["random", "zeroshot"] = Field("random", description="head=linear: start from a random layer or from the zero-shot prompt embeddings")
+    prompt_set: Literal["ensemble", "paper"] = Field("ensemble", description="class prompts: ensemble (CLIP_benchmark-style templates, averaged) or paper (the MIDL code's single 'this is a photo of {label}')")
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
@@ -68,6 +70,7 @@ class RunConfig(BaseModel):
     caption_column: str = Field("caption", description="retrieval: CSV/parquet column with captions")
     subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)")
     num_workers: int = Field(0, ge=0)
+    compile: bool = Field(False, description="torch.compile the trained module: fewer kernel launches on GPU; the first steps pay the compile time")
     experiment: str = Field("", description="MLflow experiment; empty: MLFLOW_EXPERIMENT_NAME, else mlflow run's experiment, else 'Default'")
     run_name: str = Field("", description="MLflow run name; empty = MLFLOW_RUN_NAME, else 'model · dataset · strategy'")
     register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry")
@@ -109,6 +112,9 @@ class RunConfig(BaseModel):
             raise ValueError("strategy=mlp (projector only) is for generative VQA models; use task=vqa with a LLaVA model")
         if self.lora_parts and self.strategy != "lora":
             raise ValueError(f"lora_parts={self.lora_parts} needs strategy=lora")
+        if self.head_init == "zeroshot" and self.head == "prompt" and self.strategy in ("partial", "full", "lora"):
+            raise ValueError("head_init=zeroshot starts a linear head, and the prompt classifier (head=prompt) has "
+                             "none; pass head=linear too, or drop head_init")
         return self
 
     def resolved(self) -> dict[str, Any]:

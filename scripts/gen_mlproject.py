@@ -13,9 +13,9 @@ from medvlm.report.config import ReportConfig
 from medvlm.studies.spec import STUDY_FLAGS
 
 TRAINING_ONLY = {"strategy", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "grad_accum", "patience",
-                 "head_init", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_text", "register_adapter",
+                 "head", "head_init", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_text", "register_adapter",
                  "resume", "checkpoint_dir", "vqa_hidden", "vqa_glimpses", "train_fraction", "subsample_val",
-                 "subsample_seed"}
+                 "subsample_seed", "compile"}
 STUDIES = ("ablation", "stability", "sweep")
 
 

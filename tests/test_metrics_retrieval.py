@@ -107,6 +107,9 @@ def test_hand_checked_gallery():
         "text_to_image_R@10": 1.0,
     }
     assert result.i2t_ranks.dtype == torch.long
+    # ties with the best positive, counted against the query: image 2 (caption 1 and caption 4 score its 0.5);
+    # captions 1 and 2 (H scores 0.5 against every image). Caption 4 trails, it does not tie.
+    assert (result.i2t_tied, result.t2i_tied) == (1, 2)
 
 
 def test_default_keys_and_gallery_smaller_than_k():
@@ -129,6 +132,10 @@ def test_constant_embedding_model_does_not_score():
     result = retrieval_metrics(emb, emb.clone(), torch.arange(n))
     assert torch.equal(result.i2t_ranks, torch.full((n,), n))
     assert all(value == 0.0 for value in result.metrics.values())
+    assert result.i2t_tied == result.t2i_tied == n  # every query tied, and counted against
+    # CLIP_benchmark's topk lets gallery order break the ties: it counts some of these queries as hits
+    theirs = zeroshot_retrieval.recall_at_k(emb @ emb.T, torch.eye(n, dtype=torch.bool), 10)
+    assert 0 < (theirs > 0).float().mean() < 1
 
 
 def _brute_force_ranks(query, gallery, query_ids, gallery_ids) -> list[int]:

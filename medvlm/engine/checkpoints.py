@@ -90,6 +90,18 @@ def _decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return [_decode(v, tensors) for v in node["__list__"]]
 
 
+def load_trainable(path: Path) -> dict[str, torch.Tensor]:
+    """The trainable weights in a checkpoint file, or in a plain safetensors weights file; never unpickled."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    if "medvlm.state" in meta:
+        return _decode(json.loads(meta["medvlm.state"]), tensors)["trainable"]
+    return tensors
+
+
 class Checkpoints:
     """The checkpoint of one run: `<root>/<run_id>/last.safetensors`, written atomically each epoch."""
 

@@ -13,27 +13,34 @@ from medvlm.adapters.base import ClassifierAdapterModel, log_adapter, registered
 from medvlm.config import RunConfig
 from medvlm.data.base import ClassificationData, LabelKind, TensorRows
 from medvlm.data.classification import load_classification
+from medvlm.data.prompts import select_prompts
 from medvlm.data.subsample import subsample_splits
-from medvlm.engine.features import cached_features
+from medvlm.engine.features import cached_features, model_for_run
 from medvlm.engine.checkpoints import Checkpoints
-from medvlm.engine.trainer import count_trainable, evaluate, fit, make_accelerator
+from medvlm.engine.trainer import count_trainable, evaluate, fit, freeze_unused, make_accelerator
 from medvlm.metrics.classification import classification_metrics, probabilities
 from medvlm.progress import log
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import (
     ImageClassifier,
     LinearHead,
+    PromptClassifier,
     classification_loss,
     head_outputs,
+    model_device,
     zero_shot_head,
 )
 from medvlm.tracking import plots
 from medvlm.tracking.session import log_dataset, log_epoch, replay_epochs
-from medvlm.zoo import ClipModel, create_model
+from medvlm.zoo import ClipModel
 
 
 class ClassificationObjective:
-    """Loss and metrics of a classifier whose outputs are logits."""
+    """Loss and metrics of a classifier whose outputs are logits.
+
+    The metrics watch validation epochs: a class missing from the split makes the AUCs NaN with a
+    warning rather than failing the run (the test metrics are computed strictly, `log_test_results`).
+    """
 
     def __init__(self, module: torch.nn.Module, kind: LabelKind):
         self.module, self.kind = module, kind
@@ -42,7 +49,7 @@ class ClassificationObjective:
         return classification_loss(outputs, targets, self.kind)
 
     def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        return classification_metrics(targets.numpy(), probabilities(outputs, self.kind), self.kind)
+        return classification_metrics(targets.numpy(), probabilities(outputs, self.kind), self.kind, undefined="nan")
 
 
 def load_data(cfg: RunConfig, clip: ClipModel) -> ClassificationData:
@@ -98,32 +105,51 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: Classifi
     return metrics
 
 
+def linear_head(cfg: RunConfig, clip: ClipModel, data: ClassificationData, prompts: list[list[str]]) -> LinearHead:
+    """A linear head on image embeddings: random, or the zero-shot prompt embeddings (zeroshot, head_init=zeroshot)."""
+    head = LinearHead(clip.embed_dim, head_outputs(data.kind, data.num_classes)).to(model_device(clip))
+    if cfg.strategy == "zeroshot" or cfg.head_init == "zeroshot":
+        head.set_zero_shot(zero_shot_head(clip, prompts, data.class_names, data.kind))
+    return head.requires_grad_(cfg.strategy != "zeroshot")
+
+
+def encoder_classifier(cfg: RunConfig, clip: ClipModel, data: ClassificationData,
+                       prompts: list[list[str]]) -> ImageClassifier | PromptClassifier:
+    """What partial/full/lora train: the prompt classifier or a linear head on the image tower. Parameters the
+    strategy marks but the module never uses (the text side under a linear head) are frozen, so
+    `trainable_params` counts what trains."""
+    head = linear_head(cfg, clip, data, prompts) if cfg.head == "linear" else None
+    clip = get_strategy(cfg.strategy).prepare(clip, cfg)
+    module = ImageClassifier(clip, head) if head else PromptClassifier(clip, prompts, data.class_names, data.kind)
+    module = module.to(model_device(clip))
+    freeze_unused(module, data.splits["train"], model_device(clip))
+    return module
+
+
 def run_classification(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
     accelerator = make_accelerator(cfg)
     device = accelerator.device
-    clip = create_model(cfg.model, device=device)
+    strategy = get_strategy(cfg.strategy)
+    clip = model_for_run(cfg.model, device, strategy.trains_encoder)
     data = load_data(cfg, clip)
     log_lineage(data)
-    strategy = get_strategy(cfg.strategy)
-    head = LinearHead(clip.embed_dim, head_outputs(data.kind, data.num_classes)).to(device)
-    if cfg.strategy == "zeroshot" or cfg.head_init == "zeroshot":
-        head.set_zero_shot(zero_shot_head(clip, data.prompts, data.class_names, data.kind))
-    if cfg.strategy == "zeroshot":
-        head.requires_grad_(False)
-    mlflow.log_dict({"class_names": data.class_names, "prompts": data.prompts}, "prompts.json")
+    prompts = select_prompts(cfg.prompt_set, data.class_names, data.prompts)
+    mlflow.log_dict({"prompt_set": cfg.prompt_set, "class_names": data.class_names, "prompts": prompts}, "prompts.json")
 
-    if not strategy.trains_encoder:
+    if strategy.trains_encoder:
+        module = encoder_classifier(cfg, clip, data, prompts)
+        clip, head = module.clip, getattr(module, "head", None)
+        objective = ClassificationObjective(module, data.kind)
+        train_set, val_set, test_set = data.splits["train"], data.splits["val"], data.splits["test"]
+    else:
+        head = linear_head(cfg, clip, data, prompts)
         clip = strategy.prepare(clip, cfg)
         t0 = time.perf_counter()
         feats = {s: TensorRows(*cached_features(clip, data.splits[s], cfg.eval_batch_size, device, cfg.precision))
                  for s in (("test",) if cfg.strategy == "zeroshot" else ("train", "val", "test"))}
         mlflow.log_metric("encode_images_per_s", sum(len(f) for f in feats.values()) / (time.perf_counter() - t0))
         objective, train_set, val_set, test_set = ClassificationObjective(head, data.kind), feats.get("train"), feats.get("val"), feats["test"]
-    else:
-        clip = strategy.prepare(clip, cfg)
-        objective = ClassificationObjective(ImageClassifier(clip, head), data.kind)
-        train_set, val_set, test_set = data.splits["train"], data.splits["val"], data.splits["test"]
 
     mlflow.log_metric("trainable_params", count_trainable(objective.module))
     history: list[dict[str, float]] = []
@@ -141,8 +167,9 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
 
     if cfg.strategy == "lora" and cfg.register_adapter and selection is not None:
         meta = {"model": cfg.model, "pin": clip.spec.pin, "task": "classification", "kind": data.kind,
-                "class_names": data.class_names, "dataset": cfg.dataset}
-        log_adapter(ClassifierAdapterModel(), clip.net, {"head": head}, meta,
+                "class_names": data.class_names, "dataset": cfg.dataset, "head": "linear" if head else "prompt",
+                "prompts": prompts}
+        log_adapter(ClassifierAdapterModel(), clip.net, {"head": head} if head else {}, meta,
                     registered_name(cfg.model, cfg.dataset, "classification"), selection)
     if cfg.strategy != "zeroshot" and accelerator.is_main_process:
         Checkpoints.for_run(cfg, run_id, clip.spec.pin).clear()

@@ -8,7 +8,8 @@ image and caption embedded once; recall is computed in chunks (`medvlm.metrics.r
 
 MLflow metric names cannot hold '@', so recall@k is logged as `..._R<k>`:
 `test_image_to_text_R1`, `test_text_to_image_R10`, `val_image_to_text_R5` per epoch. Also logged:
-`test_mean_recall` (mean of the six), median ranks, per split the image/caption counts, captions
+`test_mean_recall` (mean of the six), median ranks, `test_tied_queries` (queries whose best positive
+ties another item's score, counted against the query; also per direction), per split the image/caption counts, captions
 the tokenizer truncated, duplicate captions and skipped rows; a table of the worst-ranked queries
 and the recall@k-against-k curve (plot and table).
 """
@@ -29,6 +30,7 @@ from medvlm.adapters.retrieval import RetrievalAdapterModel
 from medvlm.config import RunConfig
 from medvlm.data.captions import SPLITS, CaptionData, CaptionSplit, load_captions
 from medvlm.data.subsample import stratified_indices
+from medvlm.engine.features import model_for_run
 from medvlm.engine.checkpoints import Checkpoints
 from medvlm.engine.trainer import count_trainable, fit, make_accelerator
 from medvlm.errors import ConfigError
@@ -37,7 +39,6 @@ from medvlm.strategies import get_strategy
 from medvlm.tasks.retrieval import DualEncoder, TokenizedPairs, blockwise_info_nce, embed_gallery, unpack
 from medvlm.tracking import plots
 from medvlm.tracking.session import WARNING_TAG_PREFIX, log_dataset, log_epoch, replay_epochs
-from medvlm.zoo import create_model
 from medvlm.zoo.base import TextBatch
 
 STRATEGIES = ("zeroshot", "partial", "full", "lora")
@@ -53,12 +54,14 @@ def metric_names(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def summary(result: RetrievalResult) -> dict[str, float]:
-    """Recall@1/5/10 both ways, their mean, and the median rank (MedR) of each direction, rounded down
-    as VSE++ and its successors report it."""
+    """Recall@1/5/10 both ways, their mean, the median rank (MedR) of each direction, rounded down
+    as VSE++ and its successors report it, and the queries with a tie at their best positive."""
     scores = metric_names(result.metrics)
     scores["mean_recall"] = float(np.mean([scores[f"{d}_R{k}"] for d in DIRECTIONS for k in DEFAULT_KS]))
-    for direction, ranks in zip(DIRECTIONS, (result.i2t_ranks, result.t2i_ranks)):
+    for direction, ranks, tied in zip(DIRECTIONS, (result.i2t_ranks, result.t2i_ranks), (result.i2t_tied, result.t2i_tied)):
         scores[f"{direction}_median_rank"] = float(np.floor(np.median(ranks.numpy())))
+        scores[f"{direction}_tied_queries"] = float(tied)
+    scores["tied_queries"] = float(result.i2t_tied + result.t2i_tied)
     return scores
 
 
@@ -192,7 +195,7 @@ def run_retrieval(cfg: RunConfig) -> dict[str, float]:
     _check_strategy(cfg)
     accelerator = make_accelerator(cfg)
     device = accelerator.device
-    clip = create_model(cfg.model, device=device)
+    clip = model_for_run(cfg.model, device, get_strategy(cfg.strategy).trains_encoder)
     zeroshot = cfg.strategy == "zeroshot"
     data = load_captions(cfg.dataset, data_root=cfg.data_root, subset=cfg.subset,
                          splits=("test",) if zeroshot else SPLITS, seed=cfg.seed, image_column=cfg.image_column,

@@ -25,9 +25,9 @@ from medvlm.data.base import TensorRows
 from medvlm.data.subsample import stratified_indices
 from medvlm.data.transforms import to_model_input
 from medvlm.data.vqa import SPLITS, VQAData, VQARows, load_vqa
-from medvlm.engine.features import cached_features
+from medvlm.engine.features import cached_features, model_for_run
 from medvlm.engine.checkpoints import Checkpoints
-from medvlm.engine.trainer import count_trainable, evaluate, fit, make_accelerator
+from medvlm.engine.trainer import count_trainable, evaluate, fit, freeze_unused, make_accelerator
 from medvlm.errors import ConfigError
 from medvlm.metrics.vqa import breakdown, breakdown_metrics, vqa_metrics
 from medvlm.metrics.vqa_taxonomy import TAGS, error_tag
@@ -37,7 +37,7 @@ from medvlm.tasks.classification import text_embeddings
 from medvlm.tasks.vqa import AnswerVocab, BANHead, CachedVQA, VQAModel, tokenize_questions, vqa_loss
 from medvlm.tracking import plots
 from medvlm.tracking.session import log_dataset, log_epoch
-from medvlm.zoo import ClipModel, create_model
+from medvlm.zoo import ClipModel
 from medvlm.zoo.base import TextBatch
 
 ZERO_SHOT_PROMPT = "{question} {answer}"
@@ -207,7 +207,8 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
     _check_strategy(cfg)
     accelerator = make_accelerator(cfg)
     device = accelerator.device
-    clip = create_model(cfg.model, device=device)
+    strategy = get_strategy(cfg.strategy)
+    clip = model_for_run(cfg.model, device, strategy.trains_encoder)
     data = load_vqa(cfg.dataset, data_root=cfg.data_root, image_size=clip.preprocess.image_size, split=cfg.split,
                     seed=cfg.seed, image_column=cfg.image_column, max_rows=cfg.max_rows)
     data = apply_train_fraction(data, cfg)
@@ -217,7 +218,6 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
     targets = targets_of(data, vocab)
     mlflow.log_dict({**vocab.to_dict(), "split": data.split}, "answers.json")
     mlflow.log_metrics({"vocab_size": len(vocab), **{f"n_{s}": len(data.splits[s]) for s in SPLITS}})
-    strategy = get_strategy(cfg.strategy)
     clip = strategy.prepare(clip, cfg)
 
     history: list[dict[str, float]] = []
@@ -238,6 +238,8 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
         v_dim, q_dim = (sets["train"].fields[k][0].shape[-1] for k in ("image_tokens", "text_tokens"))
     head = BANHead(v_dim, q_dim, len(vocab), hidden=cfg.vqa_hidden, glimpses=cfg.vqa_glimpses).to(device)
     module = VQAModel(clip, head) if strategy.trains_encoder else CachedVQA(head)
+    if strategy.trains_encoder:
+        freeze_unused(module, sets["train"], device)  # e.g. `partial`'s logit scale: the BAN head never uses it
     objective = VQAObjective(module)
     mlflow.log_metric("trainable_params", count_trainable(module))
     checkpoints = Checkpoints.for_run(cfg, mlflow.active_run().info.run_id, clip.spec.pin)

@@ -208,6 +208,7 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
         mlflow.set_tags({**run_tags(cfg, domain), CHECKPOINT_TAG: os.path.abspath(cfg.checkpoint_dir),
                          **(extra_tags or {})})
         yield run
+
         mlflow.flush_async_logging()
         mlflow.end_run(status="FINISHED")
     except BaseException as exc:
