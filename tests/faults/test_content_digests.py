@@ -8,7 +8,7 @@ from PIL import Image
 
 from medvlm.cli import main
 from medvlm.data.content import file_digests
-from medvlm.experiments import classification
+from medvlm.engine import features
 from medvlm.zoo import create_model
 
 
@@ -33,7 +33,8 @@ def test_edited_images_give_new_features_and_a_new_digest(workdir, tiny_model_di
         model.net.visual.register_forward_hook(lambda mod, inp, out: encoded.append(inp[0].shape[0]))
         return model
 
-    monkeypatch.setattr(classification, "create_model", counting_create_model)
+    monkeypatch.setattr(features, "create_model", counting_create_model)
+    features.release_frozen_model()  # a frozen model another test left in this process has no hook
     folder = workdir / "scans"
     write_folder(folder, seed=0)
     args = ["finetune", "--model", f"local-dir:{tiny_model_dir}", "--dataset", str(folder), "--strategy", "linear",
