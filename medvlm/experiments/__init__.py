@@ -42,11 +42,17 @@ EXPERIMENTS: dict[str, Callable[[RunConfig], dict[str, float]]] = {
 }
 
 
-def run_experiment(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None) -> dict[str, float]:
+def run_experiment(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None,
+                   commit: Callable[[str, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Dispatch to the task's experiment inside the run `cfg` defines (a nested child run for study trials).
 
     Seeding first makes head and adapter initialisation part of the seed, so CPU reruns repeat exactly.
+    `commit(run_id, metrics)` runs before the run may end FINISHED (a study trial's fence); if it
+    raises, the run ends FAILED or KILLED instead.
     """
-    with tracked_run(cfg, nested=nested, extra_tags=extra_tags):
+    with tracked_run(cfg, nested=nested, extra_tags=extra_tags) as run:
         set_seed(cfg.seed)
-        return EXPERIMENTS[cfg.task](cfg)
+        metrics = EXPERIMENTS[cfg.task](cfg)
+        if commit is not None:
+            commit(run.info.run_id, metrics)
+        return metrics

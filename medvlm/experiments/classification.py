@@ -16,8 +16,10 @@ from medvlm.data.classification import load_classification
 from medvlm.data.prompts import select_prompts
 from medvlm.data.subsample import subsample_splits
 from medvlm.engine.features import cached_features, model_for_run
-from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, freeze_unused, make_accelerator
+from medvlm.engine.checkpoints import Checkpoints
+from medvlm.engine.trainer import count_trainable, evaluate, fit, freeze_unused, make_accelerator
 from medvlm.metrics.classification import classification_metrics, probabilities
+from medvlm.progress import log
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import (
     ImageClassifier,
@@ -56,6 +58,13 @@ def load_data(cfg: RunConfig, clip: ClipModel) -> ClassificationData:
                                image_size=clip.preprocess.image_size, seed=cfg.seed, image_column=cfg.image_column,
                                label_columns=cfg.label_columns, label_policy=cfg.label_policy)
     data.splits = subsample_splits(data.splits, cfg)
+    labels = getattr(data.splits["train"], "labels", None)
+    if cfg.strategy != "zeroshot" and data.kind != "multilabel" and labels is not None:
+        present = torch.unique(labels[labels >= 0]).tolist()
+        if len(present) < 2:
+            log.warning("the training split of %s holds a single class (%s): a classifier trained on it cannot "
+                        "learn to tell classes apart; check the labels, the split or train_fraction",
+                        data.name, [data.class_names[int(c)] for c in present])
     return data
 
 
@@ -147,7 +156,7 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
     selection = None
     if cfg.strategy != "zeroshot":
         run_id = cfg.resume or mlflow.active_run().info.run_id  # every rank must read rank 0's checkpoint
-        result = fit(objective, train_set, val_set, cfg, accelerator, Checkpoints(cfg.checkpoint_dir, run_id), log_epoch,
+        result = fit(objective, train_set, val_set, cfg, accelerator, Checkpoints.for_run(cfg, run_id, clip.spec.pin), log_epoch,
                      replay_epochs)
         history = result.history
         mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
@@ -163,5 +172,5 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
         log_adapter(ClassifierAdapterModel(), clip.net, {"head": head} if head else {}, meta,
                     registered_name(cfg.model, cfg.dataset, "classification"), selection)
     if cfg.strategy != "zeroshot" and accelerator.is_main_process:
-        Checkpoints(cfg.checkpoint_dir, run_id).clear()
+        Checkpoints.for_run(cfg, run_id, clip.spec.pin).clear()
     return metrics

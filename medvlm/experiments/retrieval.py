@@ -31,7 +31,8 @@ from medvlm.config import RunConfig
 from medvlm.data.captions import SPLITS, CaptionData, CaptionSplit, load_captions
 from medvlm.data.subsample import stratified_indices
 from medvlm.engine.features import model_for_run
-from medvlm.engine.trainer import Checkpoints, count_trainable, fit, make_accelerator
+from medvlm.engine.checkpoints import Checkpoints
+from medvlm.engine.trainer import count_trainable, fit, make_accelerator
 from medvlm.errors import ConfigError
 from medvlm.metrics.retrieval import DEFAULT_KS, RetrievalResult, retrieval_metrics, small_gallery_warning
 from medvlm.strategies import get_strategy
@@ -212,7 +213,7 @@ def run_retrieval(cfg: RunConfig) -> dict[str, float]:
     if not zeroshot:
         size = clip.preprocess.image_size
         sets = {s: TokenizedPairs(data.splits[s].pairs(size), tokens[s]) for s in ("train", "val")}
-        checkpoints = Checkpoints(cfg.checkpoint_dir, mlflow.active_run().info.run_id)
+        checkpoints = Checkpoints.for_run(cfg, mlflow.active_run().info.run_id, clip.spec.pin)
         fitted = fit(RetrievalObjective(encoder, cfg.batch_size), sets["train"], sets["val"], cfg, accelerator,
                      checkpoints, log_epoch, replay_epochs)
         history = fitted.history

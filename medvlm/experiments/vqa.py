@@ -26,7 +26,8 @@ from medvlm.data.subsample import stratified_indices
 from medvlm.data.transforms import to_model_input
 from medvlm.data.vqa import SPLITS, VQAData, VQARows, load_vqa
 from medvlm.engine.features import cached_features, model_for_run
-from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, freeze_unused, make_accelerator
+from medvlm.engine.checkpoints import Checkpoints
+from medvlm.engine.trainer import count_trainable, evaluate, fit, freeze_unused, make_accelerator
 from medvlm.errors import ConfigError
 from medvlm.metrics.vqa import breakdown, breakdown_metrics, vqa_metrics
 from medvlm.metrics.vqa_taxonomy import TAGS, error_tag
@@ -241,7 +242,7 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
         freeze_unused(module, sets["train"], device)  # e.g. `partial`'s logit scale: the BAN head never uses it
     objective = VQAObjective(module)
     mlflow.log_metric("trainable_params", count_trainable(module))
-    checkpoints = Checkpoints(cfg.checkpoint_dir, mlflow.active_run().info.run_id)
+    checkpoints = Checkpoints.for_run(cfg, mlflow.active_run().info.run_id, clip.spec.pin)
     result = fit(objective, sets["train"], sets["val"], cfg, accelerator, checkpoints, log_epoch)
     history = result.history
     mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
