@@ -286,7 +286,8 @@ def medvlm_train_epoch(module, train, val, cfg, tmp: Path):
 
     mlflow.end_run()
     run_id = mlflow.start_run().info.run_id
-    accelerator, checkpoints = make_accelerator(cfg), Checkpoints(tmp / "checkpoints", run_id)
+    checkpoints = Checkpoints.for_run(cfg.model_copy(update={"checkpoint_dir": str(tmp / "checkpoints")}), run_id, {})
+    accelerator = make_accelerator(cfg)
 
     def work() -> None:
         fit(ClassificationObjective(module, "binary"), train, val, cfg, accelerator, checkpoints, log_epoch)
