@@ -31,7 +31,7 @@ def test_finetune_to_a_log_file_has_one_line_per_epoch_and_a_summary(tmp_path, t
     epoch_lines = re.findall(r"^medvlm: epoch (\d+)/3: train_loss [\d.]+ · val_loss [\d.]+ · val_auc [\d.]+ .*"
                              r"· best val_loss [\d.]+ \(epoch \d\)$", text, re.M)
     assert epoch_lines == ["1", "2", "3"], text[-3000:]
-    run = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("medvlm").experiment_id])[0]
+    run = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("Default").experiment_id])[0]
     assert run.info.run_name == "tiny-clip · breastmnist · lora"
     summary = [line for line in text.splitlines() if line.startswith(f"medvlm: run {run.info.run_id} ")]
     assert len(summary) == 1, text[-3000:]

@@ -131,7 +131,8 @@ def run_generative_vqa(cfg: RunConfig) -> dict[str, float]:
         tables = {s: build_prompts(vlm, data.splits[s]["question"].tolist(), data.splits[s]["answer"].tolist())
                   for s in ("train", "val")}
         sets = teacher_forced_sets(data, tables)
-        checkpoints = Checkpoints(cfg.checkpoint_dir, mlflow.active_run().info.run_id)
+        # keyed like every other task's: the resumed run's id, so each rank reads rank 0's checkpoint
+        checkpoints = Checkpoints.for_run(cfg, cfg.resume or mlflow.active_run().info.run_id, vlm.spec.pin)
         # fit leaves the best weights loaded in `vlm` itself
         result = fit(AnswerObjective(TeacherForced(vlm)), sets["train"], sets["val"], cfg, accelerator, checkpoints,
                      log_epoch)
