@@ -27,7 +27,7 @@ from medvlm.data.base import ArrayImages, collate_batch
 from medvlm.data.transforms import to_model_input
 from medvlm.engine.features import autocast_for, encode_dataset, image_embedder
 from medvlm.engine.trainer import fit, make_accelerator
-from medvlm.experiments.classification import ClassificationObjective
+from medvlm.tasks.classification import ClassificationObjective
 from medvlm.tasks.classification import ImageClassifier, LinearHead
 from medvlm.testing import save_tiny_open_clip
 from medvlm.tracking.session import log_epoch

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from medvlm.config import FINETUNE_STRATEGIES, RunConfig, build_config
+from medvlm.catalog import STRATEGY_KINDS, TASKS
+from medvlm.config import RunConfig, build_config, entry_point_fields
 from medvlm.errors import ConfigError, MedvlmError
 
 EXIT_USER_ERROR = 2
@@ -60,10 +61,11 @@ def add_field_flag(parser: argparse.ArgumentParser, name: str, field: FieldInfo)
         parser.add_argument(*flags, dest=name, default=None, metavar="VALUE", help=field.description)
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, entry_point: str) -> None:
+    """The entry point's RunConfig fields as flags (the same list MLproject's entry point gets)."""
     parser.add_argument("--config", help="YAML file with parameters (flags override it)")
-    for name, field in RunConfig.model_fields.items():
-        add_field_flag(parser, name, field)
+    for name in entry_point_fields(entry_point):
+        add_field_flag(parser, name, RunConfig.model_fields[name])
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
@@ -91,8 +93,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from medvlm.experiments import run_experiment  # lazy: torch and MLflow load only when a run starts
 
     cfg = build_config(overrides_from(args))
-    if cfg.strategy not in FINETUNE_STRATEGIES:
-        raise ConfigError(f"finetune needs strategy={'|'.join(FINETUNE_STRATEGIES)} (got '{cfg.strategy}'); "
+    if not STRATEGY_KINDS[cfg.strategy].trains:
+        trained = [s for s in TASKS[cfg.task].strategies if STRATEGY_KINDS[s].trains]
+        raise ConfigError(f"finetune needs strategy={'|'.join(trained)} (got '{cfg.strategy}'); "
                           f"use `medvlm zeroshot` for zero-shot")
     print_metrics(run_experiment(cfg))
     return 0
@@ -184,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (func, help_text, takes_config) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if takes_config:
-            add_config_flags(p)
+            add_config_flags(p, name)
         if name in STUDY_COMMANDS:
             add_study_flags(p)
         if name == "report":

@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medvlm.catalog import TASKS
 from medvlm.errors import ConfigError
 
 Task = Literal["classification", "retrieval", "vqa"]
 Strategy = Literal["zeroshot", "linear", "frozen", "partial", "full", "lora"]
-FINETUNE_STRATEGIES = ("linear", "frozen", "partial", "full", "lora")
 MEDMNIST_SIZES = (28, 64, 128, 224)
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
+RUN_ENTRY_POINTS = ("zeroshot", "finetune", "ablation", "stability", "sweep")
+# Field metadata: a parameter that only means something when a model trains; `zeroshot` does not take it.
+TRAINING = {"entry_points": ("finetune", "ablation", "stability", "sweep")}
 
 
 def default_data_root() -> str:
@@ -38,25 +41,25 @@ class RunConfig(BaseModel):
     model: str = Field(description="zoo name, open_clip ARCH@TAG, hf-hub:ID, local-dir:PATH or a transformers CLIP id/path")
     dataset: str = Field(description="dataset name (e.g. breastmnist), image folder, or CSV/parquet file")
     task: Task = "classification"
-    strategy: Strategy = "zeroshot"
+    strategy: Strategy = Field("zeroshot", json_schema_extra=TRAINING)
     size: int = Field(224, description="MedMNIST+ image size to read: 28, 64, 128 or 224")
     data_root: str = Field(default_factory=default_data_root, description="root folder for datasets")
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(10, ge=1, json_schema_extra=TRAINING)
+    batch_size: int = Field(64, ge=1, json_schema_extra=TRAINING)
     eval_batch_size: int = Field(256, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    optimizer: Literal["adamw", "adam"] = "adamw"
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
-    patience: int = Field(3, ge=1, description="early-stopping patience in epochs (validation loss)")
+    lr: float = Field(1e-4, gt=0, json_schema_extra=TRAINING)
+    weight_decay: float = Field(0.0, ge=0, json_schema_extra=TRAINING)
+    optimizer: Literal["adamw", "adam"] = Field("adamw", json_schema_extra=TRAINING)
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps", json_schema_extra=TRAINING)
+    patience: int = Field(3, ge=1, description="early-stopping patience in epochs (validation loss)", json_schema_extra=TRAINING)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on GPU, fp32 on CPU")
     seed: int = 0
-    head_init: Literal["random", "zeroshot"] = Field("random", description="fine-tuning head start: random (paper) or zero-shot prompt embeddings")
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: float = Field(16.0, gt=0)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_targets: list[str] = Field(default_factory=list, description="module-name suffixes to adapt; empty = the zoo entry's defaults")
-    lora_text: bool = Field(False, description="also adapt the text tower")
+    head_init: Literal["random", "zeroshot"] = Field("random", description="fine-tuning head start: random (paper) or zero-shot prompt embeddings", json_schema_extra=TRAINING)
+    lora_r: int = Field(8, ge=1, json_schema_extra=TRAINING)
+    lora_alpha: float = Field(16.0, gt=0, json_schema_extra=TRAINING)
+    lora_dropout: float = Field(0.0, ge=0, lt=1, json_schema_extra=TRAINING)
+    lora_targets: list[str] = Field(default_factory=list, description="module-name suffixes to adapt; empty = the zoo entry's defaults", json_schema_extra=TRAINING)
+    lora_text: bool = Field(False, description="also adapt the text tower", json_schema_extra=TRAINING)
     label_policy: Literal["ones", "zeros", "ignore"] = Field("zeros", description="CheXpert-style uncertain (-1) labels")
     image_column: str = Field("image", description="CSV/parquet column with image paths")
     label_columns: list[str] = Field(default_factory=list, description="CSV/parquet label columns (several = multi-label)")
@@ -65,17 +68,17 @@ class RunConfig(BaseModel):
     num_workers: int = Field(0, ge=0)
     experiment: str = "medvlm"
     run_name: str = Field("", description="MLflow run name; empty = MLFLOW_RUN_NAME, else 'model · dataset · strategy'")
-    register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry")
-    resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue")
-    checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"))
+    register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry", json_schema_extra=TRAINING)
+    resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue", json_schema_extra=TRAINING)
+    checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"), json_schema_extra=TRAINING)
     study: str = Field("", description="study name when this run is a study trial")
-    train_fraction: float = Field(1.0, gt=0, le=1, description="fraction of the train split to use: a label-stratified subsample (data-fraction ablations)")
-    subsample_val: bool = Field(False, description="subsample the validation split by train_fraction too (the paper's ablation did)")
-    subsample_seed: int = Field(0, description="seed of the train_fraction subsample; fixed apart from seed so seeds vary training, not data")
+    train_fraction: float = Field(1.0, gt=0, le=1, description="fraction of the train split to use: a label-stratified subsample (data-fraction ablations)", json_schema_extra=TRAINING)
+    subsample_val: bool = Field(False, description="subsample the validation split by train_fraction too (the paper's ablation did)", json_schema_extra=TRAINING)
+    subsample_seed: int = Field(0, description="seed of the train_fraction subsample; fixed apart from seed so seeds vary training, not data", json_schema_extra=TRAINING)
     split: Literal["auto", "image", "official"] = Field("auto", description="VQA split: auto (VQA-RAD by image, else the source's own), image (seeded, no image in two splits) or official")
     max_rows: int = Field(0, ge=0, description="VQA: keep the first N QA rows of each split (0 = all; smoke tests)")
-    vqa_hidden: int = Field(512, ge=1, description="VQA BAN head hidden size")
-    vqa_glimpses: int = Field(2, ge=1, description="VQA BAN head attention glimpses")
+    vqa_hidden: int = Field(512, ge=1, description="VQA BAN head hidden size", json_schema_extra=TRAINING)
+    vqa_glimpses: int = Field(2, ge=1, description="VQA BAN head attention glimpses", json_schema_extra=TRAINING)
 
     @field_validator("lora_targets", "label_columns", mode="before")
     @classmethod
@@ -98,15 +101,30 @@ class RunConfig(BaseModel):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @model_validator(mode="after")
+    def _strategy_fits_task(self) -> RunConfig:
+        why = TASKS[self.task].check_strategy(self.strategy)
+        if why:
+            raise ValueError(why)
+        return self
+
     def resolved(self) -> dict[str, Any]:
         """A JSON-safe dict of every field, defaults included."""
         return json.loads(self.model_dump_json())
 
 
+def entry_point_fields(entry_point: str) -> list[str]:
+    """The RunConfig fields an entry point takes: its CLI flags and its MLproject parameters."""
+    return [name for name, field in RunConfig.model_fields.items()
+            if entry_point in (field.json_schema_extra or {}).get("entry_points", RUN_ENTRY_POINTS)]
+
+
 def _one_line(err: ValidationError, schema: type[BaseModel] = RunConfig,
               listing: str = "`medvlm params` lists every parameter") -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "config"
+    if not first["loc"]:  # a whole-config rule such as task x strategy: its message names the parameters
+        return str(first["msg"]).removeprefix("Value error, ")
+    key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         close = difflib.get_close_matches(key, schema.model_fields, n=1) if len(first["loc"]) == 1 else []
         hint = f" (did you mean '{close[0]}'?)" if close else ""

@@ -11,7 +11,7 @@ from medvlm.config import build_config
 from medvlm.data.base import TensorRows
 from medvlm.engine.trainer import EpochShuffle, fit, make_accelerator
 from medvlm.errors import TrainingError
-from medvlm.experiments.classification import ClassificationObjective
+from medvlm.tasks.classification import ClassificationObjective
 
 
 def problem(n: int = 256, seed: int = 0) -> tuple[TensorRows, TensorRows]:

@@ -2,44 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 
 from accelerate.utils import set_seed
 
+from medvlm.catalog import TASKS
 from medvlm.config import RunConfig
 from medvlm.tracking.session import tracked_run
 
 
-def _classification(cfg: RunConfig) -> dict[str, float]:
-    from medvlm.experiments.classification import run_classification  # lazy: each task loads only its own modules
-
-    return run_classification(cfg)
-
-
-def _vqa(cfg: RunConfig) -> dict[str, float]:
-    from medvlm.experiments.vqa import run_vqa  # lazy: each task loads only its own modules
-
-    return run_vqa(cfg)
-
-
-def _retrieval(cfg: RunConfig) -> dict[str, float]:
-    from medvlm.experiments.retrieval import run_retrieval  # lazy: each task loads only its own modules
-
-    return run_retrieval(cfg)
-
-
-EXPERIMENTS: dict[str, Callable[[RunConfig], dict[str, float]]] = {
-    "classification": _classification,
-    "retrieval": _retrieval,
-    "vqa": _vqa,
-}
-
-
 def run_experiment(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None) -> dict[str, float]:
-    """Dispatch to the task's experiment inside the run `cfg` defines (a nested child run for study trials).
+    """Dispatch to the task's runner (`TaskSpec.runner`) inside the run `cfg` defines (a nested child run for
+    study trials). The runner's module is imported here, so a run loads only its own task's code.
 
     Seeding first makes head and adapter initialisation part of the seed, so CPU reruns repeat exactly.
     """
+    module, _, function = TASKS[cfg.task].runner.partition(":")
+    runner = getattr(importlib.import_module(module), function)
     with tracked_run(cfg, nested=nested, extra_tags=extra_tags):
         set_seed(cfg.seed)
-        return EXPERIMENTS[cfg.task](cfg)
+        return runner(cfg)

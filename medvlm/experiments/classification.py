@@ -9,38 +9,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medvlm.adapters.base import ClassifierAdapterModel, log_adapter, registered_name
+from medvlm.adapters.base import ClassifierAdapterModel
 from medvlm.config import RunConfig
-from medvlm.data.base import ClassificationData, LabelKind, TensorRows
+from medvlm.data.base import ClassificationData, TensorRows
 from medvlm.data.classification import load_classification
 from medvlm.data.subsample import subsample_splits
 from medvlm.engine.features import cached_features
-from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, make_accelerator
+from medvlm.engine.trainer import count_trainable, evaluate, make_accelerator
+from medvlm.experiments.common import Adapter, History, fit_evaluate_register
 from medvlm.metrics.classification import classification_metrics, probabilities
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import (
+    ClassificationObjective,
     ImageClassifier,
     LinearHead,
-    classification_loss,
     head_outputs,
     zero_shot_head,
 )
 from medvlm.tracking import plots
-from medvlm.tracking.session import log_dataset, log_epoch, replay_epochs
+from medvlm.tracking.session import log_dataset
 from medvlm.zoo import ClipModel, create_model
-
-
-class ClassificationObjective:
-    """Loss and metrics of a classifier whose outputs are logits."""
-
-    def __init__(self, module: torch.nn.Module, kind: LabelKind):
-        self.module, self.kind = module, kind
-
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return classification_loss(outputs, targets, self.kind)
-
-    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        return classification_metrics(targets.numpy(), probabilities(outputs, self.kind), self.kind)
 
 
 def load_data(cfg: RunConfig, clip: ClipModel) -> ClassificationData:
@@ -98,43 +86,27 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
     log_lineage(data)
     strategy = get_strategy(cfg.strategy)
     head = LinearHead(clip.embed_dim, head_outputs(data.kind, data.num_classes)).to(device)
-    if cfg.strategy == "zeroshot" or cfg.head_init == "zeroshot":
+    if not strategy.trains or cfg.head_init == "zeroshot":
         head.set_zero_shot(zero_shot_head(clip, data.prompts, data.class_names, data.kind))
-    if cfg.strategy == "zeroshot":
-        head.requires_grad_(False)
+    head.requires_grad_(strategy.trains)
     mlflow.log_dict({"class_names": data.class_names, "prompts": data.prompts}, "prompts.json")
 
+    clip = strategy.prepare(clip, cfg)
     if not strategy.trains_encoder:
-        clip = strategy.prepare(clip, cfg)
         t0 = time.perf_counter()
         feats = {s: TensorRows(*cached_features(clip, data.splits[s], cfg.eval_batch_size, device, cfg.precision))
-                 for s in (("test",) if cfg.strategy == "zeroshot" else ("train", "val", "test"))}
+                 for s in (("train", "val", "test") if strategy.trains else ("test",))}
         mlflow.log_metric("encode_images_per_s", sum(len(f) for f in feats.values()) / (time.perf_counter() - t0))
-        objective, train_set, val_set, test_set = ClassificationObjective(head, data.kind), feats.get("train"), feats.get("val"), feats["test"]
+        objective = ClassificationObjective(head, data.kind)
+        train_set, val_set, test_set = feats.get("train"), feats.get("val"), feats["test"]
     else:
-        clip = strategy.prepare(clip, cfg)
         objective = ClassificationObjective(ImageClassifier(clip, head), data.kind)
         train_set, val_set, test_set = data.splits["train"], data.splits["val"], data.splits["test"]
-
     mlflow.log_metric("trainable_params", count_trainable(objective.module))
-    history: list[dict[str, float]] = []
-    selection = None
-    if cfg.strategy != "zeroshot":
-        run_id = cfg.resume or mlflow.active_run().info.run_id  # every rank must read rank 0's checkpoint
-        result = fit(objective, train_set, val_set, cfg, accelerator, Checkpoints(cfg.checkpoint_dir, run_id), log_epoch,
-                     replay_epochs)
-        history = result.history
-        mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
-                            "epochs_run": result.epochs_run})
-        selection = ("val_auc", history[result.best_epoch]["val_auc"], True)
-    _, _, logits, targets = evaluate(accelerator, objective, test_set, cfg)
-    metrics = log_test_results(logits, targets, data, history)
 
-    if cfg.strategy == "lora" and cfg.register_adapter and selection is not None:
-        meta = {"model": cfg.model, "pin": clip.spec.pin, "task": "classification", "kind": data.kind,
-                "class_names": data.class_names, "dataset": cfg.dataset}
-        log_adapter(ClassifierAdapterModel(), clip.net, {"head": head}, meta,
-                    registered_name(cfg.model, cfg.dataset, "classification"), selection)
-    if cfg.strategy != "zeroshot" and accelerator.is_main_process:
-        Checkpoints(cfg.checkpoint_dir, run_id).clear()
-    return metrics
+    def test(history: History) -> dict[str, float]:
+        _, _, logits, targets = evaluate(accelerator, objective, test_set, cfg)
+        return log_test_results(logits, targets, data, history)
+
+    return fit_evaluate_register(cfg, accelerator, objective, train_set, val_set, test, lambda: Adapter(
+        ClassifierAdapterModel(), clip, {"head": head}, {"kind": data.kind, "class_names": data.class_names}))

@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from medvlm.adapters.base import log_adapter, registered_name
 from medvlm.adapters.vqa import VQAAdapterModel
 from medvlm.config import RunConfig
 from medvlm.data.base import TensorRows
@@ -26,34 +25,20 @@ from medvlm.data.subsample import stratified_indices
 from medvlm.data.transforms import to_model_input
 from medvlm.data.vqa import SPLITS, VQAData, VQARows, load_vqa
 from medvlm.engine.features import cached_features
-from medvlm.engine.trainer import Checkpoints, count_trainable, evaluate, fit, make_accelerator
-from medvlm.errors import ConfigError
+from medvlm.engine.trainer import count_trainable, evaluate, make_accelerator
+from medvlm.experiments.common import Adapter, History, fit_evaluate_register
 from medvlm.metrics.vqa import breakdown, breakdown_metrics, vqa_metrics
 from medvlm.metrics.vqa_taxonomy import TAGS, error_tag
 from medvlm.progress import tracked
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import text_embeddings
-from medvlm.tasks.vqa import AnswerVocab, BANHead, CachedVQA, VQAModel, tokenize_questions, vqa_loss
+from medvlm.tasks.vqa import AnswerVocab, BANHead, CachedVQA, VQAModel, VQAObjective, tokenize_questions
 from medvlm.tracking import plots
-from medvlm.tracking.session import log_dataset, log_epoch
+from medvlm.tracking.session import log_dataset
 from medvlm.zoo import ClipModel, create_model
 from medvlm.zoo.base import TextBatch
 
 ZERO_SHOT_PROMPT = "{question} {answer}"
-
-
-class VQAObjective:
-    """Cross-entropy over the vocabulary; accuracy and weighted F1 overall/open/closed."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
-
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return vqa_loss(outputs, targets)
-
-    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        scores = vqa_metrics(targets[:, 0].numpy(), outputs.argmax(dim=1).numpy(), targets[:, 1].numpy().astype(bool))
-        return {k: v for k, v in scores.items() if k != "oov"}
 
 
 @dataclass
@@ -193,14 +178,8 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: VQAData,
     return metrics
 
 
-def _check_strategy(cfg: RunConfig) -> None:
-    if cfg.strategy == "linear":
-        raise ConfigError("task=vqa has no linear probe; use strategy=frozen (frozen encoders, BAN head on cached tokens)")
-
-
 def run_vqa(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
-    _check_strategy(cfg)
     accelerator = make_accelerator(cfg)
     device = accelerator.device
     clip = create_model(cfg.model, device=device)
@@ -216,11 +195,10 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
     strategy = get_strategy(cfg.strategy)
     clip = strategy.prepare(clip, cfg)
 
-    history: list[dict[str, float]] = []
-    if cfg.strategy == "zeroshot":
+    if not strategy.trains:
         mlflow.log_metric("trainable_params", 0)
-        logits = zero_shot_logits(clip, data, vocab, cfg, device)
-        return log_test_results(logits, targets["test"], data, vocab, history)
+        return fit_evaluate_register(cfg, accelerator, None, None, None, lambda history: log_test_results(
+            zero_shot_logits(clip, data, vocab, cfg, device), targets["test"], data, vocab, history))
 
     questions = Questions.of(clip, data)
     mlflow.log_metric("questions_truncated", questions.tokens.truncated)
@@ -236,24 +214,10 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
     module = VQAModel(clip, head) if strategy.trains_encoder else CachedVQA(head)
     objective = VQAObjective(module)
     mlflow.log_metric("trainable_params", count_trainable(module))
-    checkpoints = Checkpoints(cfg.checkpoint_dir, mlflow.active_run().info.run_id)
-    result = fit(objective, sets["train"], sets["val"], cfg, accelerator, checkpoints, log_epoch)
-    history = result.history
-    mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
-                        "epochs_run": result.epochs_run})
-    _, _, logits, _ = evaluate(accelerator, objective, sets["test"], cfg)
-    metrics = log_test_results(logits, targets["test"], data, vocab, history)
-    if cfg.strategy == "lora" and cfg.register_adapter:
-        register(cfg, clip, head, vocab, ("val_acc", history[result.best_epoch]["val_acc"], True))
-    checkpoints.clear()
-    return metrics
 
+    def test(history: History) -> dict[str, float]:
+        _, _, logits, _ = evaluate(accelerator, objective, sets["test"], cfg)
+        return log_test_results(logits, targets["test"], data, vocab, history)
 
-def register(cfg: RunConfig, clip: ClipModel, head: BANHead, vocab: AnswerVocab,
-             selection: tuple[str, float, bool]) -> None:
-    """Log the LoRA adapter + BAN head as `medvlm-<model>-<dataset>-vqa`, a model that answers questions."""
-    meta = {"model": cfg.model, "pin": clip.spec.pin, "task": "vqa", "dataset": cfg.dataset,
-            "head": head.config, "vocab": vocab.to_dict()}
-    log_adapter(VQAAdapterModel(), clip.net, {"head": head}, meta, registered_name(cfg.model, cfg.dataset, "vqa"),
-                selection)
-
+    return fit_evaluate_register(cfg, accelerator, objective, sets["train"], sets["val"], test, lambda: Adapter(
+        VQAAdapterModel(), clip, {"head": head}, {"head": head.config, "vocab": vocab.to_dict()}))

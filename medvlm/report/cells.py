@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from medvlm.catalog import STRATEGY_KINDS
 from medvlm.progress import tracked
 from medvlm.report import bootstrap
 from medvlm.report.domains import Domain, dataset_modality, domain_of, model_modality
 from medvlm.report.samples import SampleSet, load_samples
 from medvlm.report.select import RunRecord
 
-STRATEGY_ORDER = ("zeroshot", "linear", "frozen", "partial", "full", "lora")
+STRATEGY_ORDER = tuple(STRATEGY_KINDS)
 
 
 @dataclass

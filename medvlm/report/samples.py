@@ -24,13 +24,14 @@ import sklearn
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from medvlm.catalog import TASKS
 from medvlm.errors import DataError
 from medvlm.metrics.classification import classification_metrics
 from medvlm.metrics.vqa import vqa_metrics
 from medvlm.report.bootstrap import Undefined
 
-TABLES = {"classification": "predictions.json", "vqa": "examples.json"}
-NO_TABLE_REASON = {"retrieval": "retrieval runs log no per-query ranks"}
+TABLES = {name: task.samples_table for name, task in TASKS.items() if task.samples_table}
+NO_TABLE_REASON = {name: task.no_samples for name, task in TASKS.items() if task.no_samples}
 
 
 @dataclass

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field, replace
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from medvlm.catalog import TASKS
 from medvlm.errors import ConfigError
 from medvlm.report.config import ReportConfig
 
 # Parameters that change which test samples a run is scored on, shown in the test-set name
 # when runs of one dataset differ in them (retrieval subsets always are: they are the paper's columns).
-TESTSET_PARAMS = {"classification": ("size",), "retrieval": ("subset",), "vqa": ("split", "max_rows")}
+TESTSET_PARAMS = {name: task.test_set_params for name, task in TASKS.items()}
 ALWAYS_SHOWN = {"subset"}
 
 

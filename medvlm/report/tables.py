@@ -16,27 +16,20 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from medvlm.catalog import TASKS
 from medvlm.report.bootstrap import Difference
 from medvlm.report.cells import Cell, Uncertainty, strategy_rank
 from medvlm.report.domains import domain_of, model_modality
-from medvlm.studies.summary import PRIMARY_METRIC as PRIMARY
 
 MISSING = "—"
-ZERO_SHOT_METRICS = {
-    "classification": ("test_auc", "test_acc", "test_f1"),
-    "retrieval": ("test_image_to_text_R1", "test_image_to_text_R5", "test_image_to_text_R10",
-                  "test_text_to_image_R1", "test_text_to_image_R5", "test_text_to_image_R10"),
-}
-FINETUNE_METRICS = {
-    "classification": ("test_auc", "test_acc", "test_f1"),
-    "retrieval": ("test_image_to_text_R1", "test_image_to_text_R5", "test_image_to_text_R10"),
-    "vqa": ("test_acc", "test_acc_open", "test_acc_closed"),
-}
+PRIMARY = {name: task.primary_metric for name, task in TASKS.items()}
+ZERO_SHOT_METRICS = {name: task.zero_shot_metrics for name, task in TASKS.items() if task.zero_shot_metrics}
+FINETUNE_METRICS = {name: task.headline_metrics for name, task in TASKS.items()}
 METRIC_NAMES = {"test_auc": "AUC", "test_acc": "ACC", "test_f1": "F1", "test_acc_open": "ACC open",
                 "test_acc_closed": "ACC closed", "test_f1_weighted": "F1 (weighted)"}
 METRIC_NAMES.update({f"test_{d}_R{k}": f"{a} R@{k}" for d, a in (("image_to_text", "I→T"), ("text_to_image", "T→I"))
                      for k in (1, 5, 10)})
-TASK_NAMES = {"classification": "classification", "retrieval": "image-text retrieval", "vqa": "VQA"}
+TASK_NAMES = {name: task.title for name, task in TASKS.items()}
 
 
 def metric_name(metric: str) -> str:

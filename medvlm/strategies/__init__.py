@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from medvlm.catalog import STRATEGY_KINDS
 from medvlm.config import RunConfig
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel
@@ -19,8 +20,21 @@ def _freeze(module: nn.Module) -> None:
 
 
 class Strategy:
+    """Decides which parameters train; what it is capable of comes from its row in `medvlm.catalog`."""
+
     name = ""
-    trains_encoder = True
+
+    @property
+    def trains(self) -> bool:
+        return STRATEGY_KINDS[self.name].trains
+
+    @property
+    def trains_encoder(self) -> bool:
+        return STRATEGY_KINDS[self.name].trains_encoder
+
+    @property
+    def produces_adapter(self) -> bool:
+        return STRATEGY_KINDS[self.name].produces_adapter
 
     def prepare(self, clip: ClipModel, cfg: RunConfig) -> ClipModel:
         raise NotImplementedError
@@ -29,7 +43,7 @@ class Strategy:
 class ZeroShot(Strategy):
     """No training at all: class prompts become the head."""
 
-    name, trains_encoder = "zeroshot", False
+    name = "zeroshot"
 
     def prepare(self, clip: ClipModel, cfg: RunConfig) -> ClipModel:
         _freeze(clip)

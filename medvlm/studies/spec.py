@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from medvlm.catalog import STRATEGY_KINDS
 from medvlm.config import RunConfig, Strategy, build_config, load_yaml, validated
 from medvlm.errors import ConfigError, MedvlmError
 
@@ -339,6 +340,6 @@ def _check_cells(study: StudyConfig, cells: list[Cell]) -> None:
             except MedvlmError as exc:
                 raise ConfigError(f"cell {cell.index + 1} ({cell.label}): {exc}") from None
             checked.add(cfg.model)
-        if study.kind in ("stability", "ablation") and cfg.strategy == "zeroshot":
+        if study.kind in ("stability", "ablation") and not STRATEGY_KINDS[cfg.strategy].trains:
             raise ConfigError(f"cell {cell.index + 1} ({cell.label}): a {study.kind} study needs a training strategy and "
-                              f"zeroshot does not train; pass strategies=partial,full,lora or set strategy")
+                              f"{cfg.strategy} does not train; pass strategies=partial,full,lora or set strategy")

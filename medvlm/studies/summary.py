@@ -15,10 +15,11 @@ import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from medvlm.catalog import TASKS
 from medvlm.studies.ablation import fraction_figure, fraction_table
 from medvlm.studies.stability import std_figure
 
-PRIMARY_METRIC = {"classification": "test_auc", "retrieval": "test_image_to_text_R1", "vqa": "test_acc"}
+PRIMARY_METRIC = {name: task.primary_metric for name, task in TASKS.items()}
 STATS = ("mean", "std", "min", "max")
 KEYS = ["group", "model", "dataset", "task", "strategy", "train_fraction"]
 
