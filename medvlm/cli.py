@@ -121,10 +121,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from medvlm.zoo import zoo_entries
 
     rows = [("name", "domain", "modality", "source", "image", "context", "licence", "gated")]
-    rows += [(name, e.get("domain", ""), e.get("modality", ""),
-              e["model"] + (f"@{e['pretrained']}" if e.get("pretrained") else ""), str(e.get("image_size", "")),
-              str(e.get("context_length", "")), e.get("licence", ""), "yes" if e.get("gated") else "no")
-             for name, e in zoo_entries().items()]
+    rows += [(name, e.domain, e.modality, e.model + (f"@{e.pretrained}" if e.pretrained else ""), str(e.image_size),
+              str(e.context_length), e.licence, "yes" if e.gated else "no") for name, e in zoo_entries().items()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

@@ -19,7 +19,7 @@ import pandas as pd
 from medvlm.catalog import TASKS
 from medvlm.report.bootstrap import Difference
 from medvlm.report.cells import Cell, Uncertainty, strategy_rank
-from medvlm.report.domains import domain_of, model_modality
+from medvlm.report.domains import domain_of, model_coverage
 
 MISSING = "—"
 PRIMARY = {name: task.primary_metric for name, task in TASKS.items()}
@@ -135,7 +135,7 @@ class Grid:
         """(domain, ID/OOD) of a row's model on a test set."""
         domain = next(c.domain for c in self.all if (c.task, c.model, c.variant) == (task, *row))
         modality = next(c.data_modality for c in self.all if (c.task, c.testset) == (task, testset))
-        return domain, domain_of(model_modality(row[0]), modality)
+        return domain, domain_of(model_coverage(row[0]), modality)
 
 
 def zero_shot_tables(grid: Grid, unc: Uncertainty, missing: Missing) -> list[Table]:

@@ -135,9 +135,10 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
         log_config(run.info.run_id, cfg)
     if inside_project:
         mlflow.set_tag("mlflow.runName", run_name(cfg, extra_tags))
-    from medvlm.zoo import zoo_entries
+    from medvlm.zoo import zoo_entries  # lazy: the zoo package loads torch, which a report run never needs
 
-    domain = zoo_entries().get(cfg.model, {}).get("domain", "unknown")
+    entry = zoo_entries().get(cfg.model)
+    domain = entry.domain if entry is not None else "unknown"
     mlflow.set_tags({**run_tags(cfg, domain), **(extra_tags or {})})
     try:
         yield run

@@ -11,7 +11,6 @@ folder, or the authors' checkpoint); nothing then touches the network.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from collections.abc import Callable
 from functools import lru_cache
@@ -19,17 +18,30 @@ from pathlib import Path
 
 import torch
 
+from pydantic import ValidationError
+
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel, ModelSpec
+from medvlm.zoo.schema import ZooEntry
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 
 @lru_cache(maxsize=None)
-def zoo_entries() -> dict[str, dict]:
-    """Every zoo entry by name, read from `configs/*.json`."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted(CONFIG_DIR.glob("*.json"))}
+def zoo_entries() -> dict[str, ZooEntry]:
+    """Every zoo entry by name, read from `configs/*.json` and validated against `ZooEntry`."""
+    return {p.stem: _entry(p) for p in sorted(CONFIG_DIR.glob("*.json"))}
+
+
+def _entry(path: Path) -> ZooEntry:
+    try:
+        return ZooEntry.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "entry"
+        raise ModelError(f"zoo entry {path} is malformed at '{where}': {first['msg']}; fix the file "
+                         f"(medvlm.zoo.schema.ZooEntry lists every field)") from None
 
 
 def list_models() -> list[str]:
@@ -64,7 +76,7 @@ def resolve(name: str) -> tuple[dict, str | None]:
     """Turn a model argument into (zoo-style entry, local location or None)."""
     entries = zoo_entries()
     if name in entries:
-        return {**entries[name], "name": name}, _mirror(name)
+        return {**entries[name].model_dump(exclude_none=True), "name": name}, _mirror(name)
     if name.startswith("local-dir:"):
         path = Path(name[len("local-dir:"):]).expanduser()
         if not (path / "open_clip_config.json").is_file():
