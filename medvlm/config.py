@@ -11,10 +11,10 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medvlm.catalog import TASKS
 from medvlm.errors import ConfigError
@@ -23,6 +23,18 @@ Task = Literal["classification", "retrieval", "vqa"]
 Strategy = Literal["zeroshot", "linear", "frozen", "partial", "full", "lora"]
 MEDMNIST_SIZES = (28, 64, 128, 224)
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
+ItemT = TypeVar("ItemT")
+
+
+def split_commas(value: Any) -> Any:
+    """"a, b,c" -> ["a", "b", "c"]: lists arrive from flags and MLproject `-P` as one string; YAML lists pass as they are."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+# A list parameter written "a,b,c" on the command line (every schema's list fields use it).
+CommaList = Annotated[list[ItemT], BeforeValidator(split_commas)]
 RUN_ENTRY_POINTS = ("zeroshot", "finetune", "ablation", "stability", "sweep")
 # Field metadata: a parameter that only means something when a model trains; `zeroshot` does not take it.
 TRAINING = {"entry_points": ("finetune", "ablation", "stability", "sweep")}
@@ -58,11 +70,11 @@ class RunConfig(BaseModel):
     lora_r: int = Field(8, ge=1, json_schema_extra=TRAINING)
     lora_alpha: float = Field(16.0, gt=0, json_schema_extra=TRAINING)
     lora_dropout: float = Field(0.0, ge=0, lt=1, json_schema_extra=TRAINING)
-    lora_targets: list[str] = Field(default_factory=list, description="module-name suffixes to adapt; empty = the zoo entry's defaults", json_schema_extra=TRAINING)
+    lora_targets: CommaList[str] = Field(default_factory=list, description="module-name suffixes to adapt; empty = the zoo entry's defaults", json_schema_extra=TRAINING)
     lora_text: bool = Field(False, description="also adapt the text tower", json_schema_extra=TRAINING)
     label_policy: Literal["ones", "zeros", "ignore"] = Field("zeros", description="CheXpert-style uncertain (-1) labels")
     image_column: str = Field("image", description="CSV/parquet column with image paths")
-    label_columns: list[str] = Field(default_factory=list, description="CSV/parquet label columns (several = multi-label)")
+    label_columns: CommaList[str] = Field(default_factory=list, description="CSV/parquet label columns (several = multi-label)")
     caption_column: str = Field("caption", description="retrieval: CSV/parquet column with captions")
     subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)")
     num_workers: int = Field(0, ge=0)
@@ -79,13 +91,6 @@ class RunConfig(BaseModel):
     max_rows: int = Field(0, ge=0, description="VQA: keep the first N QA rows of each split (0 = all; smoke tests)")
     vqa_hidden: int = Field(512, ge=1, description="VQA BAN head hidden size", json_schema_extra=TRAINING)
     vqa_glimpses: int = Field(2, ge=1, description="VQA BAN head attention glimpses", json_schema_extra=TRAINING)
-
-    @field_validator("lora_targets", "label_columns", mode="before")
-    @classmethod
-    def _split_commas(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @field_validator("size")
     @classmethod
