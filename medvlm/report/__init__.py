@@ -18,6 +18,7 @@ from medvlm.errors import ConfigError
 from medvlm.report.config import ReportConfig
 from medvlm.report.render import Report, Section, write
 from medvlm.report.select import RunRecord, Selection, select_runs, study_progress
+from medvlm.tracking.session import ensure_tracking
 
 REPORT_TAG = "medvlm.report"
 
@@ -46,7 +47,7 @@ def _header(selection: Selection, cfg: ReportConfig, redrawn: int) -> list[str]:
 
 
 def build_report(client: MlflowClient, selection: Selection, cfg: ReportConfig) -> Report:
-    from medvlm.report import plots
+    from medvlm.report import plots  # lazy, like the imports below: matplotlib and the tables load only to build a report
     from medvlm.report.cells import RunSamples, Uncertainty, build_cells
     from medvlm.report.recommend import recommendations
     from medvlm.report.tables import (Grid, Missing, ablation_table, comparisons_table, finetune_tables, gap_data,
@@ -117,8 +118,6 @@ def _log_params(run_id: str, cfg: ReportConfig) -> None:
 
 def run_report(cfg: ReportConfig) -> str:
     """Select runs, build the report, log it as a report run (the `mlflow run` run when there is one), print it."""
-    from medvlm.tracking.session import ensure_tracking
-
     ensure_tracking()
     client = MlflowClient()
     selection = select_runs(client, cfg)

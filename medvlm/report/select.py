@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from medvlm.catalog import TASKS
 from medvlm.errors import ConfigError
 from medvlm.report.config import ReportConfig
+from medvlm.studies.spec import load_study_config
 
 # Parameters that change which test samples a run is scored on, shown in the test-set name
 # when runs of one dataset differ in them (retrieval subsets always are: they are the paper's columns).
@@ -70,8 +71,6 @@ def experiment_ids(client: MlflowClient, names: list[str]) -> list[str]:
 
 def study_name(spec: str) -> str:
     """The study a spec file runs (its `name`, else the file name), as the study commands name it."""
-    from medvlm.studies.spec import load_study_config
-
     return load_study_config("sweep", spec, {}).name
 
 

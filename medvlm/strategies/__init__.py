@@ -99,7 +99,7 @@ class Lora(Strategy):
     name = "lora"
 
     def prepare(self, clip: ClipModel, cfg: RunConfig) -> ClipModel:
-        from medvlm.strategies.lora import apply_lora
+        from medvlm.strategies.lora import apply_lora  # lazy: peft loads only for LoRA runs
 
         clip.net = apply_lora(clip.net, lora_targets(clip, cfg), r=cfg.lora_r, alpha=cfg.lora_alpha,
                               dropout=cfg.lora_dropout)
@@ -108,7 +108,7 @@ class Lora(Strategy):
 
 def lora_targets(clip: ClipModel, cfg: RunConfig) -> str:
     """The regex of module names LoRA adapts: `lora_targets` override, else the zoo entry's towers."""
-    from medvlm.strategies.lora import lora_target_regex
+    from medvlm.strategies.lora import lora_target_regex  # lazy: peft loads only for LoRA runs
 
     prefixes, suffixes = [clip.spec.vision_prefix], list(cfg.lora_targets or clip.spec.lora_vision)
     if cfg.lora_text:

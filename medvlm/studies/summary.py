@@ -73,7 +73,7 @@ def metric_key(group: str, name: str) -> str:
 
 def box_figure(children: pd.DataFrame, metric: str):
     """Per-run values of `metric` per group: a box plot with every run drawn as a point."""
-    from medvlm.tracking.plots import plt
+    from medvlm.tracking.plots import plt  # lazy: matplotlib loads only when a figure is drawn
 
     runs = children.dropna(subset=[metric])
     datasets = sorted(runs["dataset"].unique())
@@ -97,7 +97,7 @@ def box_figure(children: pd.DataFrame, metric: str):
 def log_summary(client: MlflowClient, parent_id: str, kind: str, children: pd.DataFrame, table: pd.DataFrame,
                 counts: dict[str, int]) -> None:
     """Metrics, tables and plots of the summary on the parent run (overwriting an earlier summary)."""
-    from medvlm.tracking.plots import close
+    from medvlm.tracking.plots import close  # lazy: matplotlib loads only when a figure is drawn
 
     now = int(time.time() * 1000)
     metrics = [Metric(f"trials_{state}", float(n), now, 0) for state, n in counts.items()]
