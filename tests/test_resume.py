@@ -8,6 +8,7 @@ the test waits for a condition and never races the run's end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from medvlm.cli import main
 from tests.retrieval_fixtures import write_roco
 from tests.vqa_fixtures import write_vqa_rad
 
-EPOCHS = 40
+EPOCHS = 16
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "medvlm.cli"]
 
 
@@ -40,14 +41,21 @@ def task_args(task: str, root: Path, model: Path) -> list[str]:
 
 
 def start(argv: list[str], workdir: Path) -> subprocess.Popen:
-    """A run in its own process group (torchrun's workers die with it)."""
+    """The run in a subprocess; its stderr goes to a file (a full pipe would stall a long run)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    log = open(workdir / f"stderr-{time.monotonic_ns()}.txt", "w+")
+    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    proc.log = log
+    return proc
+
+
+def tail(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)
+    return proc.log.read()[-3000:]
 
 
 def kill_after_first_epochs(proc: subprocess.Popen, checkpoints: Path) -> None:
-    """SIGKILL the whole process group once rank 0's checkpoint holds epoch 2 (index 1)."""
+    """SIGKILL the run and every process it started once rank 0's checkpoint holds epoch 2 (index 1)."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
         files = list(checkpoints.glob("*/last.pt"))
@@ -57,9 +65,21 @@ def kill_after_first_epochs(proc: subprocess.Popen, checkpoints: Path) -> None:
         except (OSError, EOFError, RuntimeError):
             pass  # caught mid-replace: look again
         time.sleep(0.05)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.poll() is None, f"the run ended before it could be killed: {tail(proc)}"
+    for pid in [*descendants(proc.pid), proc.pid]:  # torchrun starts its workers in sessions of their own
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, children first listed (read before any is killed: orphans lose the link)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in map(int, (task / "children").read_text().split()):
+                found += [child, *descendants(child)]
+    return found
 
 
 def only_run(experiment: str = "medvlm"):
@@ -102,7 +122,7 @@ def test_two_processes_resume_a_killed_retrieval_run_to_the_uninterrupted_result
 
     for extra in (["--resume", killed.info.run_id], ["--experiment", "uninterrupted"]):
         proc = start([*TORCHRUN, *args, *extra], workdir)
-        assert proc.wait(timeout=900) == 0, proc.stderr.read()[-3000:]
+        assert proc.wait(timeout=900) == 0, tail(proc)
     resumed, fresh = only_run(), only_run("uninterrupted")
     assert (resumed.info.run_id, resumed.info.status) == (killed.info.run_id, "FINISHED")
     ran = int(resumed.data.metrics["epochs_run"])
