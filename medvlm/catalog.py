@@ -18,6 +18,7 @@ class StrategyKind:
     trains_encoder: bool
     produces_adapter: bool
     summary: str
+    trains_every_weight: bool = False
 
 
 STRATEGY_KINDS: dict[str, StrategyKind] = {s.name: s for s in (
@@ -30,9 +31,11 @@ STRATEGY_KINDS: dict[str, StrategyKind] = {s.name: s for s in (
     StrategyKind("partial", trains=True, trains_encoder=True, produces_adapter=False,
                  summary="projection heads and logit scale train"),
     StrategyKind("full", trains=True, trains_encoder=True, produces_adapter=False,
-                 summary="every parameter trains"),
+                 summary="every parameter trains", trains_every_weight=True),
     StrategyKind("lora", trains=True, trains_encoder=True, produces_adapter=True,
                  summary="low-rank adapters, registered in the Model Registry"),
+    StrategyKind("mlp", trains=True, trains_encoder=True, produces_adapter=True,
+                 summary="generative models: only the multimodal projector trains, registered as an adapter"),
 )}
 
 
@@ -41,10 +44,11 @@ class TaskSpec:
     """Everything outside a task's own experiment module needs to know about the task.
 
     `runner` is "module:function", imported only when a run starts. `selection_metric` picks the
-    registered adapter version the `best` alias points at (higher is better). `test_set_params`
-    are the parameters besides `dataset` that change what the test set is, so reports keep their
-    runs apart. `samples_table` is the per-sample artifact a report re-scores (None: `no_samples`
-    says why).
+    registered adapter version the `best` alias points at (`selection_higher`: is higher better).
+    `test_set_params` are the parameters besides `dataset` that change what the test set is, so
+    reports keep their runs apart. `samples_table` is the per-sample artifact a report re-scores
+    (None: `no_samples` says why). `generative` is the same task's row for generative (LLaVA-family)
+    models, which answer by generation and take other strategies.
     """
 
     name: str
@@ -58,13 +62,29 @@ class TaskSpec:
     test_set_params: tuple[str, ...]
     samples_table: str | None
     no_samples: str = ""
+    models: str = "CLIP-family"
+    selection_higher: bool = True
+    generative: TaskSpec | None = None
+
+    def for_model(self, generative: bool) -> TaskSpec:
+        """The row for a generative or a CLIP-family model."""
+        return self.generative if generative and self.generative is not None else self
 
     def check_strategy(self, strategy: str) -> str | None:
-        """Why `strategy` does not apply to this task (None when it does)."""
+        """Why `strategy` applies to no model of this task (None when some model takes it): the config's check."""
+        rows = [self] + ([self.generative] if self.generative is not None else [])
+        if any(strategy in row.strategies for row in rows):
+            return None
+        allowed = "|".join(dict.fromkeys(s for row in rows for s in row.strategies))
+        hint = " (frozen encoders with a trained head are strategy=frozen)" if strategy == "linear" and "frozen" in allowed else ""
+        return f"task={self.name} takes strategy {allowed}, not '{strategy}'{hint}"
+
+    def check_model_strategy(self, strategy: str, model: str) -> str | None:
+        """Why `strategy` does not apply to this row's models (None when it does)."""
         if strategy in self.strategies:
             return None
-        hint = " (frozen encoders with a trained head are strategy=frozen)" if strategy == "linear" and "frozen" in self.strategies else ""
-        return f"task={self.name} takes strategy {'|'.join(self.strategies)}, not '{strategy}'{hint}"
+        return (f"strategy={strategy} does not apply to {self.models} models such as {model}; with them task={self.name} "
+                f"takes strategy {'|'.join(self.strategies)}")
 
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (
@@ -92,5 +112,12 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
         primary_metric="test_acc", selection_metric="val_acc",
         zero_shot_metrics=(),
         headline_metrics=("test_acc", "test_acc_open", "test_acc_closed"),
-        test_set_params=("split", "max_rows"), samples_table="examples.json"),
+        test_set_params=("split", "max_rows"), samples_table="examples.json",
+        generative=TaskSpec(
+            name="vqa", title="VQA (generated answers)", models="generative (LLaVA-family)",
+            runner="medvlm.experiments.generative_vqa:run_generative_vqa",
+            strategies=("zeroshot", "mlp", "lora", "full"),
+            primary_metric="test_acc", selection_metric="val_loss", selection_higher=False,
+            zero_shot_metrics=(), headline_metrics=("test_acc", "test_closed_acc", "test_open_recall"),
+            test_set_params=("split", "max_rows"), samples_table="examples.json")),
 )}

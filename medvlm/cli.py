@@ -118,7 +118,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from medvlm.zoo import zoo_entries
+    from medvlm.zoo.entries import zoo_entries
 
     rows = [("name", "domain", "modality", "source", "image", "context", "licence", "gated")]
     rows += [(name, e.domain, e.modality, e.model + (f"@{e.pretrained}" if e.pretrained else ""), str(e.image_size),
@@ -179,11 +179,19 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, bool]] = {
 STUDY_COMMANDS = ("ablation", "stability", "sweep")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that subcommand gets its flags (none with `only=""`).
+
+    Flags of the study and report commands come from modules that import pandas, MLflow and torch;
+    building them only for the command actually run keeps `medvlm --help` and `medvlm models` light.
+    """
     parser = OneLineParser(prog="medvlm", allow_abbrev=False, description="General or medical CLIP? Evaluate and adapt, tracked in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, (func, help_text, takes_config) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+        p.set_defaults(func=func)
+        if only is not None and name != only:
+            continue
         if takes_config:
             add_config_flags(p, name)
         if name in STUDY_COMMANDS:
@@ -193,7 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
 
             for field_name, field in ReportConfig.model_fields.items():
                 add_field_flag(p, field_name, field)
-        p.set_defaults(func=func)
     return parser
 
 
@@ -202,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     try:
-        args, extras = build_parser().parse_known_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        command = next((a for a in argv if not a.startswith("-")), None)
+        args, extras = build_parser(command if command in COMMANDS else "").parse_known_args(argv)
         if extras:
             raise unknown_flags_error(extras, [k for k in vars(args) if k not in ("func", "command")])
         return args.func(args)

@@ -20,7 +20,8 @@ from medvlm.catalog import TASKS
 from medvlm.errors import ConfigError
 
 Task = Literal["classification", "retrieval", "vqa"]
-Strategy = Literal["zeroshot", "linear", "frozen", "partial", "full", "lora"]
+Strategy = Literal["zeroshot", "linear", "frozen", "partial", "full", "lora", "mlp"]
+LoraParts = Literal["", "v", "l", "m", "vm", "lm", "vml"]
 MEDMNIST_SIZES = (28, 64, 128, 224)
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 ItemT = TypeVar("ItemT")
@@ -72,6 +73,10 @@ class RunConfig(BaseModel):
     lora_dropout: float = Field(0.0, ge=0, lt=1, json_schema_extra=TRAINING)
     lora_targets: CommaList[str] = Field(default_factory=list, description="module-name suffixes to adapt; empty = the zoo entry's defaults", json_schema_extra=TRAINING)
     lora_text: bool = Field(False, description="also adapt the text tower", json_schema_extra=TRAINING)
+    lora_parts: LoraParts = Field("", description="generative (LLaVA) models: LoRA on v (vision tower), l (language model), m (projector) or vm/lm/vml; empty = l", json_schema_extra=TRAINING)
+    max_new_tokens: int = Field(32, ge=1, description="generative VQA: greedy decoding stops after this many new tokens (or at EOS)")
+    gradient_checkpointing: bool = Field(False, description="generative models: recompute activations in backward to save memory", json_schema_extra=TRAINING)
+    judge: str = Field("", description="generative VQA: a local transformers chat model (folder or hf: id) that scores open answers 1-100; empty = off")
     label_policy: Literal["ones", "zeros", "ignore"] = Field("zeros", description="CheXpert-style uncertain (-1) labels")
     image_column: str = Field("image", description="CSV/parquet column with image paths")
     label_columns: CommaList[str] = Field(default_factory=list, description="CSV/parquet label columns (several = multi-label)")
@@ -111,6 +116,8 @@ class RunConfig(BaseModel):
         why = TASKS[self.task].check_strategy(self.strategy)
         if why:
             raise ValueError(why)
+        if self.lora_parts and self.strategy != "lora":
+            raise ValueError(f"lora_parts={self.lora_parts} needs strategy=lora")
         return self
 
     def resolved(self) -> dict[str, Any]:

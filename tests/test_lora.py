@@ -20,6 +20,7 @@ from torch import nn
 
 from medvlm.errors import ConfigError, ModelError
 from medvlm.strategies.lora import (
+    AccumulatingLoraLinear,
     LinearMultiheadAttention,
     apply_lora,
     load_adapter,
@@ -424,3 +425,33 @@ def test_save_and_load_adapter_round_trip_is_bit_exact(tmp_path, images: torch.T
 def test_load_adapter_from_a_directory_without_adapter_raises_model_error(tmp_path) -> None:
     with pytest.raises(ModelError, match="adapter_config.json not found"):
         load_adapter(tiny_clip(), tmp_path)
+
+
+def test_accumulating_lora_linear_equals_peft_linear_in_outputs_and_gradients(tmp_path) -> None:
+    """The GEMM-accumulated update is peft's `W x + b + s·B·A x`, forward and backward, and survives save/load."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 8))
+    ours = apply_lora(copy.deepcopy(base), ["0", "2"], r=4, alpha=12, dropout=0.0)
+    reference = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=12, target_modules=["0", "2"]))
+    adapted = [m for m in ours.modules() if isinstance(m, LoraLayer)]
+    assert len(adapted) == 2 and all(isinstance(m, AccumulatingLoraLinear) for m in adapted)
+    for (name, p), (ref_name, q) in zip(ours.named_parameters(), reference.named_parameters()):
+        assert name == ref_name
+        if "lora_B" in name:
+            nn.init.normal_(p)
+        q.data.copy_(p.data)
+    x = torch.randn(3, 5, 16)
+    x_ours, x_ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out, expected = ours(x_ours), reference(x_ref)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    (out**2).sum().backward()
+    (expected**2).sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    for (name, p), (_, q) in zip(ours.named_parameters(), reference.named_parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4)  # fp32 summation order only
+    save_adapter(ours, tmp_path)
+    loaded = load_adapter(copy.deepcopy(base), tmp_path)
+    assert all(isinstance(m, AccumulatingLoraLinear) for m in loaded.modules() if isinstance(m, LoraLayer))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected.detach(), atol=1e-6, rtol=1e-5)

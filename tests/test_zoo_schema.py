@@ -13,7 +13,8 @@ from medvlm.errors import ModelError
 from medvlm.report.cells import build_cells
 from medvlm.report.domains import FAMILIES, dataset_modality, domain_of, model_coverage
 from medvlm.report.select import RunRecord
-from medvlm.zoo import factory, zoo_entries
+from medvlm.zoo import entries
+from medvlm.zoo.entries import zoo_entries
 from medvlm.zoo.schema import Family, Modality
 
 ALL = set(MODALITIES)
@@ -22,8 +23,8 @@ PATHOLOGY = {"pathmnist", "bloodmnist", "tissuemnist"}
 RADIOLOGY = CHEST | {"breastmnist", "organamnist", "organcmnist", "organsmnist"}
 # Every zoo entry -> the MedMNIST subsets its pre-training covers; every other subset is OOD.
 IN_DOMAIN = {
-    "clip-vit-b32": set(), "clip-vit-b16": set(), "blip2": set(),
-    "biomedclip": ALL, "pmc-clip": ALL, "medsiglip": ALL,
+    "clip-vit-b32": set(), "clip-vit-b16": set(), "blip2": set(), "llava-1.5-7b": set(),
+    "biomedclip": ALL, "pmc-clip": ALL, "medsiglip": ALL, "llava-med": ALL,
     "cxr-clip": CHEST, "cxr-clip-swint": CHEST, "medclip": CHEST,
     "plip": PATHOLOGY, "quiltnet": PATHOLOGY, "pubmedclip": RADIOLOGY,
 }
@@ -61,16 +62,16 @@ def test_medsiglip_is_in_domain_on_chest_x_ray_in_a_report():
 
 
 def test_a_malformed_entry_fails_at_load_naming_the_file_and_key(tmp_path, monkeypatch):
-    good = json.loads((factory.CONFIG_DIR / "plip.json").read_text())
+    good = json.loads((entries.CONFIG_DIR / "plip.json").read_text())
     (tmp_path / "typo.json").write_text(json.dumps({**good, "coverage": ["pathology", "histology"]}))
-    monkeypatch.setattr(factory, "CONFIG_DIR", tmp_path)
-    factory.zoo_entries.cache_clear()
+    monkeypatch.setattr(entries, "CONFIG_DIR", tmp_path)
+    entries.zoo_entries.cache_clear()
     try:
         with pytest.raises(ModelError, match=r"typo\.json is malformed at 'coverage\.1'"):
             zoo_entries()
         (tmp_path / "typo.json").write_text(json.dumps({**good, "licence_": "MIT"}))
-        factory.zoo_entries.cache_clear()
+        entries.zoo_entries.cache_clear()
         with pytest.raises(ModelError, match="licence_"):
             zoo_entries()
     finally:
-        factory.zoo_entries.cache_clear()
+        entries.zoo_entries.cache_clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,18 @@ from medvlm.tasks.classification import ImageClassifier, LinearHead
 from medvlm.zoo import create_model
 
 ALIAS = "best"
+
+
+@dataclass
+class Adapter:
+    """What a run registers: the serving model, the base model's pin, the peft-wrapped network (None when
+    no LoRA part trained), the trained heads and the task's own metadata."""
+
+    python_model: mlflow.pyfunc.PythonModel
+    pin: dict[str, Any]
+    peft_net: torch.nn.Module | None
+    heads: dict[str, torch.nn.Module] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _images_from(model_input: Any) -> torch.Tensor:
@@ -89,8 +102,10 @@ def log_adapter(python_model: AdapterModel, peft_net, heads: dict[str, torch.nn.
     """
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        save_adapter(peft_net, root / "adapter")
-        artifacts = {"adapter": str(root / "adapter"), "meta": str(root / "medvlm.json")}
+        artifacts = {"meta": str(root / "medvlm.json")}
+        if peft_net is not None:  # projector-only adapters have no LoRA part
+            save_adapter(peft_net, root / "adapter")
+            artifacts["adapter"] = str(root / "adapter")
         (root / "medvlm.json").write_text(json.dumps(meta, indent=2))
         for key, head in heads.items():
             save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(root / f"{key}.safetensors"))

@@ -105,8 +105,12 @@ def image_split(image_keys: np.ndarray, seed: int, test_fraction: float = TEST_F
 # -- images -------------------------------------------------------------------------------
 
 
-def load_image(path: Path, image_size: int) -> torch.Tensor:
-    """uint8 [3,S,S]: shorter side resized to S (bicubic), then centre-cropped, as CLIP preprocesses."""
+def load_image(path: Path, image_size: int, pad: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """uint8 [3,S,S]: shorter side resized to S (bicubic), then centre-cropped, as CLIP preprocesses.
+
+    With `pad` (an RGB colour) the image is instead centred on a square of that colour and resized to
+    S x S, nothing cut off: LLaVA's `image_aspect_ratio: pad` (`expand2square`).
+    """
     try:
         with Image.open(path) as img:
             img.load()
@@ -115,6 +119,11 @@ def load_image(path: Path, image_size: int) -> torch.Tensor:
             img = img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path} ({exc}); replace or remove that file") from exc
+    if pad is not None:
+        side = max(img.size)
+        square = Image.new("RGB", (side, side), pad)
+        square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+        return TF.pil_to_tensor(TF.resize(square, [image_size, image_size], interpolation=InterpolationMode.BICUBIC))
     img = TF.resize(img, image_size, interpolation=InterpolationMode.BICUBIC)
     return TF.pil_to_tensor(TF.center_crop(img, image_size))
 
@@ -127,9 +136,9 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
 
 
-def decode_image(source: str | Path | bytes, image_size: int) -> torch.Tensor:
+def decode_image(source: str | Path | bytes, image_size: int, pad: tuple[int, int, int] | None = None) -> torch.Tensor:
     """uint8 [3, S, S] from a path or encoded bytes, preprocessed like every file source (`load_image`)."""
-    return load_image(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source), image_size)
+    return load_image(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source), image_size, pad)
 
 
 def image_ref(value, folder: Path) -> tuple[str, str | bytes, str]:

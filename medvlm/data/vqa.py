@@ -181,8 +181,8 @@ def read_vqa(dataset: str, *, data_root: str | Path, split: SplitMode = "auto", 
 
 
 def load_vqa(dataset: str, *, data_root: str | Path, image_size: int, split: SplitMode = "auto", seed: int = 0,
-             image_column: str = "image", max_rows: int = 0) -> VQAData:
-    """`read_vqa`, then every distinct image decoded once at `image_size`.
+             image_column: str = "image", max_rows: int = 0, pad: tuple[int, int, int] | None = None) -> VQAData:
+    """`read_vqa`, then every distinct image decoded once at `image_size` (padded to square with `pad`, see `load_image`).
 
     Images are stored in a canonical (sorted) order, so the seed changes the split but not the
     image tensor: cached encoder features are reused across seeds.
@@ -192,7 +192,7 @@ def load_vqa(dataset: str, *, data_root: str | Path, image_size: int, split: Spl
     rows = records.rows
     keys = sorted(set(rows["image_key"]))
     first = rows.drop_duplicates("image_key").set_index("image_key")["image_source"]
-    images = _decode_all([first[k] for k in keys], image_size, records.source)
+    images = _decode_all([first[k] for k in keys], image_size, records.source, pad)
     rows = rows.assign(image_index=rows["image_key"].map({k: i for i, k in enumerate(keys)}).astype(np.int64))
     columns = ["image_index", "image_name", "question", "answer", "closed", *[c for c in META_COLUMNS if c in rows]]
     splits = {name: rows[rows["split"] == name][columns].reset_index(drop=True) for name in SPLITS}
@@ -377,13 +377,14 @@ def _seeded_image_order(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
 # -- images -------------------------------------------------------------------------------
 
 
-def _decode_all(sources: list[str | bytes], image_size: int, where: Path) -> torch.Tensor:
+def _decode_all(sources: list[str | bytes], image_size: int, where: Path,
+                pad: tuple[int, int, int] | None = None) -> torch.Tensor:
     """uint8 [M, 3, S, S]; decoding runs in threads (PIL releases the GIL while decoding)."""
     if not sources:
         raise DataError(f"no images referenced in {where}")
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        return torch.stack(list(pool.map(lambda s: decode_image(s, image_size), sources)))
+        return torch.stack(list(pool.map(lambda s: decode_image(s, image_size, pad), sources)))
 
 
 def _digest(splits: dict[str, pd.DataFrame], keys: list[str]) -> str:

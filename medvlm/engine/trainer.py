@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -77,8 +78,24 @@ def mixed_precision(precision: str) -> str:
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
+    """Accelerate with the GPU fast paths switched on where there is a GPU (nothing changes on CPU).
+
+    Batches are pinned uint8 (`_loader`), so the host-to-device copy can be non-blocking; TF32
+    serves fp32 matmuls (precision=fp32 runs) on tensor cores at ~10-bit mantissa, the
+    trade every CLIP training recipe makes.
+    """
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return Accelerator(mixed_precision=mixed_precision(cfg.precision), gradient_accumulation_steps=cfg.grad_accum,
-                       cpu=not torch.cuda.is_available())
+                       cpu=not cuda, dataloader_config=DataLoaderConfiguration(non_blocking=cuda))
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Adam(W); on CUDA the fused kernel (one launch for all parameters instead of several per tensor)."""
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -97,9 +114,39 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Only what training changes; frozen weights come back from the base checkpoint."""
+    """Only what training changes (views of the live tensors, to be serialised at once, never kept)."""
     names = {n for n, p in module.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if k in names}
+    return {k: v.detach() for k, v in module.state_dict().items() if k in names}
+
+
+class BestWeights:
+    """The best epoch's trainable weights, kept on disk rather than as a second copy in memory.
+
+    For full fine-tuning that copy is as large as the model (+600 MB RSS at ViT-B/32 on CPU,
+    the bulk of medvlm's excess over a bare loop); one write per improving epoch costs far less.
+    The file lives beside the resume checkpoint, written by the main process for every rank; without
+    a checkpoint folder each process keeps its own in a temporary folder.
+    """
+
+    FILE = "best.pt"
+
+    def __init__(self, folder: Path | None):
+        self._tmp = tempfile.TemporaryDirectory(prefix="medvlm-best-") if folder is None else None
+        self.shared = folder is not None
+        self.path = Path(self._tmp.name if self._tmp else folder) / self.FILE
+
+    def save(self, module: nn.Module) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(trainable_state(module), tmp)
+        os.replace(tmp, self.path)
+
+    def restore(self, module: nn.Module) -> None:
+        if self.path.is_file():
+            module.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True, mmap=True), strict=False)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def count_trainable(module: nn.Module) -> int:
@@ -123,6 +170,7 @@ class Checkpoints:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+        (self.path.parent / BestWeights.FILE).unlink(missing_ok=True)
 
 
 def _loader(dataset: Dataset, batch_size: int, cfg: RunConfig, sampler: Sampler | None = None) -> DataLoader:
@@ -169,14 +217,13 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
     params = [p for p in objective.module.parameters() if p.requires_grad]
     if not params:
         raise TrainingError(f"strategy '{cfg.strategy}' left no trainable parameters; check the zoo entry's partial/lora lists")
-    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, cfg, accelerator.device)
     module, optimizer, train_loader = accelerator.prepare(
         objective.module, optimizer, _loader(train_set, cfg.batch_size, cfg, EpochShuffle(len(train_set), cfg.seed)))
     val_loader = accelerator.prepare(_loader(val_set, cfg.eval_batch_size, cfg))
 
     start, best_val, best_epoch, bad_epochs, history = 0, float("inf"), -1, 0, []
-    best_state = trainable_state(accelerator.unwrap_model(module))
+    best = BestWeights(checkpoints.path.parent if checkpoints else None)
     seen, train_time = 0, 0.0
     state = checkpoints.load() if checkpoints else None
     if state is not None:
@@ -184,7 +231,7 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
         start, best_val, best_epoch = state["epoch"] + 1, state["best_val"], state["best_epoch"]
-        bad_epochs, history, best_state = state["bad_epochs"], state["history"], state["best_state"]
+        bad_epochs, history = state["bad_epochs"], state["history"]
         seen, train_time = state["seen"], state["train_time"]
         if on_resume is not None and accelerator.is_main_process:
             on_resume(history)
@@ -229,19 +276,21 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
         history.append(row)
         if val_loss < best_val:
             best_val, best_epoch, bad_epochs = val_loss, epoch, 0
-            best_state = trainable_state(accelerator.unwrap_model(module))
+            if accelerator.is_main_process or not best.shared:
+                best.save(accelerator.unwrap_model(module))
         else:
             bad_epochs += 1
         if checkpoints is not None and accelerator.is_main_process:
             checkpoints.save({"trainable": trainable_state(accelerator.unwrap_model(module)),
                               "optimizer": optimizer.state_dict(), "rng": _rng_state(), "epoch": epoch,
                               "best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                              "history": history, "best_state": best_state, "seen": seen, "train_time": train_time})
+                              "history": history, "seen": seen, "train_time": train_time})
         if accelerator.is_main_process:
             log.info(epoch_line(epoch, cfg.epochs, row, best_epoch, best_val))
         if on_epoch is not None and accelerator.is_main_process:
             on_epoch(epoch, row)
-    accelerator.unwrap_model(module).load_state_dict(best_state, strict=False)
+    accelerator.wait_for_everyone()
+    best.restore(accelerator.unwrap_model(module))
     objective.module = module
     return FitResult(best_epoch=best_epoch, best_val_loss=best_val, epochs_run=len(history),
                      images_per_s=seen / train_time if train_time > 0 else 0.0, history=history)

@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medvlm.adapters.base import ClassifierAdapterModel
+from medvlm.adapters.base import Adapter, ClassifierAdapterModel
 from medvlm.config import RunConfig
 from medvlm.data.base import ClassificationData, TensorRows
 from medvlm.data.classification import load_classification
 from medvlm.data.subsample import subsample_splits
 from medvlm.engine.features import cached_features
 from medvlm.engine.trainer import count_trainable, evaluate, make_accelerator
-from medvlm.experiments.common import Adapter, History, fit_evaluate_register
+from medvlm.experiments.common import History, fit_evaluate_register
 from medvlm.metrics.classification import classification_metrics, probabilities
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import (
@@ -109,4 +109,4 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
         return log_test_results(logits, targets, data, history)
 
     return fit_evaluate_register(cfg, accelerator, objective, train_set, val_set, test, lambda: Adapter(
-        ClassifierAdapterModel(), clip, {"head": head}, {"kind": data.kind, "class_names": data.class_names}))
+        ClassifierAdapterModel(), clip.spec.pin, clip.net, {"head": head}, {"kind": data.kind, "class_names": data.class_names}))

@@ -12,65 +12,57 @@ what resume, multi-process training or the Model Registry need:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import mlflow
-import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from torch.utils.data import Dataset
 
-from medvlm.adapters.base import AdapterModel, log_adapter, registered_name
-from medvlm.catalog import TASKS
+from medvlm.adapters.base import Adapter, log_adapter, registered_name
+from medvlm.catalog import TASKS, TaskSpec
 from medvlm.config import RunConfig
 from medvlm.engine.trainer import Checkpoints, Objective, fit
 from medvlm.strategies import get_strategy
 from medvlm.tracking.session import log_epoch, replay_epochs
-from medvlm.zoo.base import ClipModel
 
 History = list[dict[str, float]]
 
 
-@dataclass
-class Adapter:
-    """What a LoRA run registers: the serving model class, the adapted base model, its task heads and
-    the task's own metadata (the base model, its pin, the task and the dataset are added here)."""
-
-    python_model: AdapterModel
-    clip: ClipModel
-    heads: dict[str, torch.nn.Module] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-def checkpoints(cfg: RunConfig) -> Checkpoints:
-    """Rank 0's checkpoint, on every rank."""
-    return Checkpoints(cfg.checkpoint_dir, cfg.resume or mlflow.active_run().info.run_id)
+def checkpoints(cfg: RunConfig, accelerator: Accelerator) -> Checkpoints:
+    """Rank 0's checkpoint folder, on every rank: the other ranks track into throwaway runs, so rank 0's
+    run id (the resumed one, or the one it just started) is sent to them."""
+    run_id = [cfg.resume or mlflow.active_run().info.run_id]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(run_id, from_process=0)
+    return Checkpoints(cfg.checkpoint_dir, run_id[0])
 
 
 def fit_evaluate_register(cfg: RunConfig, accelerator: Accelerator, objective: Objective | None,
                           train_set: Dataset | None, val_set: Dataset | None,
                           evaluate: Callable[[History], dict[str, float]],
-                          adapter: Callable[[], Adapter] | None = None) -> dict[str, float]:
+                          adapter: Callable[[], Adapter] | None = None, task: TaskSpec | None = None) -> dict[str, float]:
     """Train (unless the strategy does not), evaluate on test, register a produced adapter; returns the
     test metrics. `evaluate(history)` runs on the best weights and logs the task's test results; a strategy
-    that does not train passes no objective and no training data."""
-    strategy, task = get_strategy(cfg.strategy), TASKS[cfg.task]
+    that does not train passes no objective and no training data. `task` is the task's row for the run's
+    model (the generative row for LLaVA-family models); by default the task's own."""
+    strategy, task = get_strategy(cfg.strategy), task or TASKS[cfg.task]
     history: History = []
     selection = None
     if strategy.trains:
-        result = fit(objective, train_set, val_set, cfg, accelerator, checkpoints(cfg), log_epoch, replay_epochs)
+        saved = checkpoints(cfg, accelerator)
+        result = fit(objective, train_set, val_set, cfg, accelerator, saved, log_epoch, replay_epochs)
         history = result.history
         mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
                             "epochs_run": result.epochs_run})
-        selection = (task.selection_metric, history[result.best_epoch][task.selection_metric], True)
+        selection = (task.selection_metric, history[result.best_epoch][task.selection_metric], task.selection_higher)
     metrics = evaluate(history)
     if strategy.produces_adapter and cfg.register_adapter and adapter is not None:
         made = adapter()
-        meta = {"model": cfg.model, "pin": made.clip.spec.pin, "task": cfg.task, "dataset": cfg.dataset, **made.meta}
-        log_adapter(made.python_model, made.clip.net, made.heads, meta, registered_name(cfg.model, cfg.dataset, cfg.task),
+        meta = {"model": cfg.model, "pin": made.pin, "task": cfg.task, "dataset": cfg.dataset, **made.meta}
+        log_adapter(made.python_model, made.peft_net, made.heads, meta, registered_name(cfg.model, cfg.dataset, cfg.task),
                     selection)
     if strategy.trains:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            checkpoints(cfg).clear()
+            saved.clear()
     return metrics

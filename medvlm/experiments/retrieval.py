@@ -23,12 +23,13 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from medvlm.adapters.base import Adapter
 from medvlm.adapters.retrieval import RetrievalAdapterModel
 from medvlm.config import RunConfig
 from medvlm.data.captions import SPLITS, CaptionData, CaptionSplit, load_captions
 from medvlm.data.subsample import stratified_indices
 from medvlm.engine.trainer import count_trainable, make_accelerator
-from medvlm.experiments.common import Adapter, History, fit_evaluate_register
+from medvlm.experiments.common import History, fit_evaluate_register
 from medvlm.metrics.retrieval import RetrievalResult, retrieval_metrics
 from medvlm.strategies import get_strategy
 from medvlm.tasks.retrieval import DIRECTIONS, DualEncoder, RetrievalObjective, TokenizedPairs, embed_gallery, summary
@@ -165,6 +166,6 @@ def run_retrieval(cfg: RunConfig) -> dict[str, float]:
         return log_test_results(result, image_emb, text_emb, split, history)
 
     return fit_evaluate_register(cfg, accelerator, RetrievalObjective(encoder, cfg.batch_size), sets.get("train"),
-                                 sets.get("val"), test, lambda: Adapter(RetrievalAdapterModel(), encoder.clip,
-                                                                        meta={"subset": data.subset}))
+                                 sets.get("val"), test, lambda: Adapter(RetrievalAdapterModel(), encoder.clip.spec.pin,
+                                                                        encoder.clip.net, meta={"subset": data.subset}))
 

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from medvlm.adapters.base import Adapter
 from medvlm.adapters.vqa import VQAAdapterModel
 from medvlm.config import RunConfig
 from medvlm.data.base import TensorRows
@@ -26,7 +27,7 @@ from medvlm.data.transforms import to_model_input
 from medvlm.data.vqa import SPLITS, VQAData, VQARows, load_vqa
 from medvlm.engine.features import cached_features
 from medvlm.engine.trainer import count_trainable, evaluate, make_accelerator
-from medvlm.experiments.common import Adapter, History, fit_evaluate_register
+from medvlm.experiments.common import History, fit_evaluate_register
 from medvlm.metrics.vqa import breakdown, breakdown_metrics, vqa_metrics
 from medvlm.metrics.vqa_taxonomy import TAGS, error_tag
 from medvlm.progress import tracked
@@ -220,4 +221,4 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
         return log_test_results(logits, targets["test"], data, vocab, history)
 
     return fit_evaluate_register(cfg, accelerator, objective, sets["train"], sets["val"], test, lambda: Adapter(
-        VQAAdapterModel(), clip, {"head": head}, {"head": head.config, "vocab": vocab.to_dict()}))
+        VQAAdapterModel(), clip.spec.pin, clip.net, {"head": head}, {"head": head.config, "vocab": vocab.to_dict()}))

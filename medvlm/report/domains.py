@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Literal
 
 from medvlm.data.prompts import MODALITIES
+from medvlm.zoo.entries import zoo_entries
 
 Domain = Literal["ID", "OOD", "?"]
 
@@ -32,8 +33,6 @@ ROCO_MODALITIES = {"radiology": "radiology", "non-radiology": "non-radiology bio
 
 def model_coverage(model: str) -> frozenset[str] | None:
     """The zoo entry's pre-training coverage; None for a model the zoo does not describe."""
-    from medvlm.zoo import zoo_entries  # lazy: the zoo package loads torch, which a report otherwise never needs
-
     entry = zoo_entries().get(model)
     return frozenset(entry.coverage) if entry is not None else None
 

@@ -5,6 +5,8 @@ metrics on any subset of rows, with the same metric code the experiment used.
   `medvlm.metrics.classification.classification_metrics`.
 - VQA: `examples.json` (question, answer, prediction, oov, answer_type, ...) ->
   `medvlm.metrics.vqa.vqa_metrics`; an out-of-vocabulary answer is the `unknown` class, as in training.
+- generative VQA (LLaVA family): `examples.json` (correct, token_recall, answer_type, ...) -> the
+  means `medvlm.metrics.generative_vqa` logs: acc, closed_acc, open_recall.
 - retrieval: runs log no per-query ranks (only the 50 worst queries), so there is no per-sample
   data and no interval; the report says so instead of guessing.
 
@@ -63,7 +65,9 @@ def load_samples(client: MlflowClient, experiment_id: str, run_id: str, task: st
         table = client.load_table(experiment_id, artifact, run_ids=[run_id])
     except MlflowException:
         return f"no {artifact} logged"
-    return classification_samples(table) if task == "classification" else vqa_samples(table)
+    if task == "classification":
+        return classification_samples(table)
+    return vqa_samples(table) if "oov" in table.columns else generative_vqa_samples(table)
 
 
 def _digest(*parts: object) -> str:
@@ -129,3 +133,28 @@ def vqa_samples(table: pd.DataFrame) -> SampleSet:
     keys = tuple(sorted(set(vqa_metrics(y, pred, closed)) - {"oov"}))
     identity = table[["image", "question", "answer", "answer_type"]].astype(str).agg("\x1f".join, axis=1)
     return SampleSet(_digest(*identity), len(table), VQAStatistic(y, pred, closed, keys))
+
+
+@dataclass(frozen=True)
+class GenerativeVQAStatistic:
+    """The generated-answer means on chosen rows: acc over all, closed_acc and open_recall on their subsets."""
+
+    correct: np.ndarray
+    recall: np.ndarray
+    closed: np.ndarray
+
+    def __call__(self, rows: np.ndarray) -> dict[str, float]:
+        closed = self.closed[rows]
+        if closed.all() or not closed.any():
+            raise Undefined
+        return {"test_acc": float(self.correct[rows].mean()), "test_closed_acc": float(self.correct[rows][closed].mean()),
+                "test_open_recall": float(self.recall[rows][~closed].mean())}
+
+
+def generative_vqa_samples(table: pd.DataFrame) -> SampleSet:
+    """Per-row correctness and token recall, as `medvlm.metrics.generative_vqa.score_rows` computed them."""
+    closed = (table["answer_type"] == "closed").to_numpy()
+    identity = table[["image", "question", "answer", "answer_type"]].astype(str).agg("\x1f".join, axis=1)
+    return SampleSet(_digest(*identity), len(table),
+                     GenerativeVQAStatistic(table["correct"].to_numpy(float), table["token_recall"].to_numpy(float),
+                                            closed))

@@ -26,7 +26,8 @@ PRIMARY = {name: task.primary_metric for name, task in TASKS.items()}
 ZERO_SHOT_METRICS = {name: task.zero_shot_metrics for name, task in TASKS.items() if task.zero_shot_metrics}
 FINETUNE_METRICS = {name: task.headline_metrics for name, task in TASKS.items()}
 METRIC_NAMES = {"test_auc": "AUC", "test_acc": "ACC", "test_f1": "F1", "test_acc_open": "ACC open",
-                "test_acc_closed": "ACC closed", "test_f1_weighted": "F1 (weighted)"}
+                "test_acc_closed": "ACC closed", "test_f1_weighted": "F1 (weighted)",
+                "test_closed_acc": "closed ACC (generated)", "test_open_recall": "open token recall"}
 METRIC_NAMES.update({f"test_{d}_R{k}": f"{a} R@{k}" for d, a in (("image_to_text", "I→T"), ("text_to_image", "T→I"))
                      for k in (1, 5, 10)})
 TASK_NAMES = {name: task.title for name, task in TASKS.items()}

@@ -36,6 +36,10 @@ class Strategy:
     def produces_adapter(self) -> bool:
         return STRATEGY_KINDS[self.name].produces_adapter
 
+    @property
+    def trains_every_weight(self) -> bool:
+        return STRATEGY_KINDS[self.name].trains_every_weight
+
     def prepare(self, clip: ClipModel, cfg: RunConfig) -> ClipModel:
         raise NotImplementedError
 
@@ -82,6 +86,12 @@ class Partial(Strategy):
         return clip
 
 
+class Projector(Partial):
+    """Generative models: only the multimodal projector trains (the paper's "FT (MLP)")."""
+
+    name = "mlp"
+
+
 class Full(Strategy):
     """Every parameter trains."""
 
@@ -107,9 +117,18 @@ class Lora(Strategy):
 
 
 def lora_targets(clip: ClipModel, cfg: RunConfig) -> str:
-    """The regex of module names LoRA adapts: `lora_targets` override, else the zoo entry's towers."""
+    """The regex of module names LoRA adapts: `lora_targets` override, else the zoo entry's towers.
+
+    Generative models select parts instead (`lora_parts`: v, l, m and combinations); each part
+    contributes its own prefix with its own suffixes, so no part's names leak into another.
+    """
     from medvlm.strategies.lora import lora_target_regex  # lazy: peft loads only for LoRA runs
 
+    if clip.spec.lora_parts:
+        parts = clip.spec.lora_parts
+        chosen = cfg.lora_parts or "l"
+        return "|".join(f"(?:{lora_target_regex([parts[p]['prefix']], cfg.lora_targets or parts[p]['targets'])})"
+                        for p in chosen)
     prefixes, suffixes = [clip.spec.vision_prefix], list(cfg.lora_targets or clip.spec.lora_vision)
     if cfg.lora_text:
         prefixes.append(clip.spec.text_prefix)
@@ -117,7 +136,8 @@ def lora_targets(clip: ClipModel, cfg: RunConfig) -> str:
     return lora_target_regex(prefixes, suffixes)
 
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (ZeroShot(), LinearProbe(), Frozen(), Partial(), Full(), Lora())}
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (ZeroShot(), LinearProbe(), Frozen(), Partial(), Full(), Lora(),
+                                                        Projector())}
 
 
 def get_strategy(name: str) -> Strategy:

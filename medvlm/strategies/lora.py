@@ -10,6 +10,11 @@ forward is `W x + b + s·B·A x` by construction, adapt those.
 
 Unfuse after loading pretrained weights: the state-dict keys change from
 `attn.in_proj_weight` to `attn.in_proj.weight`.
+
+peft's Linear LoRA adds its update as `result + lora_B(lora_A(x)) * s`: two extra passes
+over the layer's full-width output (and two more in backward) for a rank-8 update. That
+is where LoRA lost to full fine-tuning; `AccumulatingLoraLinear` computes the same sum
+with the update accumulated inside one GEMM.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
@@ -163,6 +169,34 @@ def _as_additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.to(dtype)
 
 
+class AccumulatingLoraLinear(PeftLoraLinear):
+    """peft's LoRA Linear (same parameters, keys, merge and save) computing `W x + b + s·B·(A x)` as
+    `addmm(W x + b, A x, s·Bᵀ)`: the rank-r update is accumulated by the GEMM that computes it,
+    instead of materialising `B A x`, scaling it and adding it in three full-width passes.
+
+    Anything but the plain case (merged or disabled adapters, several adapters, DoRA and other
+    variants, per-sample adapter names) goes through peft's own forward.
+    """
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        adapter = self.active_adapters[0] if len(self.active_adapters) == 1 else None
+        if (args or kwargs or self.disable_adapters or self.merged or adapter not in self.lora_A
+                or adapter in self.lora_variant):
+            return super().forward(x, *args, **kwargs)
+        base = self.base_layer(x)
+        lora_a, lora_b = self.lora_A[adapter], self.lora_B[adapter]
+        down = lora_a(self.lora_dropout[adapter](x.to(lora_a.weight.dtype)))
+        flat = torch.addmm(base.reshape(-1, base.shape[-1]), down.reshape(-1, down.shape[-1]),
+                           lora_b.weight.t().to(down.dtype), alpha=self.scaling[adapter])
+        return flat.view(base.shape).to(base.dtype)
+
+
+def _lora_config(config: LoraConfig) -> LoraConfig:
+    """`config` with nn.Linear targets dispatched to `AccumulatingLoraLinear` (peft's custom-module hook)."""
+    config._register_custom_module({nn.Linear: AccumulatingLoraLinear})
+    return config
+
+
 def unfuse_attention(model: nn.Module) -> int:
     """Replace every `nn.MultiheadAttention` below `model` in place; return how many were replaced.
 
@@ -215,7 +249,7 @@ def apply_lora(
     unfuse_attention(model)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
     _check_targets(model, config)
-    return get_peft_model(model, config)
+    return get_peft_model(model, _lora_config(config))
 
 
 def _check_targets(model: nn.Module, config: LoraConfig) -> None:
@@ -247,4 +281,5 @@ def load_adapter(base_model: nn.Module, directory: str | Path, is_trainable: boo
             f"LoRA adapter {ADAPTER_CONFIG_FILE} not found in {directory}; point to a directory written by save_adapter"
         )
     unfuse_attention(base_model)
-    return PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
+    config = _lora_config(LoraConfig.from_pretrained(str(directory)))
+    return PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable, config=config)

@@ -23,6 +23,7 @@ import mlflow
 from medvlm.config import RunConfig
 from medvlm.errors import MedvlmError
 from medvlm.progress import log
+from medvlm.zoo.entries import zoo_entries
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SOURCE_PREFIXES = ("local-dir", "hf-hub", "hf", "file")
@@ -135,8 +136,6 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
         log_config(run.info.run_id, cfg)
     if inside_project:
         mlflow.set_tag("mlflow.runName", run_name(cfg, extra_tags))
-    from medvlm.zoo import zoo_entries  # lazy: the zoo package loads torch, which a report run never needs
-
     entry = zoo_entries().get(cfg.model)
     domain = entry.domain if entry is not None else "unknown"
     mlflow.set_tags({**run_tags(cfg, domain), **(extra_tags or {})})

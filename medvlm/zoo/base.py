@@ -45,6 +45,8 @@ class ModelSpec:
     vision_prefix: str = "visual."
     text_prefix: str = "transformer."
     pin: dict = field(default_factory=dict)
+    lora_parts: dict[str, dict] = field(default_factory=dict)
+    """Generative models: LoRA part letter (v, l, m) -> {"prefix": module path, "targets": name suffixes}."""
 
 
 @dataclass

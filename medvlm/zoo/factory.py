@@ -13,39 +13,13 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from pydantic import ValidationError
-
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel, ModelSpec
-from medvlm.zoo.schema import ZooEntry
-
-CONFIG_DIR = Path(__file__).parent / "configs"
-
-
-
-@lru_cache(maxsize=None)
-def zoo_entries() -> dict[str, ZooEntry]:
-    """Every zoo entry by name, read from `configs/*.json` and validated against `ZooEntry`."""
-    return {p.stem: _entry(p) for p in sorted(CONFIG_DIR.glob("*.json"))}
-
-
-def _entry(path: Path) -> ZooEntry:
-    try:
-        return ZooEntry.model_validate_json(path.read_text())
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "entry"
-        raise ModelError(f"zoo entry {path} is malformed at '{where}': {first['msg']}; fix the file "
-                         f"(medvlm.zoo.schema.ZooEntry lists every field)") from None
-
-
-def list_models() -> list[str]:
-    return list(zoo_entries())
+from medvlm.zoo.entries import zoo_entries
 
 
 def _custom(module: str, function: str) -> Callable[[dict, ModelSpec, str | None], ClipModel]:
@@ -64,6 +38,7 @@ BACKENDS: dict[str, Callable[[dict, ModelSpec, str | None], ClipModel]] = {
     "siglip": _custom("siglip", "load_siglip"),
     "blip2": _custom("blip2", "load_blip2"),
 }
+GENERATIVE_SOURCES = ("llava", "llava_original")
 
 
 def _mirror(name: str) -> str | None:
@@ -87,7 +62,7 @@ def resolve(name: str) -> tuple[dict, str | None]:
         return {"source": "open_clip", "model": name, "name": name}, None
     if name.startswith("hf:") or (Path(name).is_dir() and (Path(name) / "config.json").is_file()):
         ident = name[3:] if name.startswith("hf:") else name
-        return {"source": "transformers", "model": ident, "name": name}, ident if Path(ident).is_dir() else None
+        return {"source": _transformers_source(ident), "model": ident, "name": name}, ident if Path(ident).is_dir() else None
     if "@" in name:
         import open_clip
 
@@ -98,6 +73,21 @@ def resolve(name: str) -> tuple[dict, str | None]:
         f"unknown model '{name}'; use a zoo name ({', '.join(entries)}; see `medvlm models`), "
         f"an open_clip ARCH@TAG (e.g. ViT-B-32-quickgelu@openai), hf-hub:ID, local-dir:PATH or hf:ID / a transformers folder"
     )
+
+
+def _transformers_source(ident: str) -> str:
+    """Backend of a transformers folder or Hub id by its config's model_type: LLaVA family or CLIP."""
+    from medvlm.zoo.llava import HF_LLAVA_TYPES, ORIGINAL_LLAVA_TYPES, model_type
+
+    kind = model_type(ident)
+    if kind in HF_LLAVA_TYPES:
+        return "llava"
+    return "llava_original" if kind in ORIGINAL_LLAVA_TYPES else "transformers"
+
+
+def is_generative(name: str) -> bool:
+    """Does this model argument name a generative (LLaVA-family) model? Reads configs only, loads no weights."""
+    return resolve(name)[0]["source"] in GENERATIVE_SOURCES
 
 
 def spec_from_entry(entry: dict) -> ModelSpec:
@@ -119,10 +109,28 @@ def spec_from_entry(entry: dict) -> ModelSpec:
     )
 
 
+def load_vlm(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """A generative `GenerativeVLM` from any model argument (zoo name, `hf:` id, folder), in eval mode on `device`.
+
+    `dtype` is the storage type of the weights (bf16 frozen weights fit a 7B model on one GPU).
+    """
+    from medvlm.zoo.llava import load_llava_hf, load_llava_original
+
+    entry, location = resolve(name)
+    loader = {"llava": load_llava_hf, "llava_original": load_llava_original}.get(entry["source"])
+    if loader is None:
+        raise ModelError(f"model '{name}' is not a LLaVA-family generative model; use llava-1.5-7b, llava-med, "
+                         f"hf:<llava id> or a transformers Llava folder")
+    return loader(entry, spec_from_entry(entry), location, dtype).to(device).eval()
+
+
 def create_model(name: str, device: str | torch.device = "cpu") -> ClipModel:
     """Build a `ClipModel` from any supported model argument, in eval mode on `device`."""
     entry, location = resolve(name)
     backend = BACKENDS.get(entry["source"])
+    if entry["source"] in GENERATIVE_SOURCES:
+        raise ModelError(f"model '{name}' is a generative LLaVA-family model: it answers questions (task=vqa with "
+                         f"strategy zeroshot, mlp or lora), it has no CLIP embeddings for {name!r} to serve here")
     if backend is None:
         raise ModelError(f"model '{name}' needs backend '{entry['source']}', which this medvlm build does not have")
     model = backend(entry, spec_from_entry(entry), location)

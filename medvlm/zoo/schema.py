@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Modality families, and the single modalities a model may be limited to (the datasets' own names).
 Family = Literal["radiology", "pathology", "dermatology", "ophthalmology", "biomedical"]
@@ -53,11 +53,13 @@ class ZooEntry(BaseModel):
     channels: Literal[1, 3]
     tokenizer: str
     context_length: int = Field(gt=0)
-    embedding: str
-    tokens: str
+    generative: bool = Field(False, description="a LLaVA-family model that answers by generation (no CLIP embeddings)")
+    image_tokens: int | None = Field(None, gt=0, description="generative: image tokens the projector feeds the language model")
+    embedding: str | None = Field(None, description="CLIP models: how image and text embeddings are made")
+    tokens: str | None = Field(None, description="CLIP models: the token grids VQA's BAN head attends over")
     partial: list[str] = Field(min_length=1)
-    lora: LoraTargets
-    towers: Towers
+    lora: LoraTargets | None = None
+    towers: Towers | None = None
     notes: str
     text_tower: str | None = None
     image_tower: str | None = None
@@ -67,3 +69,11 @@ class ZooEntry(BaseModel):
     prompt_style: str | None = None
     zero_shot: str | None = None
     create_kwargs: dict[str, object] | None = None
+
+    @model_validator(mode="after")
+    def _clip_fields(self) -> ZooEntry:
+        """A CLIP-family entry must say how it embeds and what LoRA and `partial` reach; a generative one says it in `notes`."""
+        missing = [k for k in ("embedding", "tokens", "lora", "towers") if getattr(self, k) is None]
+        if not self.generative and missing:
+            raise ValueError(f"a CLIP-family entry needs {', '.join(missing)}")
+        return self
