@@ -79,10 +79,10 @@ def test_every_task_row_names_known_strategies_and_a_runner():
 
 
 def test_strategy_objects_answer_from_the_catalog():
-    assert [s for s in STRATEGY_KINDS if get_strategy(s).produces_adapter] == ["lora", "mlp"]
-    assert [s for s in STRATEGY_KINDS if get_strategy(s).trains_every_weight] == ["full"]
-    assert not get_strategy("zeroshot").trains and get_strategy("linear").trains
-    assert not get_strategy("frozen").trains_encoder and get_strategy("partial").trains_encoder
+    assert [s for s in STRATEGY_KINDS if get_strategy(s).kind.produces_adapter] == ["lora", "mlp"]
+    assert [s for s in STRATEGY_KINDS if get_strategy(s).kind.trains_every_weight] == ["full"]
+    assert not get_strategy("zeroshot").kind.trains and get_strategy("linear").kind.trains
+    assert not get_strategy("frozen").kind.trains_encoder and get_strategy("partial").kind.trains_encoder
 
 
 def test_experiments_never_compare_a_strategy_name():

@@ -44,17 +44,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from medvlm.data.sources import (
-    SPLITS,
-    TABLE_SUFFIXES,
-    decode_image,
-    image_ref,
-    image_split,
-    locate,
-    read_tables,
-    split_values,
-    table_files,
-)
+from medvlm.data.sources import (SPLITS, decode_image, image_ref, image_split, locate, locate_source, read_tables,
+                                 split_values)
 from medvlm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -208,18 +199,12 @@ def _resolve(name: str, data_root: Path) -> tuple[str, Path]:
         if folder is None:
             raise DataError(f"ROCO not found in data_root {data_root} (looked for {', '.join(ROCO_ALIASES)}/); {HOW_TO_GET_ROCO}")
         return ("roco" if _is_roco(folder) else "table"), folder
-    path = locate(name, data_root)
-    if path is not None and path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
-        return "table", path
-    if path is not None and path.is_dir():
-        if _is_roco(path):
-            return "roco", path
-        if table_files(path):
-            return "table", path
-        raise DataError(f"folder {path} holds no image-caption data: expected ROCO's <split>/<subset>/"
-                        f"{ROCO_CAPTIONS} layout or parquet/CSV files with image and caption columns")
-    raise DataError(f"unknown retrieval dataset '{name}': use roco (a folder under data_root {data_root}), a folder "
-                    f"in ROCO's layout, or a parquet/CSV file (or folder of them) with image and caption columns")
+    return locate_source(
+        name, data_root, lambda folder: "roco" if _is_roco(folder) else None,
+        f"image-caption data: expected ROCO's <split>/<subset>/{ROCO_CAPTIONS} layout or parquet/CSV files with image "
+        f"and caption columns",
+        f"unknown retrieval dataset '{name}': use roco (a folder under data_root {data_root}), a folder in ROCO's "
+        f"layout, or a parquet/CSV file (or folder of them) with image and caption columns")
 
 
 # -- readers: one row per caption with split, image_key/image_source/image_name, caption ---

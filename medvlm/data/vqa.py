@@ -38,17 +38,8 @@ import torch
 
 from torch.utils.data import Dataset
 
-from medvlm.data.sources import (
-    SPLITS,
-    TABLE_SUFFIXES,
-    decode_image,
-    image_ref,
-    image_split,
-    locate,
-    read_tables,
-    split_values,
-    table_files,
-)
+from medvlm.data.sources import (SPLITS, decode_image, image_ref, image_split, locate, locate_source, read_tables,
+                                 split_values)
 from medvlm.errors import ConfigError, DataError
 
 SplitMode = Literal["auto", "image", "official"]
@@ -212,20 +203,18 @@ def _resolve(name: str, data_root: Path) -> tuple[str, Path]:
             raise DataError(f"{name} not found in data_root {data_root} (looked for {', '.join(ALIASES[key])}/); "
                             f"{HOW_TO_GET[key]}, or set data_root / pass dataset=PATH")
         return (key if key != "pathvqa" else "table"), folder
-    path = locate(name, data_root)
-    if path is not None and path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
-        return "table", path
-    if path is not None and path.is_dir():
-        if (path / VQA_RAD_JSON).is_file():
-            return "vqa_rad", path
-        if (path / "train.json").is_file():
-            return "slake", path
-        if table_files(path):
-            return "table", path
-        raise DataError(f"folder {path} holds no VQA data: expected '{VQA_RAD_JSON}' (VQA-RAD), "
-                        f"train.json (SLAKE) or parquet/CSV files with image, question, answer columns")
-    raise DataError(f"unknown VQA dataset '{name}': use vqa_rad, slake, pathvqa (folders under data_root {data_root}), "
-                    f"a folder in one of those layouts, or a parquet/CSV file with image, question, answer columns")
+    return locate_source(
+        name, data_root, _vqa_layout,
+        f"VQA data: expected '{VQA_RAD_JSON}' (VQA-RAD), train.json (SLAKE) or parquet/CSV files with image, "
+        f"question, answer columns",
+        f"unknown VQA dataset '{name}': use vqa_rad, slake, pathvqa (folders under data_root {data_root}), a folder "
+        f"in one of those layouts, or a parquet/CSV file with image, question, answer columns")
+
+
+def _vqa_layout(folder: Path) -> str | None:
+    if (folder / VQA_RAD_JSON).is_file():
+        return "vqa_rad"
+    return "slake" if (folder / "train.json").is_file() else None
 
 
 # -- readers: each returns one row per QA with image_key/image_source/image_name/split -------

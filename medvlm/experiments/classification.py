@@ -15,8 +15,8 @@ from medvlm.data.base import ClassificationData, TensorRows
 from medvlm.data.classification import load_classification
 from medvlm.data.subsample import subsample_splits
 from medvlm.engine.features import cached_features
-from medvlm.engine.trainer import count_trainable, evaluate, make_accelerator
-from medvlm.experiments.common import History, fit_evaluate_register
+from medvlm.engine.trainer import count_trainable, evaluate
+from medvlm.experiments.common import fit_evaluate_register, start
 from medvlm.metrics.classification import classification_metrics, probabilities
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import (
@@ -28,7 +28,7 @@ from medvlm.tasks.classification import (
 )
 from medvlm.tracking import plots
 from medvlm.tracking.session import log_dataset
-from medvlm.zoo import ClipModel, create_model
+from medvlm.zoo import ClipModel
 
 
 def load_data(cfg: RunConfig, clip: ClipModel) -> ClassificationData:
@@ -61,8 +61,7 @@ def predictions_table(probs: np.ndarray, targets: np.ndarray, data: Classificati
     return table
 
 
-def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: ClassificationData,
-                     history: list[dict[str, float]]) -> dict[str, float]:
+def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: ClassificationData) -> dict[str, float]:
     probs = probabilities(logits, data.kind)
     y = targets.numpy()
     metrics = {f"test_{k}": v for k, v in classification_metrics(y, probs, data.kind).items()}
@@ -73,29 +72,27 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: Classifi
     if data.kind != "multilabel":
         figures["plots/confusion_matrix.png"] = plots.confusion_figure(y, table["pred"].to_numpy(), data.class_names)
     plots.log_figures(figures)
-    plots.log_learning_curves(history)
     return metrics
 
 
 def run_classification(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
-    accelerator = make_accelerator(cfg)
+    accelerator, clip = start(cfg)
     device = accelerator.device
-    clip = create_model(cfg.model, device=device)
     data = load_data(cfg, clip)
     log_lineage(data)
     strategy = get_strategy(cfg.strategy)
     head = LinearHead(clip.embed_dim, head_outputs(data.kind, data.num_classes)).to(device)
-    if not strategy.trains or cfg.head_init == "zeroshot":
+    if not strategy.kind.trains or cfg.head_init == "zeroshot":
         head.set_zero_shot(zero_shot_head(clip, data.prompts, data.class_names, data.kind))
-    head.requires_grad_(strategy.trains)
+    head.requires_grad_(strategy.kind.trains)
     mlflow.log_dict({"class_names": data.class_names, "prompts": data.prompts}, "prompts.json")
 
     clip = strategy.prepare(clip, cfg)
-    if not strategy.trains_encoder:
+    if not strategy.kind.trains_encoder:
         t0 = time.perf_counter()
         feats = {s: TensorRows(*cached_features(clip, data.splits[s], cfg.eval_batch_size, device, cfg.precision))
-                 for s in (("train", "val", "test") if strategy.trains else ("test",))}
+                 for s in (("train", "val", "test") if strategy.kind.trains else ("test",))}
         mlflow.log_metric("encode_images_per_s", sum(len(f) for f in feats.values()) / (time.perf_counter() - t0))
         objective = ClassificationObjective(head, data.kind)
         train_set, val_set, test_set = feats.get("train"), feats.get("val"), feats["test"]
@@ -104,9 +101,9 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
         train_set, val_set, test_set = data.splits["train"], data.splits["val"], data.splits["test"]
     mlflow.log_metric("trainable_params", count_trainable(objective.module))
 
-    def test(history: History) -> dict[str, float]:
+    def test() -> dict[str, float]:
         _, _, logits, targets = evaluate(accelerator, objective, test_set, cfg)
-        return log_test_results(logits, targets, data, history)
+        return log_test_results(logits, targets, data)
 
     return fit_evaluate_register(cfg, accelerator, objective, train_set, val_set, test, lambda: Adapter(
         ClassifierAdapterModel(), clip.spec.pin, clip.net, {"head": head}, {"kind": data.kind, "class_names": data.class_names}))

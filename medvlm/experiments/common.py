@@ -21,11 +21,19 @@ from torch.utils.data import Dataset
 from medvlm.adapters.base import Adapter, log_adapter, registered_name
 from medvlm.catalog import TASKS, TaskSpec
 from medvlm.config import RunConfig
-from medvlm.engine.trainer import Checkpoints, Objective, fit
+from medvlm.engine.trainer import Checkpoints, Objective, fit, make_accelerator
 from medvlm.strategies import get_strategy
+from medvlm.tracking import plots
 from medvlm.tracking.session import log_epoch, replay_epochs
+from medvlm.zoo import ClipModel, create_model
 
 History = list[dict[str, float]]
+
+
+def start(cfg: RunConfig) -> tuple[Accelerator, ClipModel]:
+    """The run's Accelerator and its CLIP-family model, on the Accelerator's device."""
+    accelerator = make_accelerator(cfg)
+    return accelerator, create_model(cfg.model, device=accelerator.device)
 
 
 def checkpoints(cfg: RunConfig, accelerator: Accelerator) -> Checkpoints:
@@ -39,29 +47,30 @@ def checkpoints(cfg: RunConfig, accelerator: Accelerator) -> Checkpoints:
 
 def fit_evaluate_register(cfg: RunConfig, accelerator: Accelerator, objective: Objective | None,
                           train_set: Dataset | None, val_set: Dataset | None,
-                          evaluate: Callable[[History], dict[str, float]],
+                          evaluate: Callable[[], dict[str, float]],
                           adapter: Callable[[], Adapter] | None = None, task: TaskSpec | None = None) -> dict[str, float]:
     """Train (unless the strategy does not), evaluate on test, register a produced adapter; returns the
-    test metrics. `evaluate(history)` runs on the best weights and logs the task's test results; a strategy
+    test metrics. `evaluate()` runs on the best weights and logs the task's test results; a strategy
     that does not train passes no objective and no training data. `task` is the task's row for the run's
     model (the generative row for LLaVA-family models); by default the task's own."""
     strategy, task = get_strategy(cfg.strategy), task or TASKS[cfg.task]
     history: History = []
     selection = None
-    if strategy.trains:
+    if strategy.kind.trains:
         saved = checkpoints(cfg, accelerator)
         result = fit(objective, train_set, val_set, cfg, accelerator, saved, log_epoch, replay_epochs)
         history = result.history
         mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
                             "epochs_run": result.epochs_run})
         selection = (task.selection_metric, history[result.best_epoch][task.selection_metric], task.selection_higher)
-    metrics = evaluate(history)
-    if strategy.produces_adapter and cfg.register_adapter and adapter is not None:
+    metrics = evaluate()
+    plots.log_learning_curves(history)
+    if strategy.kind.produces_adapter and cfg.register_adapter and adapter is not None:
         made = adapter()
         meta = {"model": cfg.model, "pin": made.pin, "task": cfg.task, "dataset": cfg.dataset, **made.meta}
         log_adapter(made.python_model, made.peft_net, made.heads, meta, registered_name(cfg.model, cfg.dataset, cfg.task),
                     selection)
-    if strategy.trains:
+    if strategy.kind.trains:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             saved.clear()

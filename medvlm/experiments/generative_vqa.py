@@ -25,13 +25,12 @@ from medvlm.experiments.vqa import apply_train_fraction, log_lineage
 from medvlm.metrics.generative_vqa import generative_metrics
 from medvlm.strategies import get_strategy
 from medvlm.tasks.generative_vqa import AnswerObjective, PromptTable, TeacherForced, answer_all, build_prompts
-from medvlm.tracking import plots
 from medvlm.zoo.factory import load_vlm
 from medvlm.zoo.llava import GenerativeVLM
 
 def model_dtype(cfg: RunConfig, mixed: str) -> torch.dtype:
     """Frozen weights in bf16 under bf16 mixed precision (what fits a 7B model); fp32 on CPU or with full training."""
-    return torch.bfloat16 if mixed == "bf16" and not get_strategy(cfg.strategy).trains_every_weight else torch.float32
+    return torch.bfloat16 if mixed == "bf16" and not get_strategy(cfg.strategy).kind.trains_every_weight else torch.float32
 
 
 def trainable_in_fp32(vlm: GenerativeVLM) -> None:
@@ -64,7 +63,7 @@ def examples_table(data: VQAData, predictions: list[str], scored: pd.DataFrame) 
     })
 
 
-def log_test(vlm: GenerativeVLM, data: VQAData, cfg: RunConfig, history: list[dict[str, float]]) -> dict[str, float]:
+def log_test(vlm: GenerativeVLM, data: VQAData, cfg: RunConfig) -> dict[str, float]:
     test = data.splits["test"]
     table = build_prompts(vlm, test["question"].tolist())
     image_index = torch.tensor(test["image_index"].to_numpy(np.int64))
@@ -79,7 +78,6 @@ def log_test(vlm: GenerativeVLM, data: VQAData, cfg: RunConfig, history: list[di
     mlflow.log_metrics(metrics)
     mlflow.log_table(examples_table(data, predictions, scored), "examples.json")
     mlflow.log_table(groups, "breakdown.json")
-    plots.log_learning_curves(history)
     return metrics
 
 
@@ -101,7 +99,7 @@ def run_generative_vqa(cfg: RunConfig) -> dict[str, float]:
     trainable_in_fp32(vlm)
     mlflow.log_metric("trainable_params", count_trainable(vlm))
     sets = {}
-    if strategy.trains:
+    if strategy.kind.trains:
         if cfg.gradient_checkpointing:
             vlm.llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         tables = {s: build_prompts(vlm, data.splits[s]["question"].tolist(), data.splits[s]["answer"].tolist())
@@ -109,5 +107,5 @@ def run_generative_vqa(cfg: RunConfig) -> dict[str, float]:
         sets = teacher_forced_sets(data, tables)
     # fit leaves the best weights loaded in `vlm` itself
     return fit_evaluate_register(cfg, accelerator, AnswerObjective(TeacherForced(vlm)), sets.get("train"), sets.get("val"),
-                                 lambda history: log_test(vlm, data, cfg, history), lambda: adapter(cfg, vlm),
+                                 lambda: log_test(vlm, data, cfg), lambda: adapter(cfg, vlm),
                                  TASKS["vqa"].for_model(generative=True))

@@ -28,14 +28,12 @@ from medvlm.adapters.retrieval import RetrievalAdapterModel
 from medvlm.config import RunConfig
 from medvlm.data.captions import SPLITS, CaptionData, CaptionSplit, load_captions
 from medvlm.data.subsample import stratified_indices
-from medvlm.engine.trainer import count_trainable, make_accelerator
-from medvlm.experiments.common import History, fit_evaluate_register
+from medvlm.engine.trainer import count_trainable
+from medvlm.experiments.common import fit_evaluate_register, start
 from medvlm.metrics.retrieval import RetrievalResult, retrieval_metrics
 from medvlm.strategies import get_strategy
 from medvlm.tasks.retrieval import DIRECTIONS, DualEncoder, RetrievalObjective, TokenizedPairs, embed_gallery, summary
-from medvlm.tracking import plots
 from medvlm.tracking.session import log_dataset
-from medvlm.zoo import create_model
 from medvlm.zoo.base import TextBatch
 
 CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
@@ -124,27 +122,25 @@ def recall_figure(curve: pd.DataFrame) -> Figure:
 
 
 def log_test_results(result: RetrievalResult, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                     split: CaptionSplit, history: list[dict[str, float]]) -> dict[str, float]:
+                     split: CaptionSplit) -> dict[str, float]:
     metrics = {f"test_{k}": v for k, v in summary(result).items()}
     mlflow.log_metrics(metrics)
     mlflow.log_table(worst_queries(result, image_emb, text_emb, split), "worst_queries.json")
     curve = recall_curve(result)
     mlflow.log_table(curve, "recall_at_k.json")
     mlflow.log_figure(recall_figure(curve), "plots/recall_at_k.png")
-    plots.log_learning_curves(history)
     return metrics
 
 
 def run_retrieval(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
-    accelerator = make_accelerator(cfg)
+    accelerator, clip = start(cfg)
     device = accelerator.device
-    clip = create_model(cfg.model, device=device)
     strategy = get_strategy(cfg.strategy)
     data = load_captions(cfg.dataset, data_root=cfg.data_root, subset=cfg.subset,
-                         splits=SPLITS if strategy.trains else ("test",), seed=cfg.seed, image_column=cfg.image_column,
+                         splits=SPLITS if strategy.kind.trains else ("test",), seed=cfg.seed, image_column=cfg.image_column,
                          caption_column=cfg.caption_column)
-    if strategy.trains and cfg.train_fraction < 1.0:
+    if strategy.kind.trains and cfg.train_fraction < 1.0:
         data = apply_train_fraction(data, cfg)
     log_lineage(data)
     tokens = {name: clip.tokenize(split.captions) for name, split in data.splits.items()}
@@ -155,15 +151,15 @@ def run_retrieval(cfg: RunConfig) -> dict[str, float]:
     size = clip.preprocess.image_size
     sets = {s: TokenizedPairs(data.splits[s].pairs(size), tokens[s]) for s in ("train", "val") if s in data.splits}
 
-    def test(history: History) -> dict[str, float]:
+    def test() -> dict[str, float]:
         split = data.splits["test"]
         t0 = time.perf_counter()
         image_emb, text_emb = embed_gallery(encoder, split, tokens["test"], cfg.eval_batch_size, device, cfg.precision,
-                                            cache=not strategy.trains, num_workers=cfg.num_workers)
+                                            cache=not strategy.kind.trains, num_workers=cfg.num_workers)
         mlflow.log_metric("embed_gallery_s", time.perf_counter() - t0)
         image_emb, text_emb = image_emb.to(device), text_emb.to(device)
         result = retrieval_metrics(image_emb, text_emb, split.text_to_image.to(device))
-        return log_test_results(result, image_emb, text_emb, split, history)
+        return log_test_results(result, image_emb, text_emb, split)
 
     return fit_evaluate_register(cfg, accelerator, RetrievalObjective(encoder, cfg.batch_size), sets.get("train"),
                                  sets.get("val"), test, lambda: Adapter(RetrievalAdapterModel(), encoder.clip.spec.pin,

@@ -26,17 +26,16 @@ from medvlm.data.subsample import stratified_indices
 from medvlm.data.transforms import to_model_input
 from medvlm.data.vqa import SPLITS, VQAData, VQARows, load_vqa
 from medvlm.engine.features import cached_features
-from medvlm.engine.trainer import count_trainable, evaluate, make_accelerator
-from medvlm.experiments.common import History, fit_evaluate_register
+from medvlm.engine.trainer import count_trainable, evaluate
+from medvlm.experiments.common import fit_evaluate_register, start
 from medvlm.metrics.vqa import breakdown, breakdown_metrics, vqa_metrics
 from medvlm.metrics.vqa_taxonomy import TAGS, error_tag
 from medvlm.progress import tracked
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import text_embeddings
 from medvlm.tasks.vqa import AnswerVocab, BANHead, CachedVQA, VQAModel, VQAObjective, tokenize_questions
-from medvlm.tracking import plots
 from medvlm.tracking.session import log_dataset
-from medvlm.zoo import ClipModel, create_model
+from medvlm.zoo import ClipModel
 from medvlm.zoo.base import TextBatch
 
 ZERO_SHOT_PROMPT = "{question} {answer}"
@@ -162,8 +161,7 @@ def examples_table(data: VQAData, vocab: AnswerVocab, y: np.ndarray, pred: np.nd
     })
 
 
-def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: VQAData, vocab: AnswerVocab,
-                     history: list[dict[str, float]]) -> dict[str, float]:
+def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: VQAData, vocab: AnswerVocab) -> dict[str, float]:
     y, pred, closed = targets[:, 0].numpy(), logits.argmax(dim=1).numpy(), targets[:, 1].numpy().astype(bool)
     scores = vqa_metrics(y, pred, closed)
     groups = breakdown(y, pred, data.splits["test"][data.meta_columns])
@@ -175,15 +173,13 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: VQAData,
     mlflow.log_metrics(metrics)
     mlflow.log_table(examples, "examples.json")
     mlflow.log_table(groups, "breakdown.json")
-    plots.log_learning_curves(history)
     return metrics
 
 
 def run_vqa(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
-    accelerator = make_accelerator(cfg)
+    accelerator, clip = start(cfg)
     device = accelerator.device
-    clip = create_model(cfg.model, device=device)
     data = load_vqa(cfg.dataset, data_root=cfg.data_root, image_size=clip.preprocess.image_size, split=cfg.split,
                     seed=cfg.seed, image_column=cfg.image_column, max_rows=cfg.max_rows)
     data = apply_train_fraction(data, cfg)
@@ -196,14 +192,14 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
     strategy = get_strategy(cfg.strategy)
     clip = strategy.prepare(clip, cfg)
 
-    if not strategy.trains:
+    if not strategy.kind.trains:
         mlflow.log_metric("trainable_params", 0)
-        return fit_evaluate_register(cfg, accelerator, None, None, None, lambda history: log_test_results(
-            zero_shot_logits(clip, data, vocab, cfg, device), targets["test"], data, vocab, history))
+        return fit_evaluate_register(cfg, accelerator, None, None, None, lambda: log_test_results(
+            zero_shot_logits(clip, data, vocab, cfg, device), targets["test"], data, vocab))
 
     questions = Questions.of(clip, data)
     mlflow.log_metric("questions_truncated", questions.tokens.truncated)
-    if strategy.trains_encoder:
+    if strategy.kind.trains_encoder:
         sets = encoder_sets(data, questions, targets)
         v_dim, q_dim = token_dims(clip, data, questions)
     else:
@@ -212,13 +208,13 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
         mlflow.log_metric("encode_s", time.perf_counter() - t0)
         v_dim, q_dim = (sets["train"].fields[k][0].shape[-1] for k in ("image_tokens", "text_tokens"))
     head = BANHead(v_dim, q_dim, len(vocab), hidden=cfg.vqa_hidden, glimpses=cfg.vqa_glimpses).to(device)
-    module = VQAModel(clip, head) if strategy.trains_encoder else CachedVQA(head)
+    module = VQAModel(clip, head) if strategy.kind.trains_encoder else CachedVQA(head)
     objective = VQAObjective(module)
     mlflow.log_metric("trainable_params", count_trainable(module))
 
-    def test(history: History) -> dict[str, float]:
+    def test() -> dict[str, float]:
         _, _, logits, _ = evaluate(accelerator, objective, sets["test"], cfg)
-        return log_test_results(logits, targets["test"], data, vocab, history)
+        return log_test_results(logits, targets["test"], data, vocab)
 
     return fit_evaluate_register(cfg, accelerator, objective, sets["train"], sets["val"], test, lambda: Adapter(
         VQAAdapterModel(), clip.spec.pin, clip.net, {"head": head}, {"head": head.config, "vocab": vocab.to_dict()}))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from medvlm.catalog import STRATEGY_KINDS
+from medvlm.catalog import STRATEGY_KINDS, StrategyKind
 from medvlm.config import RunConfig
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel
@@ -25,20 +25,9 @@ class Strategy:
     name = ""
 
     @property
-    def trains(self) -> bool:
-        return STRATEGY_KINDS[self.name].trains
-
-    @property
-    def trains_encoder(self) -> bool:
-        return STRATEGY_KINDS[self.name].trains_encoder
-
-    @property
-    def produces_adapter(self) -> bool:
-        return STRATEGY_KINDS[self.name].produces_adapter
-
-    @property
-    def trains_every_weight(self) -> bool:
-        return STRATEGY_KINDS[self.name].trains_every_weight
+    def kind(self) -> StrategyKind:
+        """What this strategy does: trains at all, trains the encoder, produces an adapter, ..."""
+        return STRATEGY_KINDS[self.name]
 
     def prepare(self, clip: ClipModel, cfg: RunConfig) -> ClipModel:
         raise NotImplementedError
