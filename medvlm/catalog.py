@@ -83,8 +83,7 @@ class TaskSpec:
         """Why `strategy` does not apply to this row's models (None when it does)."""
         if strategy in self.strategies:
             return None
-        return (f"strategy={strategy} does not apply to {self.models} models such as {model}; with them task={self.name} "
-                f"takes strategy {'|'.join(self.strategies)}")
+        return f"strategy={strategy} does not apply to {self.models} models such as {model}; use {', '.join(self.strategies)}"
 
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (
@@ -114,7 +113,7 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
         headline_metrics=("test_acc", "test_acc_open", "test_acc_closed"),
         test_set_params=("split", "max_rows"), samples_table="examples.json",
         generative=TaskSpec(
-            name="vqa", title="VQA (generated answers)", models="generative (LLaVA-family)",
+            name="vqa", title="VQA (generated answers)", models="generative (LLaVA)",
             runner="medvlm.experiments.generative_vqa:run_generative_vqa",
             strategies=("zeroshot", "mlp", "lora", "full"),
             primary_metric="test_acc", selection_metric="val_loss", selection_higher=False,
