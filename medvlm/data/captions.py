@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, locate_source,
+from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, source_kind,
                                  read_tables, split_values)
 from medvlm.errors import ConfigError, DataError
 
@@ -200,7 +200,7 @@ def locate_source(name: str, data_root: Path) -> tuple[str, Path]:
             tried = ", ".join(f"{p}/" for p in candidates(name, data_root, ROCO_ALIASES))
             raise DataError(f"ROCO not found: tried {tried}; {HOW_TO_GET_ROCO}")
         return ("roco" if _is_roco(folder) else "table"), folder
-    return locate_source(
+    return source_kind(
         name, data_root, lambda folder: "roco" if _is_roco(folder) else None,
         f"image-caption data: expected ROCO's <split>/<subset>/{ROCO_CAPTIONS} layout or parquet/CSV files with image "
         f"and caption columns",

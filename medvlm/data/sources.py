@@ -51,7 +51,7 @@ def candidates(name: str, data_root: str | Path, aliases: Sequence[str] = ()) ->
     return [Path(name).expanduser(), root / name]
 
 
-def locate_source(name: str, data_root: str | Path, layout: Callable[[Path], str | None], what: str,
+def source_kind(name: str, data_root: str | Path, layout: Callable[[Path], str | None], what: str,
                   unknown: str) -> tuple[str, Path]:
     """(kind, path) of a dataset given by path: a CSV/parquet file is a "table"; a folder is the kind
     `layout` recognises, else a "table" when it holds CSV/parquet files. `what` says what a folder must

@@ -38,7 +38,7 @@ import torch
 
 from torch.utils.data import Dataset
 
-from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, locate_source,
+from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, source_kind,
                                  read_tables, split_values)
 from medvlm.errors import ConfigError, DataError
 
@@ -204,7 +204,7 @@ def locate_source(name: str, data_root: Path) -> tuple[str, Path]:
             raise DataError(f"{name} not found: tried {tried}; in {Path(data_root) / ALIASES[key][0]}/: {HOW_TO_GET[key]}; "
                             f"or set data_root / MEDVLM_DATA to the folder that holds {ALIASES[key][0]}/, or pass dataset=PATH")
         return (key if key != "pathvqa" else "table"), folder
-    return locate_source(
+    return source_kind(
         name, data_root, _vqa_layout,
         f"VQA data: expected '{VQA_RAD_JSON}' (VQA-RAD), train.json (SLAKE) or parquet/CSV files with image, "
         f"question, answer columns",
