@@ -51,7 +51,7 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    model: str = Field(description="zoo name, open_clip ARCH@TAG, hf-hub:ID, local-dir:PATH or a transformers CLIP id/path")
+    model: str = Field(description="zoo name, open_clip ARCH@TAG, hf-hub:ID, local-dir:PATH, or a transformers CLIP / LLaVA id (hf:ID) or folder")
     dataset: str = Field(description="dataset name (e.g. breastmnist), image folder, or CSV/parquet file")
     task: Task = "classification"
     strategy: Strategy = Field("zeroshot", json_schema_extra=TRAINING)
@@ -83,7 +83,7 @@ class RunConfig(BaseModel):
     caption_column: str = Field("caption", description="retrieval: CSV/parquet column with captions")
     subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)")
     num_workers: int = Field(0, ge=0)
-    experiment: str = "medvlm"
+    experiment: str = Field("", description="MLflow experiment; empty: MLFLOW_EXPERIMENT_NAME, else mlflow run's experiment, else 'Default'")
     run_name: str = Field("", description="MLflow run name; empty = MLFLOW_RUN_NAME, else 'model · dataset · strategy'")
     register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry", json_schema_extra=TRAINING)
     resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue", json_schema_extra=TRAINING)

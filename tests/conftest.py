@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -38,3 +39,20 @@ def workdir(tmp_path, monkeypatch) -> Path:
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network for the code under test, whatever the machine has: Hugging Face offline mode, and urllib
+    (medvlm's reachability probe, MedMNIST downloads) through a closed local port."""
+    from huggingface_hub import constants
+
+    from medvlm import network
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dead = urllib.request.ProxyHandler({"http": "http://127.0.0.1:9", "https": "http://127.0.0.1:9"})
+    monkeypatch.setattr(urllib.request, "_opener", urllib.request.build_opener(dead))
+    network._probe.cache_clear()
+    yield
+    network._probe.cache_clear()

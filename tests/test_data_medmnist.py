@@ -170,6 +170,7 @@ def test_missing_file_without_download(tmp_path):
         load_medmnist("retinamnist", 128, tmp_path, download=False)
     message = str(err.value)
     assert "retinamnist_128.npz" in message and str(tmp_path) in message
+    assert f"tried {tmp_path}/medmnist/retinamnist_128.npz and {tmp_path}/retinamnist_128.npz" in message
     assert INFO["retinamnist"]["url_128"] in message and "MEDVLM_DATA" in message and "\n" not in message
 
 
@@ -177,9 +178,26 @@ def test_failed_download_reports_and_leaves_no_file(tmp_path, monkeypatch):
     # A proxy on a closed local port makes every request fail at once, with or without network.
     dead = urllib.request.ProxyHandler({"http": "http://127.0.0.1:9", "https": "http://127.0.0.1:9"})
     monkeypatch.setattr(urllib.request, "_opener", urllib.request.build_opener(dead))
-    with pytest.raises(DataError, match=r"retinamnist\.npz not found in .*automatic download failed"):
+    with pytest.raises(DataError, match=r"retinamnist\.npz not found: tried .*(no download: .* is unreachable|automatic download failed)"):
         load_medmnist("retinamnist", 28, tmp_path, download=True)
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_breast
+@pytest.mark.parametrize("root", [SHARED, SHARED / "medmnist"], ids=["parent-of-all-datasets", "npz-folder"])
+def test_data_root_is_the_parent_of_every_dataset_or_the_npz_folder(root):
+    data = load_medmnist("breastmnist", 28, root, download=False)
+    assert Path(data.source) == BREAST and data.extra["official_file"]
+
+
+def test_downloads_go_to_the_medmnist_folder_unless_root_holds_npz_files(tmp_path):
+    from medvlm.data.medmnist import download_folder
+
+    assert download_folder(tmp_path) == tmp_path / "medmnist"
+    (tmp_path / "medmnist").mkdir()
+    assert download_folder(tmp_path / "medmnist") == tmp_path / "medmnist"
+    (tmp_path / "chestmnist.npz").touch()
+    assert download_folder(tmp_path) == tmp_path
 
 
 def test_unknown_and_3d_flags():

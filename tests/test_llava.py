@@ -248,3 +248,37 @@ def test_resume_continues_lora_training_exactly(llava_family, tmp_path):
     assert resumed_weights.keys() == weights.keys() and len(weights) > 0
     for key, value in weights.items():
         torch.testing.assert_close(resumed_weights[key], value)
+
+
+def test_strategies_that_do_not_apply_fail_in_one_line_with_a_failed_run(llava_family, workdir, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from medvlm.cli import main
+
+    common = ["--task", "vqa", "--model", llava_family["hf"], "--dataset", "vqa_rad"]
+    assert main(["finetune", *common, "--strategy", "partial"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "strategy=partial does not apply to generative (LLaVA) models" in err and "mlp, lora" in err
+    (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("medvlm").experiment_id])
+    assert run.info.status == "FAILED"
+    assert main(["finetune", *common, "--strategy", "mlp", "--lora-parts", "v"]) == 2
+    assert "lora_parts=v needs strategy=lora" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("strategy", ["mlp", "lora"])
+def test_bf16_frozen_weights_with_fp32_trained_ones_train_and_generate(llava_family, strategy):
+    """The GPU layout (frozen weights stored in bf16, trained ones in fp32), exercised with CPU autocast."""
+    from medvlm.experiments.generative_vqa import trainable_in_fp32
+
+    cfg = build_config({"task": "vqa", "model": llava_family["hf"], "dataset": "vqa_rad", "strategy": strategy})
+    vlm = get_strategy(strategy).prepare(load_vlm(llava_family["hf"], dtype=torch.bfloat16), cfg)
+    trainable_in_fp32(vlm)
+    dtypes = {p.dtype for p in vlm.parameters() if p.requires_grad}, {p.dtype for p in vlm.parameters() if not p.requires_grad}
+    assert dtypes == ({torch.float32}, {torch.bfloat16})
+    table = build_prompts(vlm, QUESTIONS, ANSWERS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = token_mean(TeacherForced(vlm)(batch(vlm, table)))
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None and bool(p.grad.abs().sum() > 0)
+                                        for p in vlm.parameters() if p.requires_grad)
+    assert len(answer_all(vlm, images(), torch.arange(4), table, 3, 4)) == 4

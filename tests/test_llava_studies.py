@@ -1,6 +1,6 @@
 """Studies and report on the tiny LLaVA family: a 2-trial stability study of `mlp` for LLaVA-1.5 and
-LLaVA-Med (zoo names, read from the weights mirror) on real VQA-RAD rows, then the report's
-LLaVA-Med − LLaVA gap with ID/OOD, its heatmap and the stability table."""
+LLaVA-Med (zoo names, read from the weights mirror) and a data-fraction ablation on real VQA-RAD rows,
+then the report's LLaVA-Med − LLaVA gap with ID/OOD, its heatmap and the stability and ablation tables."""
 
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ def report(llava_family, tmp_path_factory):
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
             mp.delenv(var, raising=False)
         assert main(["stability", "--spec", str(spec)]) == 0
+        defaults = yaml.safe_load(spec.read_text())["defaults"]
+        flags = [f"--{k}={v}" for k, v in {**defaults, "model": "llava-med"}.items()]
+        assert main(["ablation", *flags, "--fractions", "0.5,1.0", "--study", "llava-abl"]) == 0
         assert main(["report", "--experiment", EXPERIMENT, "--resamples", "100"]) == 0
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
@@ -45,13 +48,13 @@ def report(llava_family, tmp_path_factory):
         (run,) = client.search_runs([experiment], "tags.`medvlm.report` = 'true'")
         folder = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(root / "report"),
                                                           tracking_uri=uri))
-        trials = [r for r in client.search_runs([experiment], "tags.`medvlm.study_kind` = 'stability'")
-                  if r.data.tags.get("medvlm.study_role") != "parent"]
-        yield folder, trials
+        trials, ablation = ([r for r in client.search_runs([experiment], f"tags.`medvlm.study_kind` = '{kind}'")
+                             if r.data.tags.get("medvlm.study_role") != "parent"] for kind in ("stability", "ablation"))
+        yield folder, trials, ablation
 
 
 def test_stability_runs_every_trial_of_both_models(report):
-    _, trials = report
+    _, trials, _ = report
     assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
     assert sorted(r.data.tags["medvlm.model"] for r in trials) == ["llava-1.5-7b"] * 2 + ["llava-med"] * 2
     for model in ("llava-1.5-7b", "llava-med"):  # two perturbed learning rates per model
@@ -61,7 +64,7 @@ def test_stability_runs_every_trial_of_both_models(report):
 
 
 def test_report_shows_the_llava_med_minus_llava_gap_with_id_ood(report):
-    folder, trials = report
+    folder, trials, _ = report
     (gap,) = pd.read_csv(folder / "tables" / "gaps.csv").itertuples()
     assert (gap.a_model, gap.b_model, gap.medical_in_domain) == ("llava-med", "llava-1.5-7b", "ID")
     means = {m: sum(r.data.metrics["test_acc"] for r in trials if r.data.tags["medvlm.model"] == m) / 2
@@ -71,12 +74,24 @@ def test_report_shows_the_llava_med_minus_llava_gap_with_id_ood(report):
     assert (folder / "plots" / "gap_vqa_mlp_vs_mlp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_vlm_rival_spec_is_the_papers_vqa_grid(tmp_path, monkeypatch, capsys):
+def test_ablation_trains_on_each_fraction_of_the_training_rows(report):
+    folder, _, ablation = report
+    assert sorted((r.data.params["train_fraction"], r.data.metrics["n_train"]) for r in ablation) == [("0.5", 3), ("1.0", 6)]
+    assert all(r.info.status == "FINISHED" and r.data.tags["medvlm.model"] == "llava-med" for r in ablation)
+    table = pd.read_csv(folder / "tables" / "ablation.csv")
+    assert sorted(table["train_fraction"]) == [0.5, 1.0]
+
+
+def test_vlm_rival_spec_is_the_papers_vqa_grid(tmp_path, monkeypatch, capsys, offline):
     from tests.conftest import REPO
 
     monkeypatch.chdir(tmp_path)
-    assert main(["sweep", "--spec", str(REPO / "sweeps" / "vlm-rival.yaml"), "--dry-run"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    monkeypatch.delenv("MEDVLM_WEIGHTS", raising=False)
+    # offline with no weights: the dry run lists the grid, then the preflight names every missing model (exit 2)
+    assert main(["sweep", "--spec", str(REPO / "sweeps" / "vlm-rival.yaml"), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert "model llava-1.5-7b" in err and "model llava-med" in err
+    lines = out.strip().splitlines()
     assert lines[-1] == "42 experiments"
     listed = {tuple(line.split(maxsplit=2)[2].split(" · ")) for line in lines[1:-1]}
     strategies = [("zeroshot",), ("mlp",)] + [("lora", f"lora_parts={p}") for p in ("v", "l", "vm", "lm", "vml")]

@@ -202,3 +202,12 @@ def test_float64_and_float16_inputs_are_scored_in_float32():
 def test_invalid_inputs(images, texts, text_to_image, error, message):
     with pytest.raises(error, match=message):
         retrieval_metrics(images, texts, text_to_image)
+
+
+def test_a_gallery_no_larger_than_k_is_flagged():
+    from medvlm.metrics.retrieval import small_gallery_warning
+
+    assert small_gallery_warning(11, 40) is None
+    warning = small_gallery_warning(10, 40)
+    assert "only 10 images (the text-to-image gallery)" in warning and "captions" not in warning.split("k=10")[0]
+    assert "recall@10" in warning and "1.0 by construction" in warning

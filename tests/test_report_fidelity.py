@@ -82,6 +82,7 @@ def tracked(tmp_path_factory):
         retrieval_cfg = build_config({"model": "clip-vit-b32", "dataset": "roco", "task": "retrieval",
                                       "subset": "radiology", "experiment": EXPERIMENT})
         with tracked_run(retrieval_cfg) as run:
+            mlflow.set_tag("medvlm.warning.small_gallery", "the test gallery holds only 5 captions")
             mlflow.log_metrics({"test_image_to_text_R1": 0.125, "test_image_to_text_R5": 0.25,
                                 "test_image_to_text_R10": 0.5, "test_text_to_image_R1": 0.0625})
         ids["retrieval"] = run.info.run_id
@@ -233,6 +234,8 @@ def test_retrieval_numbers_carry_no_interval_and_say_why(tracked):
     markdown = (tracked["folder"] / "report.md").read_text()
     assert "| roco/radiology | clip-vit-b32 | general | OOD | 0.125 | 0.250 | 0.500 |" in markdown
     assert "No interval where retrieval runs log no per-query ranks" in markdown
+    warnings = markdown.split("## Warnings")[1].split("## ")[0]  # the run's small-gallery tag, shown in the report
+    assert f"({tracked['ids']['retrieval']}): the test gallery holds only 5 captions" in warnings
 
 
 def test_stability_ablation_recommendation_and_missing_runs(tracked):

@@ -155,7 +155,7 @@ def test_errors_name_the_problem_and_the_fix(tmp_path):
         (DataError, "caption_column", lambda: load_captions(str(tmp_path / "t.csv"), data_root=tmp_path)),
         (ConfigError, "subset=mixed", lambda: load_captions(str(tmp_path / "t.csv"), data_root=tmp_path,
                                                             subset="radiology", caption_column="text")),
-        (DataError, "ROCO not found in data_root", lambda: load_captions("roco", data_root=tmp_path / "none")),
+        (DataError, "ROCO not found: tried .*none/roco/", lambda: load_captions("roco", data_root=tmp_path / "none")),
         (DataError, "unknown retrieval dataset", lambda: load_captions("nothing-here", data_root=tmp_path)),
         (ConfigError, "subset=chest", lambda: load_captions("roco", data_root=tmp_path, subset="chest")),
     ]

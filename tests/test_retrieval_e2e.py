@@ -60,6 +60,7 @@ def test_zeroshot_on_the_real_roco_sample(store, tiny_model_dir):
     assert metrics["n_test_images"] == metrics["n_test_captions"] == 5
     assert metrics["test_skipped_missing_image"] == 8179 - 5 and metrics["trainable_params"] == 0
     assert metrics["test_duplicate_captions"] == 0
+    assert "holds only 5 captions (the image-to-text gallery) and 5 images" in run.data.tags["medvlm.warning.small_gallery"]
 
     # Recomputed by hand: each image decoded and embedded on its own, captions from an independent parse.
     names = sorted(p.stem for p in (ROCO_ROOT / "test" / "radiology" / "images").glob("*.jpg"))

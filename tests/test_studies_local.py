@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -122,25 +123,26 @@ def test_stability_trials_on_a_frozen_encoder_encode_the_data_once(workdir, tiny
 @needs_breastmnist
 def test_a_failing_trial_is_recorded_and_the_study_goes_on_under_the_project_run(workdir, tiny_model_dir, capsys, monkeypatch):
     spec = workdir / "spec.yaml"
+    (workdir / "unlabelled.csv").write_text("a,b\n1,2\n")  # found by the preflight, rejected when read
     spec.write_text(yaml.safe_dump({
         "name": "mixed", "defaults": {"model": f"local-dir:{tiny_model_dir}", "size": 28, "data_root": str(BREAST_ROOT),
                                       "strategy": "zeroshot"},
-        "grid": {"dataset": ["nosuchmnist", "breastmnist"]}}))
+        "grid": {"dataset": [str(workdir / "unlabelled.csv"), "breastmnist"]}}))
     mlflow.set_experiment("project")
     project = MlflowClient().create_run(mlflow.get_experiment_by_name("project").experiment_id)
     monkeypatch.setenv("MLFLOW_RUN_ID", project.info.run_id)  # what `mlflow run` passes
     assert main(["sweep", "--spec", str(spec)]) == 1
     out, err = capsys.readouterr()
-    assert "1 complete, 1 failed" in out and "unknown dataset 'nosuchmnist'" in out
-    assert "trial 0 failed: unknown dataset 'nosuchmnist'" in err
+    assert "1 complete, 1 failed" in out and "no label column given for" in out and "unlabelled.csv" in out
+    assert "trial 0 failed: no label column given for" in err
     study = optuna.load_study(study_name="mixed", storage="sqlite:///optuna.db")
     failed, done = study.trials
-    assert failed.state.name == "FAIL" and "unknown dataset 'nosuchmnist'" in failed.user_attrs["error"]
+    assert failed.state.name == "FAIL" and "no label column given" in failed.user_attrs["error"]
     assert done.state.name == "COMPLETE" and done.value == pytest.approx(done.user_attrs["metrics"]["test_auc"])
     client = MlflowClient()
     assert study.user_attrs["mlflow_parent_run_id"] == project.info.run_id  # the project's run is the parent
-    children = {c.data.params["dataset"]: c for c in children_of(client, client.get_run(project.info.run_id))}
-    assert children["nosuchmnist"].info.status == "FAILED" and children["breastmnist"].info.status == "FINISHED"
+    children = {Path(c.data.params["dataset"]).stem: c for c in children_of(client, client.get_run(project.info.run_id))}
+    assert children["unlabelled"].info.status == "FAILED" and children["breastmnist"].info.status == "FINISHED"
 
 
 @needs_breastmnist
@@ -154,7 +156,7 @@ def test_a_trial_whose_worker_died_after_its_run_finished_reuses_that_run(workdi
     plan = build_plan(cfg, run_flags)
     ensure_tracking()
     storage = open_storage(cfg)
-    study, parent = join_study(storage, cfg, plan, None)
+    study, parent = join_study(storage, cfg, plan, "Default", None)
     trial_id = claim(storage, storage.get_study_id_from_name("late"))
     number = storage.get_trial(trial_id).number
     mlflow.set_experiment(experiment_id=parent.experiment_id)

@@ -33,7 +33,8 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_midl2026_spec_is_the_whole_paper_grid_and_dry_runs(workdir, capsys):
+def test_midl2026_spec_is_the_whole_paper_grid_and_dry_runs(workdir, capsys, offline, monkeypatch):
+    monkeypatch.delenv("MEDVLM_WEIGHTS", raising=False)
     spec = yaml.safe_load((SWEEPS / "midl2026.yaml").read_text())
     models = spec["grid"][0]["model"]
     assert models == ["clip-vit-b32", "biomedclip", "pmc-clip", "cxr-clip"]
@@ -42,7 +43,9 @@ def test_midl2026_spec_is_the_whole_paper_grid_and_dry_runs(workdir, capsys):
     if missing:  # a zoo entry not merged yet: the spec must be rejected, naming it
         assert code == 2 and f"unknown model '{missing[0]}'" in err and len(err.strip().splitlines()) == 1
         return
-    assert code == 0, err
+    assert code == 2  # offline, with no mirror: the dry run lists the plan, then every missing model and dataset
+    assert len(err.strip().splitlines()) == 1 and "no trial was started" in err
+    assert all(f"model {m}" in err for m in models) and "classification data organamnist at size 224" in err
     expected = {(t, m, d, s) for m in models for s in ("zeroshot", "partial", "full", "lora")
                 for t, d in [("classification", d) for d in ("pneumoniamnist", "breastmnist", "organamnist", "organcmnist")]
                 + [("retrieval", f"roco · subset={sub}") for sub in ("radiology", "non-radiology", "mixed")]
@@ -60,14 +63,14 @@ def test_midl2026_spec_is_the_whole_paper_grid_and_dry_runs(workdir, capsys):
 
 
 @pytest.mark.parametrize("name", ["stability", "ablation-organ"])
-def test_shipped_study_specs_validate(name, workdir, capsys):
+def test_shipped_study_specs_validate(name, workdir, capsys, offline):
     spec = yaml.safe_load((SWEEPS / f"{name}.yaml").read_text())
     code, out, err = run_cli([spec["kind"], "--spec", str(SWEEPS / f"{name}.yaml"), "--dry-run"], capsys)
     missing = [m for m in spec["grid"]["model"] if m not in zoo_entries()]
     if missing:
         assert code == 2 and missing[0] in err
         return
-    assert code == 0, err
+    assert code == 2 and all(f"model {m}" in err for m in spec["grid"]["model"])  # offline: weights missing
     cells = len(spec["grid"]["model"]) * len(spec["grid"]["strategy"])
     per_cell = spec["trials"] if spec["kind"] == "stability" else len(spec["fractions"])
     assert out.strip().splitlines()[-1] == f"{cells * per_cell} experiments"

@@ -41,7 +41,7 @@ def store(tmp_path_factory):
 
 
 def only_run(client: MlflowClient, strategy: str):
-    runs = client.search_runs([client.get_experiment_by_name("medvlm").experiment_id],
+    runs = client.search_runs([client.get_experiment_by_name("Default").experiment_id],  # the default experiment
                               f"tags.`medvlm.strategy` = '{strategy}'")
     assert len(runs) == 1
     return runs[0]

@@ -44,8 +44,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from medvlm.data.sources import (SPLITS, decode_image, image_ref, image_split, locate, locate_source, read_tables,
-                                 split_values)
+from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, source_kind,
+                                 read_tables, split_values)
 from medvlm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def load_captions(dataset: str, *, data_root: str | Path, subset: Subset = "mixe
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
         raise ConfigError(f"splits {unknown or list(splits)} are not among {SPLITS}")
-    kind, path = _resolve(dataset.strip(), Path(data_root).expanduser())
+    kind, path = locate_source(dataset.strip(), Path(data_root).expanduser())
     # A missing validation split is carved from the training images, so it needs those.
     needed = set(splits) | ({"train"} if "val" in splits else set())
     if kind == "roco":
@@ -192,14 +192,15 @@ def _is_roco(folder: Path) -> bool:
                for dirs in ROCO_SPLIT_DIRS.values() for d in dirs for s in ROCO_SUBSETS)
 
 
-def _resolve(name: str, data_root: Path) -> tuple[str, Path]:
+def locate_source(name: str, data_root: Path) -> tuple[str, Path]:
     """(kind, path): kind is roco (native layout) or table (a file or a folder of tables)."""
     if name.lower() == "roco":
         folder = locate(name, data_root, ROCO_ALIASES)
         if folder is None:
-            raise DataError(f"ROCO not found in data_root {data_root} (looked for {', '.join(ROCO_ALIASES)}/); {HOW_TO_GET_ROCO}")
+            tried = ", ".join(f"{p}/" for p in candidates(name, data_root, ROCO_ALIASES))
+            raise DataError(f"ROCO not found: tried {tried}; {HOW_TO_GET_ROCO}")
         return ("roco" if _is_roco(folder) else "table"), folder
-    return locate_source(
+    return source_kind(
         name, data_root, lambda folder: "roco" if _is_roco(folder) else None,
         f"image-caption data: expected ROCO's <split>/<subset>/{ROCO_CAPTIONS} layout or parquet/CSV files with image "
         f"and caption columns",

@@ -21,6 +21,7 @@ from torchvision.datasets.utils import download_url
 from medvlm.data.base import ArrayImages, ClassificationData, LabelKind
 from medvlm.data.prompts import MODALITIES, class_names, class_prompts
 from medvlm.errors import DataError
+from medvlm.network import clipped, unreachable
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Failed to setup default root")
@@ -28,6 +29,7 @@ with warnings.catch_warnings():
     from medmnist.info import INFO
 
 SIZES = (28, 64, 128, 224)
+MEDMNIST_DIR = "medmnist"  # the subfolder of data_root, like vqa_rad/ and roco/
 SPLITS = ("train", "val", "test")
 _KINDS: dict[str, LabelKind] = {
     "binary-class": "binary",
@@ -98,20 +100,32 @@ def subset_info(flag: str) -> SubsetInfo:
     raise DataError(f"unknown MedMNIST subset '{flag}': use one of {valid}, or an image folder or CSV/parquet file")
 
 
+def candidate_paths(flag: str, size: int, root: str | Path) -> list[Path]:
+    """Where a subset's file may be: `<root>/medmnist/<file>` (data_root = the parent of every dataset,
+    as for vqa_rad/ and roco/) or `<root>/<file>` (data_root = the folder of the npz files)."""
+    root = Path(root).expanduser()
+    name = subset_info(flag).file_name(size)
+    return [root / MEDMNIST_DIR / name, root / name]
+
+
+def download_folder(root: str | Path) -> Path:
+    """Where a download goes: root itself when it already is a folder of npz files, else `<root>/medmnist/`."""
+    root = Path(root).expanduser()
+    return root if root.name == MEDMNIST_DIR or any(root.glob("*mnist*.npz")) else root / MEDMNIST_DIR
+
+
 def load_medmnist(flag: str, size: int, root: str | Path, download: bool = True) -> ClassificationData:
-    """Train/val/test of one 2D subset at one image size, from `root/<file_name(size)>`."""
+    """Train/val/test of one 2D subset at one image size, from the first of `candidate_paths` that exists."""
     info = subset_info(flag)
     if size not in SIZES:
         raise DataError(f"MedMNIST size {size} does not exist; use one of {', '.join(map(str, SIZES))}")
-    root = Path(root).expanduser()
-    path = root / info.file_name(size)
-    if not path.is_file():
-        why = _download(info, size, root) if download else "download=False"
+    path = next((p for p in candidate_paths(flag, size, root) if p.is_file()), None)
+    if path is None:
+        folder = download_folder(root)
+        why = _download(info, size, folder) if download else "download=False"
+        path = folder / info.file_name(size)
         if not path.is_file():
-            raise DataError(
-                f"MedMNIST file {path.name} not found in {root} ({why}); download {info.url(size)} "
-                f"and put it there, or set data_root / MEDVLM_DATA"
-            )
+            raise _missing(info, size, root, why)
     arrays = _read_npz(path, info.url(size))
     splits = {split: ArrayImages(*_checked_split(info, size, path, split, arrays)) for split in SPLITS}
     digest = _md5(path)
@@ -127,14 +141,41 @@ def load_medmnist(flag: str, size: int, root: str | Path, download: bool = True)
     )
 
 
-def _download(info: SubsetInfo, size: int, root: Path) -> str:
-    """Fetch the official file into root; return why it failed (the caller reports it)."""
-    path = root / info.file_name(size)
+def locate_medmnist(flag: str, size: int, root: str | Path) -> str:
+    """Where the subset will be read from (its file, or its download when Zenodo answers), without reading it."""
+    info = subset_info(flag)
+    path = next((p for p in candidate_paths(flag, size, root) if p.is_file()), None)
+    if path is not None:
+        return str(path)
+    offline = unreachable(info.url(size))
+    if offline:
+        raise _missing(info, size, root, f"no download: {offline}")
+    return f"download of {info.url(size)}"
+
+
+def _missing(info: SubsetInfo, size: int, root: str | Path, why: str) -> DataError:
+    tried = " and ".join(map(str, candidate_paths(info.flag, size, root)))
+    return DataError(f"MedMNIST file {info.file_name(size)} not found: tried {tried} ({why}); download {info.url(size)} "
+                     f"into {download_folder(root)}, or set data_root / MEDVLM_DATA to the folder that holds it or its parent")
+
+
+def _download(info: SubsetInfo, size: int, folder: Path) -> str:
+    """Fetch the official file into `folder`; return why it failed (the caller reports it).
+
+    One quick probe first: offline, urllib would otherwise wait on a dead connection.
+    """
+    offline = unreachable(info.url(size))
+    if offline:
+        return f"no download: {offline}"
+    path = folder / info.file_name(size)
+    created = not folder.exists()
     try:
-        download_url(info.url(size), str(root), filename=path.name, md5=info.md5(size))
+        download_url(info.url(size), str(folder), filename=path.name, md5=info.md5(size))
     except Exception as exc:  # any network, disk or checksum failure ends in the same user-facing error
         path.unlink(missing_ok=True)  # never leave a partial or corrupt file behind
-        return f"automatic download failed: {_first_line(exc)}"
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        return f"automatic download failed: {clipped(str(exc) or type(exc).__name__)}"
     return "downloaded"
 
 

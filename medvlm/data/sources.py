@@ -39,13 +39,19 @@ def locate(name: str, data_root: str | Path, aliases: Sequence[str] = ()) -> Pat
     A path is taken as given (relative to the working directory) first, then under `data_root`.
     A well-known dataset's `aliases` are folder names, looked up under `data_root` first.
     """
+    found = (c for c in candidates(name, data_root, aliases) if (c.is_dir() if aliases else c.exists()))
+    return next(found, None)
+
+
+def candidates(name: str, data_root: str | Path, aliases: Sequence[str] = ()) -> list[Path]:
+    """Every path `locate` tries, in order: a missing dataset's message lists them."""
     root = Path(data_root).expanduser()
     if aliases:
-        return next((c for alias in aliases for c in (root / alias, Path(alias)) if c.is_dir()), None)
-    return next((c for c in (Path(name).expanduser(), root / name) if c.exists()), None)
+        return [c for alias in aliases for c in (root / alias, Path(alias))]
+    return [Path(name).expanduser(), root / name]
 
 
-def locate_source(name: str, data_root: str | Path, layout: Callable[[Path], str | None], what: str,
+def source_kind(name: str, data_root: str | Path, layout: Callable[[Path], str | None], what: str,
                   unknown: str) -> tuple[str, Path]:
     """(kind, path) of a dataset given by path: a CSV/parquet file is a "table"; a folder is the kind
     `layout` recognises, else a "table" when it holds CSV/parquet files. `what` says what a folder must

@@ -38,8 +38,8 @@ import torch
 
 from torch.utils.data import Dataset
 
-from medvlm.data.sources import (SPLITS, decode_image, image_ref, image_split, locate, locate_source, read_tables,
-                                 split_values)
+from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, source_kind,
+                                 read_tables, split_values)
 from medvlm.errors import ConfigError, DataError
 
 SplitMode = Literal["auto", "image", "official"]
@@ -153,7 +153,7 @@ def read_vqa(dataset: str, *, data_root: str | Path, split: SplitMode = "auto", 
     `max_rows` > 0 keeps the first rows of each split in a seeded image order (whole images
     first, so few images are decoded): for smoke tests and quick looks, never for results.
     """
-    kind, path = _resolve(dataset.strip(), Path(data_root).expanduser())
+    kind, path = locate_source(dataset.strip(), Path(data_root).expanduser())
     if kind == "vqa_rad":
         rows, official = _vqa_rad_rows(path), "phrase_type test_* = test"
     elif kind == "slake":
@@ -194,16 +194,17 @@ def load_vqa(dataset: str, *, data_root: str | Path, image_size: int, split: Spl
 # -- locating -----------------------------------------------------------------------------
 
 
-def _resolve(name: str, data_root: Path) -> tuple[str, Path]:
+def locate_source(name: str, data_root: Path) -> tuple[str, Path]:
     """(kind, path): kind is vqa_rad, slake or table."""
     key = name.lower().replace("-", "_")
     if key in ALIASES:
         folder = locate(name, data_root, ALIASES[key])
         if folder is None:
-            raise DataError(f"{name} not found in data_root {data_root} (looked for {', '.join(ALIASES[key])}/); "
-                            f"{HOW_TO_GET[key]}, or set data_root / pass dataset=PATH")
+            tried = ", ".join(f"{p}/" for p in candidates(name, data_root, ALIASES[key]))
+            raise DataError(f"{name} not found: tried {tried}; in {Path(data_root) / ALIASES[key][0]}/: {HOW_TO_GET[key]}; "
+                            f"or set data_root / MEDVLM_DATA to the folder that holds {ALIASES[key][0]}/, or pass dataset=PATH")
         return (key if key != "pathvqa" else "table"), folder
-    return locate_source(
+    return source_kind(
         name, data_root, _vqa_layout,
         f"VQA data: expected '{VQA_RAD_JSON}' (VQA-RAD), train.json (SLAKE) or parquet/CSV files with image, "
         f"question, answer columns",

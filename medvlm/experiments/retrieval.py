@@ -15,6 +15,7 @@ and the recall@k-against-k curve (plot and table).
 
 from __future__ import annotations
 
+import sys
 import time
 
 import mlflow
@@ -30,14 +31,15 @@ from medvlm.data.captions import SPLITS, CaptionData, CaptionSplit, load_caption
 from medvlm.data.subsample import stratified_indices
 from medvlm.engine.trainer import count_trainable
 from medvlm.experiments.common import fit_evaluate_register, start
-from medvlm.metrics.retrieval import RetrievalResult, retrieval_metrics
+from medvlm.metrics.retrieval import RetrievalResult, retrieval_metrics, small_gallery_warning
 from medvlm.strategies import get_strategy
 from medvlm.tasks.retrieval import DIRECTIONS, DualEncoder, RetrievalObjective, TokenizedPairs, embed_gallery, summary
-from medvlm.tracking.session import log_dataset
+from medvlm.tracking.session import WARNING_TAG_PREFIX, log_dataset
 from medvlm.zoo.base import TextBatch
 
 CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
 WORST_QUERIES = 50
+SMALL_GALLERY_TAG = WARNING_TAG_PREFIX + "small_gallery"
 
 
 def apply_train_fraction(data: CaptionData, cfg: RunConfig) -> CaptionData:
@@ -125,6 +127,10 @@ def log_test_results(result: RetrievalResult, image_emb: torch.Tensor, text_emb:
                      split: CaptionSplit) -> dict[str, float]:
     metrics = {f"test_{k}": v for k, v in summary(result).items()}
     mlflow.log_metrics(metrics)
+    warning = small_gallery_warning(len(image_emb), len(text_emb))
+    if warning:
+        mlflow.set_tag(SMALL_GALLERY_TAG, warning)
+        print(f"medvlm: warning: {warning}", file=sys.stderr)
     mlflow.log_table(worst_queries(result, image_emb, text_emb, split), "worst_queries.json")
     curve = recall_curve(result)
     mlflow.log_table(curve, "recall_at_k.json")

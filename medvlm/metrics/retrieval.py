@@ -83,6 +83,18 @@ def retrieval_metrics(
     return RetrievalResult(metrics=metrics, i2t_ranks=i2t, t2i_ranks=t2i)
 
 
+def small_gallery_warning(n_images: int, n_texts: int, ks: tuple[int, ...] = DEFAULT_KS) -> str | None:
+    """A warning when a gallery holds at most max(ks) candidates: every rank is then <= k, so recall@k
+    is 1.0 by construction and says nothing about the model. None when every k is informative."""
+    k = max(ks)
+    small = [f"{n} {what}" for n, what in ((n_texts, "captions (the image-to-text gallery)"),
+                                             (n_images, "images (the text-to-image gallery)")) if n <= k]
+    if not small:
+        return None
+    return (f"the test gallery holds only {' and '.join(small)}, not more than k={k}: recall@{k} (and any k at or "
+            f"above the gallery size) is 1.0 by construction; use a larger test split")
+
+
 def _validated(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor) -> torch.Tensor:
     """Contract checks; a caption pointing at a missing image or an image without captions
     would otherwise turn into a silently wrong rank."""

@@ -8,6 +8,7 @@ report from selected runs without logging anything.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from medvlm.errors import ConfigError
 from medvlm.report.config import ReportConfig
 from medvlm.report.render import Report, Section, write
 from medvlm.report.select import RunRecord, Selection, select_runs, study_progress
-from medvlm.tracking.session import ensure_tracking
+from medvlm.tracking.session import ensure_tracking, resolve_experiment
 
 REPORT_TAG = "medvlm.report"
 
@@ -85,6 +86,7 @@ def build_report(client: MlflowClient, selection: Selection, cfg: ReportConfig) 
             names.append(f"plots/stability_std_{metric.removeprefix('test_')}.png")
             figures[names[-1]] = plots.stability_plot(part)
         sections.append(Section("Stability", [stability], names))
+    sections.append(Section("Warnings", lines=[f"- {r.name} ({r.run_id}): {w}" for r in runs for w in r.warnings]))
     sections.append(Section("Missing", lines=_missing_lines(client, selection, missing.cells, samples.missing)))
     sections = [s for s in sections if s.tables or s.lines or s.figures]
     redrawn = sum(samples.redrawn.values())
@@ -117,19 +119,25 @@ def _log_params(run_id: str, cfg: ReportConfig) -> None:
 
 
 def run_report(cfg: ReportConfig) -> str:
-    """Select runs, build the report, log it as a report run (the `mlflow run` run when there is one), print it."""
+    """Select runs, build the report, log it as a report run (the `mlflow run` run when there is one), print it.
+
+    With no experiment named, it reads and logs to the experiment runs land in by default
+    (`resolve_experiment`), so a report sees the `medvlm` and the `mlflow run` runs alike.
+    """
     ensure_tracking()
+    experiment, project_run = resolve_experiment(cfg.experiment[0] if cfg.experiment else "")
+    cfg = cfg if cfg.experiment else cfg.model_copy(update={"experiment": [experiment]})
     client = MlflowClient()
     selection = select_runs(client, cfg)
     if not selection.runs:
         raise ConfigError(f"no finished medvlm runs match ({selection.description}) in {mlflow.get_tracking_uri()}; "
                           "check experiment=, study=, tags= and filter=")
     report = build_report(client, selection, cfg)
-    inside_project = "MLFLOW_RUN_ID" in os.environ and mlflow.active_run() is None
-    if not inside_project and "MLFLOW_EXPERIMENT_ID" not in os.environ:
-        mlflow.set_experiment(cfg.experiment[0])
-    with mlflow.start_run(run_name=f"report · {selection.description}"[:250]) as run:
-        mlflow.set_tags({REPORT_TAG: "true", "mlflow.runName": f"report · {selection.description}"[:250]})
+    if project_run is None:
+        mlflow.set_experiment(experiment)
+    name = f"report · {selection.description}"[:250]
+    with mlflow.start_run(run_id=project_run, run_name=None if project_run else name) as run:
+        mlflow.set_tags({REPORT_TAG: "true", "mlflow.runName": name})
         _log_params(run.info.run_id, cfg)
         mlflow.log_metrics({"report_runs": len(selection.runs), "report_unfinished_runs": len(selection.unfinished)})
         with tempfile.TemporaryDirectory() as tmp:
@@ -137,6 +145,9 @@ def run_report(cfg: ReportConfig) -> str:
             markdown = write(report, folder)
             mlflow.log_artifacts(str(folder))
     print(markdown)
+    where = f"output folder {folder.resolve()}; " if cfg.output else ""
+    print(f"medvlm: report run {run.info.run_id} in experiment '{experiment}' ({where}artifacts {run.info.artifact_uri})",
+          file=sys.stderr)
     return markdown
 
 

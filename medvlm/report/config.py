@@ -17,8 +17,8 @@ class ReportConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    experiment: CommaList[str] = Field(default_factory=lambda: ["medvlm"], min_length=1,
-                                  description="MLflow experiment name(s) to read, comma-separated; the report run is logged in the first")
+    experiment: CommaList[str] = Field(default_factory=list, description="MLflow experiment name(s) to read, comma-separated; "
+                                  "the report run is logged in the first; empty: the runs' default experiment")
     study: CommaList[str] = Field(default_factory=list, description="only runs of these studies (medvlm.study tag), comma-separated")
     spec: str = Field("", description="a study spec (sweeps/*.yaml): only runs of the study it defines")
     parent_run: CommaList[str] = Field(default_factory=list, description="only child runs of these study parent run ids, comma-separated")

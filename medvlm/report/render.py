@@ -47,7 +47,8 @@ def to_markdown(report: Report) -> str:
         parts.append(f"## {section.title}")
         for table in section.tables:
             parts.append(f"### {table.title}" if len(section.tables) > 1 or table.title != section.title else "")
-            parts.append(table.text or markdown_table(table.view))
+            parts.append(table.text or (markdown_table(table.view) if len(table.view) and len(table.view.columns)
+                                        else "_No rows to show here._"))  # an empty table is broken markdown
             note = f". {table.note[:1].upper()}{table.note[1:]}." if table.note else ""
             parts.append(f"CSV: `tables/{table.name}.csv`{note}")
         parts += [f"![{Path(path).stem}]({path})" for path in section.figures]

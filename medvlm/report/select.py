@@ -14,9 +14,11 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from medvlm.catalog import TASKS
+from medvlm.config import RunConfig
 from medvlm.errors import ConfigError
 from medvlm.report.config import ReportConfig
 from medvlm.studies.spec import load_study_config
+from medvlm.tracking.session import WARNING_TAG_PREFIX
 
 # Parameters that change which test samples a run is scored on, shown in the test-set name
 # when runs of one dataset differ in them (retrieval subsets always are: they are the paper's columns).
@@ -47,6 +49,7 @@ class RunRecord:
     params: dict[str, str] = field(repr=False)
     metrics: dict[str, float] = field(repr=False)
     testset: str = ""
+    warnings: tuple[str, ...] = ()  # the run's medvlm.warning.* tags, shown in the report
 
 
 @dataclass
@@ -80,8 +83,16 @@ def _variant(group: str, task: str) -> str:
     return " · ".join(p for p in group.split(" · ")[3:] if not p.startswith(hidden))
 
 
+def _params(run: Run) -> dict[str, str]:
+    """The run's params, with what `mlflow run` logs for a parameter not given ('' or "''") read as its default."""
+    given = {k: v for k, v in run.data.params.items() if v not in ("", "''")}
+    defaults = {k: str(f.default) for k, f in RunConfig.model_fields.items()
+                if not f.is_required() and f.default_factory is None}
+    return {**defaults, **given}
+
+
 def record(run: Run) -> RunRecord:
-    tags, params = run.data.tags, run.data.params
+    tags, params = run.data.tags, _params(run)
     task = tags["medvlm.task"]
     return RunRecord(
         run_id=run.info.run_id, experiment_id=run.info.experiment_id, status=run.info.status,
@@ -91,7 +102,8 @@ def record(run: Run) -> RunRecord:
         variant=_variant(tags.get("medvlm.group", ""), task), study=tags.get("medvlm.study", ""),
         study_kind=tags.get("medvlm.study_kind", ""), parent=tags.get("mlflow.parentRunId", ""),
         trial=int(tags.get("medvlm.trial", -1)), start_time=run.info.start_time or 0, params=dict(params),
-        metrics={k: v for k, v in run.data.metrics.items() if k.startswith("test_")})
+        metrics={k: v for k, v in run.data.metrics.items() if k.startswith("test_")},
+        warnings=tuple(v for k, v in sorted(tags.items()) if k.startswith(WARNING_TAG_PREFIX)))
 
 
 def with_testsets(runs: list[RunRecord]) -> list[RunRecord]:

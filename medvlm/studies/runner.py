@@ -38,11 +38,12 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from medvlm.errors import ConfigError, MedvlmError
+from medvlm.experiments.preflight import preflight
 from medvlm.progress import log
 from medvlm.studies.plan import build_plan, describe, plan_digest, trial_config
 from medvlm.studies.spec import Kind, PlannedTrial, StudyConfig, load_study_config, perturbed
 from medvlm.studies.summary import PRIMARY_METRIC, child_runs, format_summary, log_summary, summary_table
-from medvlm.tracking.session import ensure_tracking
+from medvlm.tracking.session import ensure_tracking, resolve_experiment
 
 PARENT_ATTR, EXPERIMENT_ATTR, DIGEST_ATTR, KIND_ATTR, READY_ATTR = (
     "mlflow_parent_run_id", "mlflow_experiment_id", "plan_digest", "kind", "ready")
@@ -67,12 +68,17 @@ def run_study(command: Kind, run_flags: dict[str, Any], study_flags: dict[str, A
         raise ConfigError(f"spec {spec}: {exc}" if spec and not str(exc).startswith("spec ") else str(exc)) from None
     if study_cfg.dry_run:
         print(describe(study_cfg, plan))
+    if not study_cfg.summarize_only:
+        found = preflight(t.config for t in plan)  # every model and dataset located before anything starts
+        if study_cfg.dry_run:
+            print("\n".join(["found every model and dataset:", *[f"  {line}" for line in found]]))
+    if study_cfg.dry_run:
         return 0
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    project_run = os.environ.pop("MLFLOW_RUN_ID", None)  # consumed here, so no trial resumes it by accident
     ensure_tracking()
+    experiment, project_run = resolve_experiment(plan[0].config.experiment)  # consumes MLFLOW_RUN_ID: no trial resumes it
     storage = open_storage(study_cfg)
-    study, parent = join_study(storage, study_cfg, plan, project_run)
+    study, parent = join_study(storage, study_cfg, plan, experiment, project_run)
     if project_run and project_run != parent.run_id:
         MlflowClient().set_tag(project_run, "medvlm.study_parent", parent.run_id)
     mlflow.set_experiment(experiment_id=parent.experiment_id)
@@ -161,7 +167,7 @@ def trial_runs(client: MlflowClient, parent_id: str, numbers: list[int], status:
     return found
 
 
-def join_study(storage, cfg: StudyConfig, plan: list[PlannedTrial], project_run: str | None):
+def join_study(storage, cfg: StudyConfig, plan: list[PlannedTrial], experiment: str, project_run: str | None):
     """Create the study and its parent run (first worker), or load it and check it is the same plan."""
     import optuna
 
@@ -176,7 +182,7 @@ def join_study(storage, cfg: StudyConfig, plan: list[PlannedTrial], project_run:
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=cfg.name, storage=storage)
         return study, _check_joined(study, cfg, plan)
-    parent = create_parent(cfg, plan, project_run)
+    parent = create_parent(cfg, plan, experiment, project_run)
     for key, value in {PARENT_ATTR: parent.run_id, EXPERIMENT_ATTR: parent.experiment_id,
                        DIGEST_ATTR: plan_digest(plan), KIND_ATTR: cfg.kind}.items():
         study.set_user_attr(key, value)
@@ -204,15 +210,14 @@ def _check_joined(study, cfg: StudyConfig, plan: list[PlannedTrial]) -> Parent:
     return Parent(attrs[PARENT_ATTR], attrs[EXPERIMENT_ATTR])
 
 
-def create_parent(cfg: StudyConfig, plan: list[PlannedTrial], project_run: str | None) -> Parent:
-    """The study's parent run: the `mlflow run` project run if there is one, else a new run."""
+def create_parent(cfg: StudyConfig, plan: list[PlannedTrial], experiment: str, project_run: str | None) -> Parent:
+    """The study's parent run: the `mlflow run` project run if there is one, else a new run in `experiment`."""
     client = MlflowClient()
     name = f"{cfg.kind} · {cfg.name}"
     if project_run:
         run = client.get_run(project_run)
     else:
-        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or _experiment_id(client, plan[0].config.experiment)
-        run = client.create_run(experiment_id, run_name=name)
+        run = client.create_run(_experiment_id(client, experiment), run_name=name)
     run_id = run.info.run_id
     client.set_tag(run_id, "mlflow.runName", name)
     for key, value in {"medvlm.study": cfg.name, "medvlm.study_kind": cfg.kind, "medvlm.study_role": "parent"}.items():
@@ -241,11 +246,23 @@ def work(study, storage, cfg: StudyConfig, cells: list, parent: Parent) -> None:
     study_id = storage.get_study_id_from_name(study.study_name)
     fail_killed_trials(study)
     deadline = None
+    seen: dict[str, int] = {}  # each distinct error -> the first trial that failed with it here
+    streak: list[int] = []  # the trials in a row (here) that failed with `streak_error`
+    streak_error = None
     while True:
         trial_id = claim(storage, study_id)
         if trial_id is not None:
             total = len(storage.get_all_trials(study_id, deepcopy=False))
-            run_trial(study, storage, trial_id, cfg, cells, parent, total)
+            error = run_trial(study, storage, trial_id, cfg, cells, parent, total, seen)
+            number = storage.get_trial(trial_id).number
+            if error is None:
+                streak = []
+            elif streak and error == streak_error:
+                streak.append(number)
+            else:
+                streak, streak_error = [number], error
+            if cfg.max_same_failures and len(streak) >= cfg.max_same_failures:
+                stop(storage, study_id, cfg, parent, streak, seen[error])
             fail_killed_trials(study)
             deadline = None
             continue
@@ -256,6 +273,20 @@ def work(study, storage, cfg: StudyConfig, cells: list, parent: Parent) -> None:
             return
         time.sleep(cfg.heartbeat_interval)
         fail_killed_trials(study)
+
+
+def stop(storage, study_id: int, cfg: StudyConfig, parent: Parent, streak: list[int], first: int) -> None:
+    """K trials in a row failed the same way: the rest would too. Leave them queued, fail the parent, say so once."""
+    from optuna.trial import TrialState
+
+    left = len(storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)))
+    message = (f"study '{cfg.name}' stopped: trials {', '.join(map(str, streak))} failed in a row with the same error "
+               f"(printed above for trial {first}), so {left} trials were not run; they stay queued: fix the cause and "
+               f"rerun the same command (max_same_failures={cfg.max_same_failures}; 0 never stops)")
+    client = MlflowClient()
+    client.set_tag(parent.run_id, "medvlm.error", message)
+    client.set_terminated(parent.run_id, "FAILED")
+    raise MedvlmError(message)
 
 
 def fail_killed_trials(study) -> None:
@@ -304,8 +335,12 @@ def heartbeat(storage, trial_id: int, interval: float) -> Iterator[None]:
         thread.join()
 
 
-def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, parent: Parent, total: int) -> None:
-    """One trial as a nested MLflow child run; tells Optuna COMPLETE (with the task's headline metric) or FAIL."""
+def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, parent: Parent, total: int,
+              seen: dict[str, int] | None = None) -> str | None:
+    """One trial as a nested MLflow child run; tells Optuna COMPLETE (with the task's headline metric) or FAIL.
+
+    Returns the trial's one-line error, or None when it completed.
+    """
     import optuna
 
     from medvlm.experiments import run_experiment  # lazy: a dry run or a finished study loads no torch
@@ -327,8 +362,7 @@ def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, pare
             else:
                 metrics = run_experiment(config, nested=True, extra_tags=tags)
     except MedvlmError as exc:
-        _fail(study, trial, str(exc))
-        return
+        return _fail(study, trial, str(exc), seen)
     except KeyboardInterrupt:
         _fail(study, trial, "interrupted")
         storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id))
@@ -340,25 +374,30 @@ def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, pare
     headline = PRIMARY_METRIC.get(config.task, "")
     value = metrics.get(headline, float("nan"))
     if not math.isfinite(value):
-        _fail(study, trial, f"{headline} is {value} (missing or undefined); the run is kept in MLflow")
-        return
+        return _fail(study, trial, f"{headline} is {value} (missing or undefined); the run is kept in MLflow", seen)
     try:
         study.tell(trial, value)
     except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError) as exc:
         print(f"medvlm: trial {trial.number} finished after another worker declared it lost ({exc}); "
               f"its retry reuses this run", file=sys.stderr)
+    return None
 
 
-def _fail(study, trial, message: str) -> None:
+def _fail(study, trial, message: str, seen: dict[str, int] | None = None) -> str:
+    """Record the trial as FAIL with its one-line error; print the error the first time this worker sees it."""
     from optuna.trial import TrialState
 
+    seen = {} if seen is None else seen
     line = message.strip().splitlines()[0][:500] if message.strip() else "failed"
-    print(f"medvlm: trial {trial.number} failed: {line}", file=sys.stderr)
+    first = seen.setdefault(line, trial.number)
+    shown = line if first == trial.number else f"the same error as trial {first}"
+    print(f"medvlm: trial {trial.number} failed: {shown}", file=sys.stderr)
     try:
         trial.set_user_attr("error", line)
         study.tell(trial, state=TrialState.FAIL)
     except Exception as exc:  # noqa: BLE001 - already finished elsewhere; the failure is printed above
         print(f"medvlm: could not record trial {trial.number} as failed ({type(exc).__name__})", file=sys.stderr)
+    return line
 
 
 def finish(study, cfg: StudyConfig, parent: Parent) -> int:

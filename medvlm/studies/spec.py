@@ -135,6 +135,8 @@ class StudyConfig(BaseModel):
     heartbeat_interval: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
     grace_period: int = Field(120, ge=2, description="seconds without heartbeat after which a trial counts as killed and is retried")
     max_retry: int = Field(3, ge=0, description="retries of a killed trial")
+    max_same_failures: int = Field(3, ge=0, description="stop the study when this many trials in a row fail with the same "
+                                   "error, leaving the rest queued (0 = never stop)")
     dry_run: bool = Field(False, description="print the experiments the study would run, and their count; run nothing")
     summarize_only: bool = Field(False, description="only (re)write the parent run's summary from the finished child runs")
 
@@ -153,7 +155,7 @@ class StudyConfig(BaseModel):
 
 
 STUDY_FLAGS = ("trials", "fractions", "strategies", "sampler_seed", "storage", "heartbeat_interval", "grace_period",
-               "max_retry", "dry_run", "summarize_only")
+               "max_retry", "max_same_failures", "dry_run", "summarize_only")
 SPEC_KEYS = "valid spec keys: " + ", ".join(StudyConfig.model_fields)
 
 

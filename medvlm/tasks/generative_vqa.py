@@ -140,10 +140,13 @@ def generate(vlm: GenerativeVLM, images: torch.Tensor, prompt_ids: torch.Tensor,
     first = int(keep.nonzero()[0]) if keep.any() else 0
     ids, mask = prompt_ids[:, first:], prompt_mask[:, first:].long()
     device = next(vlm.parameters()).device
-    out = vlm.llava.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             **vision_inputs(vlm, images.to(device)),
-                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             pad_token_id=vlm.pad_token_id, eos_token_id=vlm.tokenizer.eos_token_id)
+    # bf16 frozen weights next to fp32 trained ones (mlp/lora under bf16): autocast joins them, as in training
+    mixed = any(p.dtype == torch.bfloat16 for p in vlm.parameters())
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
+        out = vlm.llava.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 **vision_inputs(vlm, images.to(device)),
+                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 pad_token_id=vlm.pad_token_id, eos_token_id=vlm.tokenizer.eos_token_id)
     new = out[:, ids.shape[1]:].cpu()
     eos = vlm.tokenizer.eos_token_id
     rows = []

@@ -1,8 +1,9 @@
 """One MLflow run per experiment, with the conventions of the README's "What a run records" section.
 
 - The embedded default store is `sqlite:///mlflow.db`; `MLFLOW_TRACKING_URI` overrides it.
-- Inside `mlflow run`, `MLFLOW_RUN_ID` is set and the first `start_run()` resumes that run,
+- Inside `mlflow run`, `MLFLOW_RUN_ID` is set and the first top-level run resumes that run,
   so the project's run gets everything and no stray run appears.
+- One experiment rule for `medvlm`, `mlflow run`, studies and reports (`resolve_experiment`).
 - Any exception marks the run FAILED after flushing what was logged, with the one-line
   reason in the `medvlm.error` tag.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -26,6 +28,8 @@ from medvlm.progress import log
 from medvlm.zoo.entries import zoo_entries
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+WARNING_TAG_PREFIX = "medvlm.warning."  # a caveat on the run's numbers; reports show it beside them
+DEFAULT_EXPERIMENT = "Default"  # MLflow's own: where `mlflow run` puts a run when no experiment is named
 SOURCE_PREFIXES = ("local-dir", "hf-hub", "hf", "file")
 
 
@@ -60,6 +64,31 @@ def ensure_tracking() -> str:
             raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
                                 f"(mlflow server ...) or unset MLFLOW_TRACKING_URI to use {DEFAULT_TRACKING_URI}") from None
     return uri
+
+
+def resolve_experiment(explicit: str = "") -> tuple[str, str | None]:
+    """The experiment of a top-level run (a run, a study's parent, a report) and the project run to resume.
+
+    Precedence: explicit `experiment` > MLFLOW_EXPERIMENT_NAME > the experiment `mlflow run` created its
+    run in (its --experiment-name) > MLflow's `Default`. So `medvlm finetune` and `mlflow run . -e finetune`
+    with nothing named land in one experiment, and `medvlm report` reads it without being told.
+    `MLFLOW_RUN_ID` is consumed so that no later run resumes it by accident. MLflow cannot move a run, so
+    when the precedence picks another experiment than the project run's, the results go to a new run
+    there and the project run gets a `medvlm.results_in` tag saying where.
+    """
+    project = os.environ.pop("MLFLOW_RUN_ID", None) if process_rank() == 0 else None
+    named = explicit or os.environ.get("MLFLOW_EXPERIMENT_NAME", "")
+    if project is None:
+        return named or DEFAULT_EXPERIMENT, None
+    client = mlflow.MlflowClient()
+    project_experiment = client.get_experiment(client.get_run(project).info.experiment_id).name
+    if not named or named == project_experiment:
+        return project_experiment, project
+    client.set_tag(project, "medvlm.results_in", f"experiment '{named}' (experiment= and MLFLOW_EXPERIMENT_NAME "
+                                                 f"take precedence over mlflow run's experiment)")
+    print(f"medvlm: results go to experiment '{named}', not to mlflow run's '{project_experiment}' "
+          f"(experiment= and MLFLOW_EXPERIMENT_NAME take precedence)", file=sys.stderr)
+    return named, None
 
 
 def run_tags(cfg: RunConfig, domain: str) -> dict[str, str]:
@@ -119,11 +148,10 @@ def log_config(run_id: str, cfg: RunConfig) -> None:
 def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume) the run for `cfg`; always end it with the right status."""
     ensure_tracking()
-    inside_project = ("MLFLOW_RUN_ID" in os.environ and mlflow.active_run() is None and not nested
-                      and process_rank() == 0)
-    if not inside_project and not nested:
+    experiment, project_run = (None, None) if nested else resolve_experiment(cfg.experiment)
+    if experiment is not None and project_run is None:
         # not MLFLOW_EXPERIMENT_ID: mlflow.set_experiment itself exports it, so it would pin every later run
-        mlflow.set_experiment(cfg.experiment)
+        mlflow.set_experiment(experiment)
     if cfg.resume and process_rank() == 0:
         try:
             _check_resume(cfg.resume, cfg)
@@ -132,9 +160,10 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
                               f"pass the run id of the interrupted run") from None
         run = mlflow.start_run(run_id=cfg.resume)
     else:
-        run = mlflow.start_run(run_name=run_name(cfg, extra_tags), nested=nested)
+        run = mlflow.start_run(run_id=project_run, run_name=None if project_run else run_name(cfg, extra_tags),
+                               nested=nested)
         log_config(run.info.run_id, cfg)
-    if inside_project:
+    if project_run:
         mlflow.set_tag("mlflow.runName", run_name(cfg, extra_tags))
     entry = zoo_entries().get(cfg.model)
     domain = entry.domain if entry is not None else "unknown"

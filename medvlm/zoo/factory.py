@@ -20,6 +20,7 @@ import torch
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel, ModelSpec
 from medvlm.zoo.entries import zoo_entries
+from medvlm.zoo.hub import cached_copy, download_unreachable, offline_error, offline_guard
 
 
 def _custom(module: str, function: str) -> Callable[[dict, ModelSpec, str | None], ClipModel]:
@@ -90,6 +91,23 @@ def is_generative(name: str) -> bool:
     return resolve(name)[0]["source"] in GENERATIVE_SOURCES
 
 
+def locate_weights(name: str) -> str:
+    """Where a model's weights will come from, without loading them: a folder, a cache, or a reachable download.
+
+    Raises the one-line `offline_error` when they are nowhere local and their source cannot be reached.
+    """
+    entry, location = resolve(name)
+    if location is not None:
+        return location
+    cached = cached_copy(entry)
+    if cached is not None:
+        return cached
+    reason = download_unreachable(entry)
+    if reason is not None:
+        raise offline_error(entry, reason)
+    return f"download of {entry['model']}"
+
+
 def spec_from_entry(entry: dict) -> ModelSpec:
     lora = entry.get("lora", {})
     towers = entry.get("towers", {})
@@ -121,7 +139,9 @@ def load_vlm(name: str, device: str | torch.device = "cpu", dtype: torch.dtype =
     if loader is None:
         raise ModelError(f"model '{name}' is not a LLaVA-family generative model; use llava-1.5-7b, llava-med, "
                          f"hf:<llava id> or a transformers Llava folder")
-    return loader(entry, spec_from_entry(entry), location, dtype).to(device).eval()
+    with offline_guard(entry, location):
+        model = loader(entry, spec_from_entry(entry), location, dtype)
+    return model.to(device).eval()
 
 
 def create_model(name: str, device: str | torch.device = "cpu") -> ClipModel:
@@ -133,5 +153,6 @@ def create_model(name: str, device: str | torch.device = "cpu") -> ClipModel:
                          f"strategy zeroshot, mlp or lora), it has no CLIP embeddings for {name!r} to serve here")
     if backend is None:
         raise ModelError(f"model '{name}' needs backend '{entry['source']}', which this medvlm build does not have")
-    model = backend(entry, spec_from_entry(entry), location)
+    with offline_guard(entry, location):
+        model = backend(entry, spec_from_entry(entry), location)
     return model.to(device).eval()

@@ -142,6 +142,9 @@ def model_type(ident: str) -> str | None:
         try:
             from huggingface_hub import hf_hub_download
 
+            from medvlm.zoo.hub import hub_unreachable
+
+            hub_unreachable()  # unreachable: offline mode, so the cache answers at once instead of a minute of retries
             path = Path(hf_hub_download(ident, "config.json"))
         except Exception:  # offline or no such repo: the caller's default loader reports it
             return None

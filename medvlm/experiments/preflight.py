@@ -1,0 +1,59 @@
+"""Before a study's first trial: is every model and dataset of its plan where it should be?
+
+A study queues hundreds of runs; learning at trial 1 (or at trial 108) that a model's weights
+or a dataset are missing wastes the queue. Each distinct model and dataset is located once,
+never loaded, and everything missing is reported in one message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from medvlm.config import RunConfig
+from medvlm.errors import ConfigError, MedvlmError
+
+
+def _classification(cfg: RunConfig) -> str:
+    from medvlm.data.classification import locate_classification
+
+    return locate_classification(cfg.dataset, data_root=cfg.data_root, size=cfg.size)
+
+
+def _retrieval(cfg: RunConfig) -> str:
+    from medvlm.data.captions import locate_source
+
+    return str(locate_source(cfg.dataset, Path(cfg.data_root).expanduser())[1])
+
+
+def _vqa(cfg: RunConfig) -> str:
+    from medvlm.data.vqa import locate_source
+
+    return str(locate_source(cfg.dataset, Path(cfg.data_root).expanduser())[1])
+
+
+DATA_LOCATORS: dict[str, Callable[[RunConfig], str]] = {
+    "classification": _classification, "retrieval": _retrieval, "vqa": _vqa}
+
+
+def preflight(configs: Iterable[RunConfig]) -> list[str]:
+    """One line per distinct model and dataset saying where it will come from; ConfigError listing every missing one."""
+    from medvlm.zoo.factory import locate_weights
+
+    checks: dict[str, tuple[str, Callable[[], str]]] = {}
+    for cfg in configs:
+        checks.setdefault(f"model {cfg.model}", ("model", lambda cfg=cfg: locate_weights(cfg.model)))
+        size = f" at size {cfg.size}" if cfg.task == "classification" else ""
+        checks.setdefault(f"{cfg.task} data {cfg.dataset}{size} in {cfg.data_root}",
+                          ("data", lambda cfg=cfg: DATA_LOCATORS[cfg.task](cfg)))
+    found, missing, details = [], [], {}
+    for what, (kind, locate) in checks.items():
+        try:
+            found.append(f"{what}: {locate()}")
+        except MedvlmError as exc:
+            missing.append(what)
+            details.setdefault(kind, f"{what}: {exc}")
+    if missing:
+        raise ConfigError(f"{len(missing)} of the study's {len(checks)} models and datasets cannot be found, so no "
+                          f"trial was started: {'; '.join(missing)}. First of each: {' | '.join(details.values())}")
+    return found
