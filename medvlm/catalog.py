@@ -92,8 +92,8 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
         runner="medvlm.experiments.classification:run_classification",
         strategies=("zeroshot", "linear", "partial", "full", "lora"),
         primary_metric="test_auc", selection_metric="val_auc",
-        zero_shot_metrics=("test_auc", "test_acc", "test_f1"),
-        headline_metrics=("test_auc", "test_acc", "test_f1"),
+        zero_shot_metrics=("test_auc", "test_acc", "test_f1", "test_auc_hard"),
+        headline_metrics=("test_auc", "test_acc", "test_f1", "test_auc_hard"),
         test_set_params=("size",), samples_table="predictions.json"),
     TaskSpec(
         name="retrieval", title="image-text retrieval",

@@ -67,7 +67,9 @@ class RunConfig(BaseModel):
     patience: int = Field(3, ge=1, description="early-stopping patience in epochs (validation loss)", json_schema_extra=TRAINING)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on GPU, fp32 on CPU")
     seed: int = 0
-    head_init: Literal["random", "zeroshot"] = Field("random", description="fine-tuning head start: random (paper) or zero-shot prompt embeddings", json_schema_extra=TRAINING)
+    head: Literal["prompt", "linear"] = Field("prompt", description="classification head for partial/full/lora: prompt (logit_scale * cos with the class prompts' text embeddings, text tower in the graph, no extra layer, as the MIDL paper) or linear (a linear layer on image embeddings); strategy=linear always uses a linear head", json_schema_extra=TRAINING)
+    head_init: Literal["random", "zeroshot"] = Field("random", description="head=linear: start from a random layer or from the zero-shot prompt embeddings", json_schema_extra=TRAINING)
+    prompt_set: Literal["ensemble", "paper"] = Field("ensemble", description="class prompts: ensemble (CLIP_benchmark-style templates, averaged) or paper (the MIDL code's single 'this is a photo of {label}')")
     lora_r: int = Field(8, ge=1, json_schema_extra=TRAINING)
     lora_alpha: float = Field(16.0, gt=0, json_schema_extra=TRAINING)
     lora_dropout: float = Field(0.0, ge=0, lt=1, json_schema_extra=TRAINING)
@@ -83,6 +85,7 @@ class RunConfig(BaseModel):
     caption_column: str = Field("caption", description="retrieval: CSV/parquet column with captions")
     subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)")
     num_workers: int = Field(0, ge=0)
+    compile: bool = Field(False, description="torch.compile the trained module: fewer kernel launches on GPU; the first steps pay the compile time", json_schema_extra=TRAINING)
     experiment: str = Field("", description="MLflow experiment; empty: MLFLOW_EXPERIMENT_NAME, else mlflow run's experiment, else 'Default'")
     run_name: str = Field("", description="MLflow run name; empty = MLFLOW_RUN_NAME, else 'model · dataset · strategy'")
     register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry", json_schema_extra=TRAINING)
@@ -118,6 +121,9 @@ class RunConfig(BaseModel):
             raise ValueError(why)
         if self.lora_parts and self.strategy != "lora":
             raise ValueError(f"lora_parts={self.lora_parts} needs strategy=lora")
+        if self.head_init == "zeroshot" and self.head == "prompt" and self.strategy in ("partial", "full", "lora"):
+            raise ValueError("head_init=zeroshot starts a linear head, and the prompt classifier (head=prompt) has "
+                             "none; pass head=linear too, or drop head_init")
         return self
 
     def resolved(self) -> dict[str, Any]:

@@ -18,7 +18,9 @@ pytestmark = needs_breastmnist
 STRATEGIES = ["zeroshot", "linear", "partial", "full", "lora"]
 EPOCHS = 2
 SPEC_TAGS = {"medvlm.model", "medvlm.domain", "medvlm.dataset", "medvlm.task", "medvlm.strategy", "medvlm.seed"}
-TEST_METRICS = {"test_auc", "test_acc", "test_f1", "test_f1_weighted", "test_balanced_acc"}
+TEST_METRICS = {"test_auc", "test_auc_hard", "test_acc", "test_f1", "test_f1_weighted", "test_balanced_acc"}
+# LoRA runs the paper's prompt classifier with adapters on both towers and the paper code's prompt
+EXTRA = {"lora": ["-P", "head=prompt", "-P", "lora_text=true", "-P", "prompt_set=paper"]}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def project_runs(tmp_path_factory, tiny_model_dir):
     for strategy in STRATEGIES:
         entry = "zeroshot" if strategy == "zeroshot" else "finetune"
         extra = [] if strategy == "zeroshot" else ["-P", f"strategy={strategy}", "-P", f"epochs={EPOCHS}",
-                                                   "-P", "patience=5", "-P", "lr=1e-3"]
+                                                   "-P", "patience=5", "-P", "lr=1e-3", *EXTRA.get(strategy, [])]
         proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local",
                                "--experiment-name", "e2e", *common, *extra],
                               env=env, cwd=root, capture_output=True, text=True, timeout=600)
@@ -75,6 +77,10 @@ def test_run_has_spec_tracking(project_runs, strategy):
     np.testing.assert_allclose(table[["prob_0", "prob_1"]].sum(axis=1), 1.0, atol=1e-5)
     inputs = {d.dataset.name for d in run.inputs.dataset_inputs}
     assert {"breastmnist/test"} <= inputs
+    prompts = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/prompts.json")
+    paper = strategy == "lora"
+    assert prompts["prompt_set"] == ("paper" if paper else "ensemble")
+    assert (prompts["prompts"] == [["this is a photo of malignant"], ["this is a photo of normal or benign"]]) == paper
     if strategy == "zeroshot":
         assert metrics["trainable_params"] == 0
         return
@@ -98,6 +104,8 @@ def test_registered_adapter_predicts_the_logged_probabilities(project_runs):
     version = client.get_model_version_by_alias(name, "best")
     lora_run = next(r for r in runs if r.data.tags["medvlm.strategy"] == "lora")
     assert version.tags["run_id"] == lora_run.info.run_id
+    meta = mlflow.artifacts.load_dict(f"models:/{name}@best/artifacts/medvlm.json")
+    assert meta["head"] == "prompt" and meta["prompts"][0] == ["this is a photo of malignant"]
     model = mlflow.pyfunc.load_model(f"models:/{name}@best")
     with np.load(BREAST_ROOT / "breastmnist.npz") as npz:
         images = npz["test_images"]

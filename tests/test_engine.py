@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
 from medvlm.config import build_config
-from medvlm.experiments import common
+from medvlm.engine import features
 from medvlm.tracking.session import tracked_run
 from medvlm.zoo import create_model
 from tests.conftest import BREAST_ROOT, needs_breastmnist
@@ -48,7 +48,8 @@ def test_linear_probe_encodes_each_image_once_and_reuses_the_cache(workdir, tiny
         model.net.visual.register_forward_hook(lambda mod, inp, out: encoded.append(inp[0].shape[0]))
         return model
 
-    monkeypatch.setattr(common, "create_model", counting_create_model)  # every experiment opens its model there
+    monkeypatch.setattr(features, "create_model", counting_create_model)
+    features.release_frozen_model()  # a frozen model another test left in this process has no hook
     args = ["finetune", "--model", f"local-dir:{tiny_model_dir}", *BREAST, "--strategy", "linear", "--epochs", "3"]
     assert main(args) == 0
     assert sum(encoded) == N_BREAST

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from medmnist.evaluator import getACC, getAUC
-from sklearn.metrics import balanced_accuracy_score, f1_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from medvlm.errors import DataError
 from medvlm.metrics.classification import classification_metrics, probabilities
@@ -128,7 +128,7 @@ def test_multilabel_label_single_class_after_masking_raises():
 @pytest.mark.parametrize(
     "kind, y_true, probs, what",
     [
-        ("binary", np.ones(5, dtype=int), np.full((5, 2), 0.5), "the test labels"),
+        ("binary", np.ones(5, dtype=int), np.full((5, 2), 0.5), "the binary label"),
         ("multiclass", np.array([0, 1, 0, 1]), np.full((4, 3), 1 / 3), "class 2"),
         ("multilabel", np.array([[0, 1], [1, 1], [0, 1]]), np.full((3, 2), 0.4), "label 1"),
     ],
@@ -173,3 +173,41 @@ def test_probabilities_softmax_and_sigmoid():
     np.testing.assert_allclose(sig, 1 / (1 + np.exp(-logits.double().numpy())), rtol=1e-15)
     with pytest.raises(ValueError, match=r"\(N, C\)"):
         probabilities(torch.zeros(3), "binary")
+
+
+def test_auc_hard_is_the_auc_of_hard_predictions_by_hand():
+    """Binary: y = 0 0 1 1, predicted 0 1 1 1 (scores thresholded at 0.5): TPR 1, FPR 1/2, so the ROC of the
+    hard labels is (0,0) (1/2,1) (1,1) with area 3/4; the score AUC of the same probabilities is 1."""
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
+    got = classification_metrics(y, probs, "binary")
+    assert got["auc_hard"] == 0.75 and got["auc"] == 1.0
+    # multi-class, one-vs-rest on one-hot predictions: predictions 0 1 1 2 for truths 0 1 2 2
+    y = np.array([0, 1, 2, 2])
+    probs = np.eye(3)[[0, 1, 1, 2]] * 0.8 + 0.2 / 3
+    per_class = [(1 + 1) / 2, (1 + 2 / 3) / 2, (1 / 2 + 1) / 2]  # (TPR + TNR) / 2 of class 0, 1, 2
+    assert classification_metrics(y, probs, "multiclass")["auc_hard"] == pytest.approx(np.mean(per_class), abs=1e-12)
+    # and scikit-learn's AUC of the one-hot predictions, the paper code's computation
+    onehot = np.eye(3)[[0, 1, 1, 2]]
+    assert np.mean(per_class) == pytest.approx(roc_auc_score(np.eye(3)[y], onehot, average="macro"), abs=1e-12)
+
+
+@pytest.mark.parametrize("kind, y_true, probs", [
+    ("binary", np.array([0, 1, 1, 0, 1]), np.array([[0.3, 0.7], [0.2, 0.8], [0.4, 0.6], [0.1, 0.9], [0.45, 0.55]])),
+    ("multiclass", np.array([0, 1, 2, 2, 1, 0]), np.tile([[0.2, 0.5, 0.3]], (6, 1))),
+    ("multilabel", np.array([[0, 1], [1, 0], [1, 1]]), np.full((3, 2), 0.7)),
+])
+def test_auc_hard_is_one_half_for_a_constant_predictor(kind, y_true, probs):
+    """The paper's Table 1 shows exactly 50.0 for models that predict one class; `auc` from scores does not."""
+    assert classification_metrics(y_true, probs, kind)["auc_hard"] == 0.5
+
+
+def test_validation_mode_logs_nan_aucs_with_a_warning_and_keeps_the_rest():
+    y = np.array([0, 0, 2, 2])
+    probs = _softmax(np.random.default_rng(1), 4, 3)
+    with pytest.warns(UserWarning, match=r"class 1 has a single class .*auc and auc_hard are NaN"):
+        got = classification_metrics(y, probs, "multiclass", undefined="nan")
+    assert np.isnan(got["auc"]) and np.isnan(got["auc_hard"])
+    assert got["acc"] == pytest.approx(np.mean(probs.argmax(1) == y)) and np.isfinite(got["f1"])
+    with pytest.raises(DataError, match="class 1 has a single class"):
+        classification_metrics(y, probs, "multiclass")

@@ -107,6 +107,9 @@ def test_hand_checked_gallery():
         "text_to_image_R@10": 1.0,
     }
     assert result.i2t_ranks.dtype == torch.long
+    # ties with the best positive, counted against the query: image 2 (caption 1 and caption 4 score its 0.5);
+    # captions 1 and 2 (H scores 0.5 against every image). Caption 4 trails, it does not tie.
+    assert (result.i2t_tied, result.t2i_tied) == (1, 2)
 
 
 def test_default_keys_and_gallery_smaller_than_k():

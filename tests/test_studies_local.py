@@ -95,17 +95,28 @@ def test_ablation_on_real_breastmnist_gives_a_parent_with_one_child_per_fraction
 
 @needs_breastmnist
 def test_stability_trials_on_a_frozen_encoder_encode_the_data_once(workdir, tiny_model_dir, capsys, monkeypatch):
-    calls = []
-    encode = features.encode_dataset
+    calls, builds = [], []
+    encode, build = features.encode_dataset, features.create_model
 
     def counting(*args, **kwargs):
         calls.append(len(args[1]))
         return encode(*args, **kwargs)
 
+    def counting_builds(*args, **kwargs):
+        builds.append(args[0])
+        return build(*args, **kwargs)
+
     monkeypatch.setattr(features, "encode_dataset", counting)
+    monkeypatch.setattr(features, "create_model", counting_builds)
+    features.release_frozen_model()
     assert main(["stability", *tiny_flags(tiny_model_dir), "--trials", "3", "--study", "stab"]) == 0
     assert sorted(calls) == [78, 156, 546]  # val, test, train: encoded by the first trial only
+    assert builds == [f"local-dir:{tiny_model_dir}"]  # the frozen model is loaded once per worker, not per trial
     assert len(list((workdir / "cache").glob("*.pt"))) == 3
+    log = capsys.readouterr().err
+    assert log.count("encoding 546 images") == 1 and log.count("from the feature cache") == 6
+    assert log.count("re-using the frozen") == 2
+    features.release_frozen_model()
     client = MlflowClient()
     parent = parent_run(client, "stab")
     children = children_of(client, parent)

@@ -9,7 +9,7 @@ from torch import nn
 
 from medvlm.config import build_config
 from medvlm.data.base import TensorRows
-from medvlm.engine.trainer import EpochShuffle, fit, make_accelerator
+from medvlm.engine.trainer import BestWeights, Checkpoints, EpochShuffle, fit, make_accelerator
 from medvlm.errors import TrainingError
 from medvlm.tasks.classification import ClassificationObjective
 
@@ -31,12 +31,16 @@ def linear() -> nn.Module:
     return nn.Linear(8, 2)
 
 
-def test_early_stopping_restores_the_best_epoch():
+@pytest.mark.parametrize("with_checkpoints", [False, True])
+def test_early_stopping_restores_the_best_epoch(with_checkpoints, tmp_path):
+    """Without a checkpoint the best weights wait in a temporary file; with one, the best epoch's checkpoint is kept."""
     train, val = problem()
     cfg = config(epochs=40, patience=2, lr=0.5)
     objective = ClassificationObjective(linear(), "binary")
     seen_rows = []
-    result = fit(objective, train, val, cfg, make_accelerator(cfg), on_epoch=lambda e, row: seen_rows.append(row))
+    checkpoints = Checkpoints(tmp_path, "run") if with_checkpoints else None
+    result = fit(objective, train, val, cfg, make_accelerator(cfg), checkpoints=checkpoints,
+                 on_epoch=lambda e, row: seen_rows.append(row))
     assert result.epochs_run < 40, "patience should stop training early"
     assert result.epochs_run == result.best_epoch + 1 + cfg.patience
     losses = [row["val_loss"] for row in result.history]
@@ -45,6 +49,10 @@ def test_early_stopping_restores_the_best_epoch():
         final_val = objective.loss(objective.module(val.inputs), val.labels).item()
     assert final_val == pytest.approx(min(losses), rel=1e-5), "the best epoch's weights are loaded at the end"
     assert seen_rows == result.history
+    if with_checkpoints:
+        kept = torch.load(tmp_path / "run" / BestWeights.FILE, weights_only=False)
+        assert kept["epoch"] == result.best_epoch < torch.load(checkpoints.path, weights_only=False)["epoch"]
+        torch.testing.assert_close(kept["trainable"]["weight"], objective.module.weight.detach())
 
 
 def test_gradient_accumulation_equals_the_larger_batch():

@@ -27,7 +27,7 @@ import medvlm
 from medvlm.errors import ModelError
 from medvlm.metrics.classification import probabilities
 from medvlm.strategies.lora import load_adapter, save_adapter
-from medvlm.tasks.classification import ImageClassifier, LinearHead
+from medvlm.tasks.classification import ImageClassifier, LinearHead, PromptClassifier
 from medvlm.zoo import create_model
 
 ALIAS = "best"
@@ -85,10 +85,15 @@ def check_pin(meta: dict[str, Any], pin: dict[str, Any]) -> None:
 
 
 class ClassifierAdapterModel(AdapterModel):
-    """Predicts class probabilities (softmax, or sigmoid for multi-label) from images."""
+    """Predicts class probabilities (softmax, or sigmoid for multi-label) from images, with the run's
+    head: its linear layer, or the prompt classifier on the recorded prompts (adapted text tower)."""
 
     def load_context(self, context) -> None:
         self.load_base(context)
+        if self.meta.get("head") == "prompt":
+            self.classifier = PromptClassifier(self.clip, self.meta["prompts"], self.meta["class_names"],
+                                               self.meta["kind"]).eval()
+            return
         state = load_file(context.artifacts["head"])
         head = LinearHead(state["linear.weight"].shape[1], state["linear.weight"].shape[0])
         head.load_state_dict(state)

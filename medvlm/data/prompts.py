@@ -4,7 +4,8 @@ Prompt set i must describe label index i; a silent reordering would swap classes
 zero-shot result. So MedMNIST names are built by walking INFO's integer label keys 0..C-1,
 and `check_prompt_order` guards every prompt list that leaves this module.
 Templates follow CLIP_benchmark: a short list per dataset, one `{c}` slot for the class name;
-the zero-shot classifier averages their embeddings.
+the zero-shot classifier averages their embeddings. The prompt set is a declared choice
+(`prompt_set`): that template ensemble, or the MIDL paper code's single template.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ TEMPLATES = (
     "a photo of {c}.",
     "{c}.",
 )
+
+# The only template of the MIDL paper's released code.
+PAPER_TEMPLATE = "this is a photo of {c}"
 
 # Imaging modality of each 2D subset, as the MedMNIST v2 paper names it.
 MODALITIES = {
@@ -107,3 +111,12 @@ def check_prompt_order(class_names: Sequence[str], prompts: Sequence[Sequence[st
         wrong = [t for t in texts if _normalised(name) not in _normalised(t)]
         if wrong:
             raise ValueError(f"prompt set {i} does not match class {i} '{name}': {wrong[0]!r}")
+
+
+def select_prompts(prompt_set: str, class_names: Sequence[str], ensemble: list[list[str]]) -> list[list[str]]:
+    """The prompts of the declared set: `ensemble` (the dataset's templates) or `paper` (one template)."""
+    if prompt_set == "ensemble":
+        return ensemble
+    prompts = [[PAPER_TEMPLATE.format(c=name)] for name in class_names]
+    check_prompt_order(class_names, prompts)
+    return prompts

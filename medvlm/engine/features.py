@@ -3,6 +3,9 @@
 Zero-shot, the linear probe and frozen-encoder studies need each image embedded exactly
 once. The cache key pins the weights (digest or hub id), the preprocessing and the data,
 so a trial of a study re-uses what an earlier trial on the same model and data computed.
+A study worker also keeps the last frozen model it loaded (`frozen_model`): its trials
+differ only in head hyperparameters, and re-reading and re-hashing the weights per trial
+cost more than training the head.
 """
 
 from __future__ import annotations
@@ -18,8 +21,47 @@ from torch.utils.data import DataLoader, Dataset
 
 from medvlm.data.base import collate_batch
 from medvlm.data.transforms import to_model_input
-from medvlm.progress import tracked
+from medvlm.progress import log, tracked
 from medvlm.zoo.base import ClipModel
+from medvlm.zoo.factory import create_model, resolve
+
+_frozen: dict[tuple, ClipModel] = {}
+
+
+def _files_stamp(location: str | None) -> tuple:
+    """Size and mtime of every file of a local model: a rewritten folder is a different model."""
+    if location is None:
+        return ()
+    root = Path(location)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+
+def frozen_model(name: str, device: torch.device) -> ClipModel:
+    """`create_model(name)` for runs that never change the encoder, built once per process and shared.
+
+    One model is kept (the next name replaces it); `release_frozen_model` frees it before a run
+    that trains an encoder, so a worker never holds a frozen copy beside a trained one.
+    """
+    key = (name, str(device), _files_stamp(resolve(name)[1]))
+    if key not in _frozen:
+        release_frozen_model()
+        _frozen[key] = create_model(name, device=device)
+    else:
+        log.info("re-using the frozen %s already loaded in this process", name)
+    return _frozen[key]
+
+
+def release_frozen_model() -> None:
+    _frozen.clear()
+
+
+def model_for_run(name: str, device: torch.device, trains_encoder: bool) -> ClipModel:
+    """A fresh model for a run that trains its encoder (after releasing any shared frozen one), else the shared one."""
+    if trains_encoder:
+        release_frozen_model()
+        return create_model(name, device=device)
+    return frozen_model(name, device)
 
 
 def cache_root() -> Path:
@@ -75,7 +117,9 @@ def cached_features(model: ClipModel, dataset: Dataset, batch_size: int, device:
     path = cache_root() / f"{feature_key(model, digest(), kind)}.pt"
     if path.is_file():
         blob = torch.load(path, weights_only=True)
+        log.info("%s of %d images from the feature cache (%s)", kind, len(dataset), path.name)
         return blob["features"], blob["labels"]
+    log.info("encoding %d images (%s) with %s", len(dataset), kind, model.spec.name)
     feats, labels = encode_dataset(encode, dataset, batch_size, device, precision, what=f"encoding ({kind})")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")

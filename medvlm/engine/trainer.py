@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -123,9 +124,11 @@ class BestWeights:
     """The best epoch's trainable weights, kept on disk rather than as a second copy in memory.
 
     For full fine-tuning that copy is as large as the model (+600 MB RSS at ViT-B/32 on CPU,
-    the bulk of medvlm's excess over a bare loop); one write per improving epoch costs far less.
-    The file lives beside the resume checkpoint, written by the main process for every rank; without
-    a checkpoint folder each process keeps its own in a temporary folder.
+    the bulk of medvlm's excess over a bare loop). With a resume checkpoint the best epoch's
+    checkpoint file is simply kept, as a hard link, so its weights are never written twice;
+    without one they are saved to a temporary folder. In multi-process runs the main process
+    writes beside the checkpoint for every rank; without a checkpoint folder each process keeps
+    its own.
     """
 
     FILE = "best.pt"
@@ -135,22 +138,52 @@ class BestWeights:
         self.shared = folder is not None
         self.path = Path(self._tmp.name if self._tmp else folder) / self.FILE
 
-    def save(self, module: nn.Module) -> None:
+    def save(self, module: nn.Module, checkpoint: Path | None) -> None:
+        """Keep `checkpoint` (just written for this epoch) as the best, or save the module's trainable weights."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        torch.save(trainable_state(module), tmp)
+        tmp.unlink(missing_ok=True)
+        if checkpoint is None:
+            torch.save({"trainable": trainable_state(module)}, tmp)
+        else:
+            try:
+                os.link(checkpoint, tmp)
+            except OSError:  # a filesystem without hard links
+                shutil.copyfile(checkpoint, tmp)
         os.replace(tmp, self.path)
 
     def restore(self, module: nn.Module) -> None:
         if self.path.is_file():
-            module.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True, mmap=True), strict=False)
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+            blob = torch.load(self.path, map_location="cpu", weights_only=False, mmap=True)
+            module.load_state_dict(blob["trainable"], strict=False)
 
 
 def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def freeze_unused(module: nn.Module, dataset: Dataset, device: torch.device) -> list[str]:
+    """Freeze the trainable parameters that the module's output does not depend on; return their names.
+
+    A strategy marks parameters by name (`partial`: both projections and the logit scale), and a
+    task may not use them all (a linear head never runs the text tower). Left trainable, they would
+    be counted in `trainable_params`, handed to the optimiser and checkpointed, yet never change.
+    One forward and backward pass on two training samples, in eval mode (no dropout, no BatchNorm
+    statistics update), finds the parameters that receive a gradient.
+    """
+    trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    inputs, _ = next(iter(DataLoader(dataset, batch_size=2, collate_fn=collate_batch)))
+    inputs = {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.to(device)
+    was_training = module.training
+    module.eval()
+    with torch.enable_grad():
+        module(inputs).float().sum().backward()
+    module.train(was_training)
+    unused = [name for name, p in trainable if p.grad is None]
+    for _, p in trainable:
+        p.requires_grad_(p.grad is not None)
+        p.grad = None
+    return unused
 
 
 class Checkpoints:
@@ -218,6 +251,8 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
     if not params:
         raise TrainingError(f"strategy '{cfg.strategy}' left no trainable parameters; check the zoo entry's partial/lora lists")
     optimizer = make_optimizer(params, cfg, accelerator.device)
+    if cfg.compile:
+        objective.module.compile()  # in place: same module, same state-dict keys for checkpoints and best weights
     module, optimizer, train_loader = accelerator.prepare(
         objective.module, optimizer, _loader(train_set, cfg.batch_size, cfg, EpochShuffle(len(train_set), cfg.seed)))
     val_loader = accelerator.prepare(_loader(val_set, cfg.eval_batch_size, cfg))
@@ -232,10 +267,15 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
         _set_rng_state(state["rng"])
         start, best_val, best_epoch = state["epoch"] + 1, state["best_val"], state["best_epoch"]
         bad_epochs, history = state["bad_epochs"], state["history"]
+        if best_epoch == state["epoch"] and accelerator.is_main_process:  # a kill may have come before the link
+            best.save(accelerator.unwrap_model(module), checkpoints.path)
         seen, train_time = state["seen"], state["train_time"]
         if on_resume is not None and accelerator.is_main_process:
             on_resume(history)
 
+    if accelerator.is_main_process:
+        log.info("training starts: %d trainable parameters, %d images per epoch, batch %d on %s",
+                 sum(p.numel() for p in params), len(train_set), cfg.batch_size, accelerator.device)
     for epoch in range(start, cfg.epochs):
         if bad_epochs >= cfg.patience:
             if accelerator.is_main_process:
@@ -274,10 +314,9 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
         row = {"train_loss": train_loss, "val_loss": val_loss,
                **{f"val_{k}": v for k, v in objective.metrics(outputs, val_targets).items()}}
         history.append(row)
-        if val_loss < best_val:
+        improved = val_loss < best_val
+        if improved:
             best_val, best_epoch, bad_epochs = val_loss, epoch, 0
-            if accelerator.is_main_process or not best.shared:
-                best.save(accelerator.unwrap_model(module))
         else:
             bad_epochs += 1
         if checkpoints is not None and accelerator.is_main_process:
@@ -285,6 +324,8 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
                               "optimizer": optimizer.state_dict(), "rng": _rng_state(), "epoch": epoch,
                               "best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                               "history": history, "seen": seen, "train_time": train_time})
+        if improved and (accelerator.is_main_process or not best.shared):
+            best.save(accelerator.unwrap_model(module), checkpoints.path if checkpoints is not None else None)
         if accelerator.is_main_process:
             log.info(epoch_line(epoch, cfg.epochs, row, best_epoch, best_val))
         if on_epoch is not None and accelerator.is_main_process:

@@ -13,9 +13,10 @@ from medvlm.adapters.base import Adapter, ClassifierAdapterModel
 from medvlm.config import RunConfig
 from medvlm.data.base import ClassificationData, TensorRows
 from medvlm.data.classification import load_classification
+from medvlm.data.prompts import select_prompts
 from medvlm.data.subsample import subsample_splits
 from medvlm.engine.features import cached_features
-from medvlm.engine.trainer import count_trainable, evaluate
+from medvlm.engine.trainer import count_trainable, evaluate, freeze_unused
 from medvlm.experiments.common import fit_evaluate_register, start
 from medvlm.metrics.classification import classification_metrics, probabilities
 from medvlm.strategies import get_strategy
@@ -23,7 +24,9 @@ from medvlm.tasks.classification import (
     ClassificationObjective,
     ImageClassifier,
     LinearHead,
+    PromptClassifier,
     head_outputs,
+    model_device,
     zero_shot_head,
 )
 from medvlm.tracking import plots
@@ -75,30 +78,53 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: Classifi
     return metrics
 
 
+def linear_head(cfg: RunConfig, clip: ClipModel, data: ClassificationData, prompts: list[list[str]]) -> LinearHead:
+    """A linear head on image embeddings: random, or the zero-shot prompt embeddings (zeroshot, head_init=zeroshot)."""
+    head = LinearHead(clip.embed_dim, head_outputs(data.kind, data.num_classes)).to(model_device(clip))
+    trains = get_strategy(cfg.strategy).kind.trains
+    if not trains or cfg.head_init == "zeroshot":
+        head.set_zero_shot(zero_shot_head(clip, prompts, data.class_names, data.kind))
+    return head.requires_grad_(trains)
+
+
+def encoder_classifier(cfg: RunConfig, clip: ClipModel, data: ClassificationData,
+                       prompts: list[list[str]]) -> ImageClassifier | PromptClassifier:
+    """What partial/full/lora train: the prompt classifier or a linear head on the image tower. Parameters the
+    strategy marks but the module never uses (the text side under a linear head) are frozen, so
+    `trainable_params` counts what trains."""
+    head = linear_head(cfg, clip, data, prompts) if cfg.head == "linear" else None
+    clip = get_strategy(cfg.strategy).prepare(clip, cfg)
+    module = ImageClassifier(clip, head) if head else PromptClassifier(clip, prompts, data.class_names, data.kind)
+    module = module.to(model_device(clip))
+    freeze_unused(module, data.splits["train"], model_device(clip))
+    return module
+
+
 def run_classification(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
     accelerator, clip = start(cfg)
     device = accelerator.device
+    strategy = get_strategy(cfg.strategy)
     data = load_data(cfg, clip)
     log_lineage(data)
-    strategy = get_strategy(cfg.strategy)
-    head = LinearHead(clip.embed_dim, head_outputs(data.kind, data.num_classes)).to(device)
-    if not strategy.kind.trains or cfg.head_init == "zeroshot":
-        head.set_zero_shot(zero_shot_head(clip, data.prompts, data.class_names, data.kind))
-    head.requires_grad_(strategy.kind.trains)
-    mlflow.log_dict({"class_names": data.class_names, "prompts": data.prompts}, "prompts.json")
+    prompts = select_prompts(cfg.prompt_set, data.class_names, data.prompts)
+    mlflow.log_dict({"prompt_set": cfg.prompt_set, "class_names": data.class_names, "prompts": prompts}, "prompts.json")
 
-    clip = strategy.prepare(clip, cfg)
-    if not strategy.kind.trains_encoder:
+    if strategy.kind.trains_encoder:
+        module = encoder_classifier(cfg, clip, data, prompts)
+        clip, head = module.clip, getattr(module, "head", None)
+        objective = ClassificationObjective(module, data.kind)
+        train_set, val_set, test_set = data.splits["train"], data.splits["val"], data.splits["test"]
+    else:
+        head = linear_head(cfg, clip, data, prompts)
+        clip = strategy.prepare(clip, cfg)
         t0 = time.perf_counter()
         feats = {s: TensorRows(*cached_features(clip, data.splits[s], cfg.eval_batch_size, device, cfg.precision))
                  for s in (("train", "val", "test") if strategy.kind.trains else ("test",))}
         mlflow.log_metric("encode_images_per_s", sum(len(f) for f in feats.values()) / (time.perf_counter() - t0))
         objective = ClassificationObjective(head, data.kind)
         train_set, val_set, test_set = feats.get("train"), feats.get("val"), feats["test"]
-    else:
-        objective = ClassificationObjective(ImageClassifier(clip, head), data.kind)
-        train_set, val_set, test_set = data.splits["train"], data.splits["val"], data.splits["test"]
+
     mlflow.log_metric("trainable_params", count_trainable(objective.module))
 
     def test() -> dict[str, float]:
@@ -106,4 +132,5 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
         return log_test_results(logits, targets, data)
 
     return fit_evaluate_register(cfg, accelerator, objective, train_set, val_set, test, lambda: Adapter(
-        ClassifierAdapterModel(), clip.spec.pin, clip.net, {"head": head}, {"kind": data.kind, "class_names": data.class_names}))
+        ClassifierAdapterModel(), clip.spec.pin, clip.net, {"head": head} if head else {},
+        {"kind": data.kind, "class_names": data.class_names, "head": "linear" if head else "prompt", "prompts": prompts}))

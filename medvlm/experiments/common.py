@@ -21,19 +21,21 @@ from torch.utils.data import Dataset
 from medvlm.adapters.base import Adapter, log_adapter, registered_name
 from medvlm.catalog import TASKS, TaskSpec
 from medvlm.config import RunConfig
+from medvlm.engine.features import model_for_run
 from medvlm.engine.trainer import Checkpoints, Objective, fit, make_accelerator
 from medvlm.strategies import get_strategy
 from medvlm.tracking import plots
 from medvlm.tracking.session import log_epoch, replay_epochs
-from medvlm.zoo import ClipModel, create_model
+from medvlm.zoo import ClipModel
 
 History = list[dict[str, float]]
 
 
 def start(cfg: RunConfig) -> tuple[Accelerator, ClipModel]:
-    """The run's Accelerator and its CLIP-family model, on the Accelerator's device."""
+    """The run's Accelerator and its CLIP-family model on the Accelerator's device: a fresh one when the strategy
+    trains the encoder, else the worker's shared frozen one (`model_for_run`)."""
     accelerator = make_accelerator(cfg)
-    return accelerator, create_model(cfg.model, device=accelerator.device)
+    return accelerator, model_for_run(cfg.model, accelerator.device, get_strategy(cfg.strategy).kind.trains_encoder)
 
 
 def checkpoints(cfg: RunConfig, accelerator: Accelerator) -> Checkpoints:

@@ -8,7 +8,8 @@ image and caption embedded once; recall is computed in chunks (`medvlm.metrics.r
 
 MLflow metric names cannot hold '@', so recall@k is logged as `..._R<k>`:
 `test_image_to_text_R1`, `test_text_to_image_R10`, `val_image_to_text_R5` per epoch. Also logged:
-`test_mean_recall` (mean of the six), median ranks, per split the image/caption counts, captions
+`test_mean_recall` (mean of the six), median ranks, `test_tied_queries` (queries whose best positive
+ties another item's score, counted against the query; also per direction), per split the image/caption counts, captions
 the tokenizer truncated, duplicate captions and skipped rows; a table of the worst-ranked queries
 and the recall@k-against-k curve (plot and table).
 """

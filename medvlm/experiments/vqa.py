@@ -180,6 +180,7 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
     accelerator, clip = start(cfg)
     device = accelerator.device
+    strategy = get_strategy(cfg.strategy)
     data = load_vqa(cfg.dataset, data_root=cfg.data_root, image_size=clip.preprocess.image_size, split=cfg.split,
                     seed=cfg.seed, image_column=cfg.image_column, max_rows=cfg.max_rows)
     data = apply_train_fraction(data, cfg)
@@ -189,7 +190,6 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
     targets = targets_of(data, vocab)
     mlflow.log_dict({**vocab.to_dict(), "split": data.split}, "answers.json")
     mlflow.log_metrics({"vocab_size": len(vocab), **{f"n_{s}": len(data.splits[s]) for s in SPLITS}})
-    strategy = get_strategy(cfg.strategy)
     clip = strategy.prepare(clip, cfg)
 
     if not strategy.kind.trains:

@@ -9,7 +9,9 @@ Rank of a query = 1 + the number of non-positive gallery items scoring >= its be
 positive. Ties are pessimistic on purpose: with a `topk`-style cut a tie is broken by
 gallery order, so a collapsed model that embeds everything identically could score 100%
 recall; here it scores (almost) nothing. Without ties this equals CLIP_benchmark's
-"at least one positive in the top k".
+"at least one positive in the top k"; with ties CLIP_benchmark's `topk` lets gallery order
+decide and can count the query as a hit, so our recall can be lower. How many queries had
+such a tie (a non-positive scoring exactly its best positive) is reported with the ranks.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class RetrievalResult:
     metrics: dict[str, float]
     i2t_ranks: torch.Tensor
     t2i_ranks: torch.Tensor
+    i2t_tied: int = 0
+    t2i_tied: int = 0
 
 
 @torch.no_grad()
@@ -41,23 +45,39 @@ def retrieval_ranks(
     gallery_pair_ids: torch.Tensor,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
+    """The ranks of `ranks_and_ties`."""
+    return ranks_and_ties(query, gallery, query_pair_ids, gallery_pair_ids, chunk_size)[0]
+
+
+@torch.no_grad()
+def ranks_and_ties(
+    query: torch.Tensor,
+    gallery: torch.Tensor,
+    query_pair_ids: torch.Tensor,
+    gallery_pair_ids: torch.Tensor,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """1-based rank of each query's best positive; gallery item g is a positive of query q
     iff their pair ids are equal. Scores are dot products in float32 on `query`'s device.
     A query with no positive in the gallery gets rank len(gallery) + 1 (a miss at every k).
+    Also a bool per query: its best positive ties a non-positive (the tie counted against it).
     Peak extra memory is about 10 bytes x chunk_size x len(gallery) (0.8 GB for 80k items)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     device = query.device
     gallery = gallery.to(device, torch.float32)
     gallery_pair_ids = gallery_pair_ids.to(device)
-    ranks = []
+    ranks, ties = [], []
     for start in range(0, len(query), chunk_size):
         scores = query[start : start + chunk_size].to(torch.float32) @ gallery.T
         positive = query_pair_ids[start : start + chunk_size].to(device)[:, None] == gallery_pair_ids[None, :]
         best_positive = torch.where(positive, scores, -torch.inf).amax(dim=1, keepdim=True)
         non_positive_scores = scores.masked_fill_(positive, -torch.inf)
         ranks.append(1 + (non_positive_scores >= best_positive).sum(dim=1, dtype=torch.int32).cpu())
-    return torch.cat(ranks).long() if ranks else torch.empty(0, dtype=torch.long)
+        ties.append(((non_positive_scores == best_positive) & (best_positive > -torch.inf)).any(dim=1).cpu())
+    if not ranks:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.bool)
+    return torch.cat(ranks).long(), torch.cat(ties)
 
 
 def retrieval_metrics(
@@ -74,13 +94,14 @@ def retrieval_metrics(
     """
     text_to_image = _validated(image_emb, text_emb, text_to_image)
     image_ids = torch.arange(len(image_emb), device=text_to_image.device)
-    i2t = retrieval_ranks(image_emb, text_emb, image_ids, text_to_image, chunk_size)
-    t2i = retrieval_ranks(text_emb, image_emb, text_to_image, image_ids, chunk_size)
+    i2t, i2t_tied = ranks_and_ties(image_emb, text_emb, image_ids, text_to_image, chunk_size)
+    t2i, t2i_tied = ranks_and_ties(text_emb, image_emb, text_to_image, image_ids, chunk_size)
     metrics = {}
     for direction, ranks in (("image_to_text", i2t), ("text_to_image", t2i)):
         for k in ks:
             metrics[f"{direction}_R@{k}"] = (ranks <= k).sum().item() / len(ranks)
-    return RetrievalResult(metrics=metrics, i2t_ranks=i2t, t2i_ranks=t2i)
+    return RetrievalResult(metrics=metrics, i2t_ranks=i2t, t2i_ranks=t2i, i2t_tied=int(i2t_tied.sum()),
+                           t2i_tied=int(t2i_tied.sum()))
 
 
 def small_gallery_warning(n_images: int, n_texts: int, ks: tuple[int, ...] = DEFAULT_KS) -> str | None:

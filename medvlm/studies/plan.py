@@ -38,9 +38,38 @@ def plan_digest(plan: list[PlannedTrial]) -> str:
 
 
 def describe(study: StudyConfig, plan: list[PlannedTrial]) -> str:
-    """The dry-run listing: one numbered line per experiment, then the count."""
+    """The dry-run listing: one numbered line per experiment with its resolved protocol, then the count."""
     width = len(str(len(plan)))
     lines = [f"study '{study.name}' ({study.kind}): {len(plan)} experiments"]
-    lines += [f"  {i:>{width}}  {t.config.task:<14} {t.label}" for i, t in enumerate(plan, 1)]
+    lines += [f"  {i:>{width}}  {t.config.task:<14} {t.label}  |  {format_protocol(protocol(t.config))}"
+              for i, t in enumerate(plan, 1)]
     lines.append(f"{len(plan)} experiments")
     return "\n".join(lines)
+
+
+def head_of(cfg: RunConfig) -> str:
+    """What sits on the encoders: the classifier head, nothing extra (retrieval) or the BAN fusion (VQA)."""
+    if cfg.task == "classification":
+        return "linear" if cfg.strategy == "linear" or (cfg.head == "linear" and cfg.strategy != "zeroshot") else "prompt"
+    return "none" if cfg.task == "retrieval" else "ban"
+
+
+def protocol(cfg: RunConfig) -> dict[str, str]:
+    """The training protocol a run resolves to: what a paper states, checked against it (README conformance)."""
+    from medvlm.zoo import zoo_entries
+
+    entry = zoo_entries().get(cfg.model, {})
+    out = {"head": head_of(cfg)}
+    if cfg.task == "classification":
+        out["prompts"] = cfg.prompt_set
+    if cfg.strategy != "zeroshot":
+        out.update(optimizer=cfg.optimizer, lr=f"{cfg.lr:g}", wd=f"{cfg.weight_decay:g}", epochs=str(cfg.epochs),
+                   patience=str(cfg.patience), batch=str(cfg.batch_size))
+    out.update(precision=cfg.precision, image=str(entry.get("image_size", "model")), seed=str(cfg.seed))
+    if cfg.task == "classification":
+        out["size"] = str(cfg.size)
+    return out
+
+
+def format_protocol(values: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items())

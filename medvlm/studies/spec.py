@@ -9,7 +9,8 @@ with the same one-line errors as `RunConfig`. Its cells are RunConfigs:
     exclude   (drop the cells that match)
 
 `ablation` crosses every block with `train_fraction: fractions`; `strategies` (a flag) replaces
-the strategy axis; `stability` runs `trials` perturbed copies of each cell (`space`). Everything
+the strategy axis; `stability` runs `trials` perturbed copies of each cell (`space`; `trials` may
+be a count per task, as the paper's Figure 2 ran 7 VQA and 9 retrieval runs). Everything
 is expanded and validated (RunConfig values, model names against the zoo, unused overrides,
 duplicated cells) before a study touches Optuna or MLflow.
 """
@@ -27,7 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from medvlm.catalog import STRATEGY_KINDS
-from medvlm.config import CommaList, RunConfig, Strategy, build_config, load_yaml, validated
+from medvlm.config import CommaList, RunConfig, Strategy, Task, build_config, load_yaml, validated
 from medvlm.errors import ConfigError, MedvlmError
 
 Kind = Literal["sweep", "stability", "ablation"]
@@ -126,7 +127,8 @@ class StudyConfig(BaseModel):
     overrides: list[Override] = Field(default_factory=list)
     exclude: list[Annotated[dict[str, Any], Field(min_length=1)]] = Field(default_factory=list)
     space: dict[str, Perturbation] = Field(default_factory=dict)
-    trials: int = Field(9, ge=2, description="stability: perturbed trials per strategy (cell)")
+    trials: Annotated[int, Field(ge=2)] | dict[Task, Annotated[int, Field(ge=2)]] = Field(
+        9, description="stability: perturbed trials per strategy (cell); in a spec also per task, e.g. {vqa: 7, retrieval: 9}")
     fractions: Annotated[CommaList[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)] = Field(
         default_factory=lambda: list(DEFAULT_FRACTIONS), description="ablation: training-data fractions")
     strategies: CommaList[Strategy] = Field(default_factory=list, description="strategies to compare (replaces the grid's strategy axis)")
@@ -171,6 +173,11 @@ def load_study_config(command: Kind, spec: str | None, flags: dict[str, Any]) ->
     if not study.name:
         study.name = Path(spec).stem if spec else ""
     return study
+
+
+def trials_of(study: StudyConfig, cfg: RunConfig) -> int:
+    """How many perturbed trials a stability cell runs."""
+    return study.trials[cfg.task] if isinstance(study.trials, dict) else study.trials
 
 
 @dataclass(frozen=True)
@@ -335,6 +342,9 @@ def _check_cells(study: StudyConfig, cells: list[Cell]) -> None:
             except MedvlmError as exc:
                 raise ConfigError(f"cell {cell.index + 1} ({cell.label}): {exc}") from None
             checked.add(cfg.model)
+        if study.kind == "stability" and isinstance(study.trials, dict) and cfg.task not in study.trials:
+            raise ConfigError(f"cell {cell.index + 1} ({cell.label}): trials gives no count for task {cfg.task}; "
+                              f"add {cfg.task}: N to trials")
         if study.kind in ("stability", "ablation") and not STRATEGY_KINDS[cfg.strategy].trains:
             raise ConfigError(f"cell {cell.index + 1} ({cell.label}): a {study.kind} study needs a training strategy and "
                               f"{cfg.strategy} does not train; pass strategies=partial,full,lora or set strategy")

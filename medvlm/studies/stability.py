@@ -21,7 +21,7 @@ import pandas as pd
 
 from medvlm.config import RunConfig, build_config
 from medvlm.errors import ConfigError
-from medvlm.studies.spec import DEFAULT_SPACE, Cell, Perturbation, PlannedTrial, StudyConfig
+from medvlm.studies.spec import DEFAULT_SPACE, Cell, Perturbation, PlannedTrial, StudyConfig, trials_of
 
 
 def unit_points(names: list[str], n: int, seed: int) -> list[dict[str, float]]:
@@ -45,14 +45,16 @@ def is_integer(name: str) -> bool:
 
 
 def perturbed_trials(study: StudyConfig, cells: list[Cell], cell_dist: Any) -> list[PlannedTrial]:
-    """`study.trials` perturbed trials per cell; distinct parameters within each cell."""
+    """`trials` perturbed trials per cell (the first N points of one sequence, so cells with equal N share
+    their perturbations); distinct parameters within each cell."""
     space = study.space or {k: Perturbation(**v) for k, v in DEFAULT_SPACE.items()}
     names = sorted(space)
-    points = unit_points(names, study.trials, study.sampler_seed)
+    points = unit_points(names, max(trials_of(study, cell.config) for cell in cells), study.sampler_seed)
     plan = []
     for cell in cells:
         seen: set[tuple] = set()
-        for u in points:
+        n = trials_of(study, cell.config)
+        for u in points[:n]:
             values, dists = {}, {"cell": cell_dist}
             for name in names:
                 base = getattr(cell.config, name)
@@ -60,7 +62,7 @@ def perturbed_trials(study: StudyConfig, cells: list[Cell], cell_dist: Any) -> l
                 dists[name] = space[name].distribution(base, is_integer(name))
             key = tuple(values.values())
             if key in seen:
-                raise ConfigError(f"space {dict(space)} gives fewer than trials={study.trials} distinct settings for "
+                raise ConfigError(f"space {dict(space)} gives fewer than trials={n} distinct settings for "
                                   f"{cell.label}; widen it or lower trials")
             seen.add(key)
             try:

@@ -59,10 +59,17 @@ def summary_table(children: pd.DataFrame) -> pd.DataFrame:
 
 def primary_metric(table: pd.DataFrame) -> str:
     """The metric the plots show: the task's headline metric, else the first one logged."""
+    available = sorted(table["metric"].unique())
     tasks = table["task"].unique().tolist()
     preferred = PRIMARY_METRIC.get(tasks[0]) if len(tasks) == 1 else None
-    available = sorted(table["metric"].unique())
     return preferred if preferred in available else available[0]
+
+
+def by_task(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(file-name suffix, rows) per task: a study over several tasks (the paper's Figure 2: VQA and
+    retrieval) gets each task's headline metric in its own plots; a one-task study keeps plain names."""
+    tasks = table["task"].unique().tolist()
+    return [("" if len(tasks) == 1 else f"_{task}", table[table["task"] == task]) for task in tasks]
 
 
 def metric_key(group: str, name: str) -> str:
@@ -109,14 +116,15 @@ def log_summary(client: MlflowClient, parent_id: str, kind: str, children: pd.Da
     log_frame(client, parent_id, table, "summary/summary")
     if table.empty:
         return
-    metric = primary_metric(table)
-    figures = {"summary/runs_box.png": box_figure(children, metric)}
-    if kind == "stability":
-        figures["summary/std_per_model_strategy.png"] = std_figure(table, metric)
-    if kind == "ablation":
-        wide = fraction_table(table, metric)
-        log_frame(client, parent_id, wide, "summary/fraction_table")
-        figures["summary/metric_vs_fraction.png"] = fraction_figure(table, metric)
+    figures = {}
+    for suffix, rows in by_task(table):
+        metric = primary_metric(rows)
+        figures[f"summary/runs_box{suffix}.png"] = box_figure(children[children["task"] == rows["task"].iloc[0]], metric)
+        if kind == "stability":
+            figures[f"summary/std_per_model_strategy{suffix}.png"] = std_figure(rows, metric)
+        if kind == "ablation":
+            log_frame(client, parent_id, fraction_table(rows, metric), f"summary/fraction_table{suffix}")
+            figures[f"summary/metric_vs_fraction{suffix}.png"] = fraction_figure(rows, metric)
     for path, fig in figures.items():
         client.log_figure(parent_id, fig, path)
         close(fig)
@@ -133,11 +141,15 @@ def format_summary(kind: str, table: pd.DataFrame) -> str:
     """The console view: the headline metric per group (the Table-6 layout for ablations)."""
     if table.empty:
         return "no finished trials yet"
-    metric = primary_metric(table)
-    if kind == "ablation":
-        return f"{metric} by training fraction\n" + fraction_table(table, metric).to_string(index=False)
-    rows = table[table["metric"] == metric]
-    view = pd.DataFrame({"group": rows["group"], "n": rows["n"],
-                         f"{metric} mean ± std": [f"{m:.4f} ± {s:.4f}" for m, s in zip(rows["mean"], rows["std"])],
-                         "min": rows["min"].map("{:.4f}".format), "max": rows["max"].map("{:.4f}".format)})
-    return view.to_string(index=False)
+    parts = []
+    for _, task_rows in by_task(table):
+        metric = primary_metric(task_rows)
+        if kind == "ablation":
+            parts.append(f"{metric} by training fraction\n" + fraction_table(task_rows, metric).to_string(index=False))
+            continue
+        rows = task_rows[task_rows["metric"] == metric]
+        view = pd.DataFrame({"group": rows["group"], "n": rows["n"],
+                             f"{metric} mean ± std": [f"{m:.4f} ± {s:.4f}" for m, s in zip(rows["mean"], rows["std"])],
+                             "min": rows["min"].map("{:.4f}".format), "max": rows["max"].map("{:.4f}".format)})
+        parts.append(view.to_string(index=False))
+    return "\n\n".join(parts)

@@ -142,12 +142,14 @@ def metric_names(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def summary(result: RetrievalResult) -> dict[str, float]:
-    """Recall@1/5/10 both ways, their mean, and the median rank (MedR) of each direction, rounded down
-    as VSE++ and its successors report it."""
+    """Recall@1/5/10 both ways, their mean, the median rank (MedR) of each direction, rounded down
+    as VSE++ and its successors report it, and the queries with a tie at their best positive."""
     scores = metric_names(result.metrics)
     scores["mean_recall"] = float(np.mean([scores[f"{d}_R{k}"] for d in DIRECTIONS for k in DEFAULT_KS]))
-    for direction, ranks in zip(DIRECTIONS, (result.i2t_ranks, result.t2i_ranks)):
+    for direction, ranks, tied in zip(DIRECTIONS, (result.i2t_ranks, result.t2i_ranks), (result.i2t_tied, result.t2i_tied)):
         scores[f"{direction}_median_rank"] = float(np.floor(np.median(ranks.numpy())))
+        scores[f"{direction}_tied_queries"] = float(tied)
+    scores["tied_queries"] = float(result.i2t_tied + result.t2i_tied)
     return scores
 
 
