@@ -259,7 +259,8 @@ def test_strategies_that_do_not_apply_fail_in_one_line_with_a_failed_run(llava_f
     assert main(["finetune", *common, "--strategy", "partial"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "strategy=partial does not apply to generative (LLaVA) models" in err and "mlp, lora" in err
-    (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("medvlm").experiment_id])
+    client = MlflowClient()
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FAILED"
     assert main(["finetune", *common, "--strategy", "mlp", "--lora-parts", "v"]) == 2
     assert "lora_parts=v needs strategy=lora" in capsys.readouterr().err

@@ -93,7 +93,7 @@ def test_vlm_rival_spec_is_the_papers_vqa_grid(tmp_path, monkeypatch, capsys, of
     assert "model llava-1.5-7b" in err and "model llava-med" in err
     lines = out.strip().splitlines()
     assert lines[-1] == "42 experiments"
-    listed = {tuple(line.split(maxsplit=2)[2].split(" · ")) for line in lines[1:-1]}
+    listed = {tuple(line.split("  |  ")[0].split(maxsplit=2)[2].split(" · ")) for line in lines[1:-1]}
     strategies = [("zeroshot",), ("mlp",)] + [("lora", f"lora_parts={p}") for p in ("v", "l", "vm", "lm", "vml")]
     assert listed == {(m, d, *s) for m in ("llava-1.5-7b", "llava-med") for d in ("vqa_rad", "slake", "pathvqa")
                       for s in strategies}

@@ -30,7 +30,7 @@ def finetune(workdir, model: str) -> tuple[subprocess.CompletedProcess, float]:
 
 @needs_breastmnist
 def test_a_hub_model_fails_within_seconds_in_one_line_when_the_hub_is_unreachable(workdir):
-    finetune(workdir, "local-dir:/nonexistent")  # creates the MLflow store, so both timings below start warm
+    MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_experiments()  # create the store: both timings start warm
     baseline, baseline_s = finetune(workdir, "local-dir:/nonexistent")  # fails before any network access
     proc, elapsed_s = finetune(workdir, "biomedclip")
     print(f"offline biomedclip: {elapsed_s:.1f} s; same start-up failing without network access: {baseline_s:.1f} s")
@@ -82,3 +82,13 @@ def test_offline_a_model_in_the_hugging_face_cache_is_found_and_a_missing_one_is
         locate_weights("quiltnet")
     assert "model 'quiltnet' cannot be loaded offline: HF_HUB_OFFLINE is set" in str(err.value)
     assert f"nor the cache {tmp_path / 'hub'}" in str(err.value) and "$MEDVLM_WEIGHTS/quiltnet/" in str(err.value)
+
+
+def test_long_causes_are_clipped_at_a_word_boundary_never_mid_word():
+    from medvlm.network import clipped
+
+    text = "Failed to download file (open_clip_config.json) for microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224\nmore"
+    assert clipped(text, 200) == text.splitlines()[0]
+    short = clipped(text, 60)
+    assert short == "Failed to download file (open_clip_config.json) for …" and len(short) <= 62
+    assert clipped("", 10) == "" and clipped("  \n  ", 10) == ""

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from medvlm.errors import ModelError
+from medvlm.network import clipped
 
 RUBRIC = (
     "You are a helpful and precise assistant for checking the quality of an answer to a question about a "
@@ -48,7 +49,7 @@ def load_judge(name: str):
         tokenizer = AutoTokenizer.from_pretrained(ident, local_files_only=local, padding_side="left")
         model = AutoModelForCausalLM.from_pretrained(ident, local_files_only=local)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load judge model '{name}' ({str(exc).splitlines()[0][:160]}); pass judge= a local "
+        raise ModelError(f"cannot load judge model '{name}' ({clipped(str(exc), 160)}); pass judge= a local "
                          f"transformers chat model folder (or mirror it under $MEDVLM_WEIGHTS), or leave judge empty") from None
     if not tokenizer.chat_template:
         raise ModelError(f"judge model '{name}' has no chat template; use an instruction-tuned chat model")

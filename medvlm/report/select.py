@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from medvlm.catalog import TASKS
 from medvlm.config import RunConfig
 from medvlm.errors import ConfigError
+from medvlm.network import clipped
 from medvlm.report.config import ReportConfig
 from medvlm.studies.spec import load_study_config
 from medvlm.tracking.session import WARNING_TAG_PREFIX
@@ -139,7 +140,7 @@ def select_runs(client: MlflowClient, cfg: ReportConfig) -> Selection:
             try:
                 page = client.search_runs([experiment], filter_string=query, max_results=1000, page_token=token)
             except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a bad filter string
-                raise ConfigError(f"invalid filter '{query}' ({str(exc).splitlines()[0][:200]}); use MLflow search "
+                raise ConfigError(f"invalid filter '{query}' ({clipped(str(exc), 200)}); use MLflow search "
                                   "syntax, e.g. filter=\"params.size = '28'\"") from None
             found += page
             token = page.token

@@ -39,6 +39,7 @@ from mlflow.tracking import MlflowClient
 
 from medvlm.errors import ConfigError, MedvlmError
 from medvlm.experiments.preflight import preflight
+from medvlm.network import clipped
 from medvlm.progress import log
 from medvlm.studies.plan import build_plan, describe, plan_digest, trial_config
 from medvlm.studies.spec import Kind, PlannedTrial, StudyConfig, load_study_config, perturbed
@@ -127,7 +128,7 @@ def open_storage(cfg: StudyConfig):
             error = exc
         except (ValueError, ImportError) as exc:
             error = exc
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = clipped(str(error), 200) or type(error).__name__
         raise ConfigError(f"cannot open the Optuna storage {redacted(url)} ({reason}); start the database "
                           f"or pass another storage=... (default sqlite:///optuna.db)") from None
 
@@ -388,7 +389,7 @@ def _fail(study, trial, message: str, seen: dict[str, int] | None = None) -> str
     from optuna.trial import TrialState
 
     seen = {} if seen is None else seen
-    line = message.strip().splitlines()[0][:500] if message.strip() else "failed"
+    line = clipped(message, 1000) or "failed"
     first = seen.setdefault(line, trial.number)
     shown = line if first == trial.number else f"the same error as trial {first}"
     print(f"medvlm: trial {trial.number} failed: {shown}", file=sys.stderr)

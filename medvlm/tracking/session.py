@@ -24,6 +24,7 @@ import mlflow
 
 from medvlm.config import RunConfig
 from medvlm.errors import MedvlmError
+from medvlm.network import clipped
 from medvlm.progress import log
 from medvlm.zoo.entries import zoo_entries
 
@@ -172,7 +173,7 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
         yield run
     except BaseException as exc:
         mlflow.flush_async_logging()
-        message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+        message = clipped(str(exc), 1000) or type(exc).__name__
         mlflow.set_tag("medvlm.error", message)
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         mlflow.end_run(status=status)

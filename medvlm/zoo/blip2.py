@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from medvlm.errors import ModelError
+from medvlm.network import clipped
 from medvlm.zoo import hf_parts
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
 from medvlm.zoo.checkpoints import weights_digest
@@ -88,7 +89,7 @@ def load_blip2(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
                                                                output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(ident, local_files_only=location is not None)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load BLIP-2 model '{spec.name}' from {ident} ({str(exc).splitlines()[0][:160]}); "
+        raise ModelError(f"cannot load BLIP-2 model '{spec.name}' from {ident} ({clipped(str(exc), 160)}); "
                          f"offline, put its save_pretrained folder in $MEDVLM_WEIGHTS/{spec.name}/") from None
     if info["missing_keys"] or info["mismatched_keys"]:
         raise ModelError(f"model '{spec.name}': {ident} lacks weights {sorted(info['missing_keys'])[:6]}; "

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from medvlm.errors import ModelError
+from medvlm.network import clipped
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".tar")
 
@@ -115,7 +116,7 @@ def checkpoint_file(name: str, location: str | None, filename: str, download: di
     except Exception as exc:  # any network or hub failure means the same fix for the user
         raise ModelError(
             f"model '{name}': checkpoint {filename} not found locally and could not be downloaded "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); put it at {where}"
+            f"({type(exc).__name__}: {clipped(str(exc), 160)}); put it at {where}"
         ) from None
 
 
@@ -168,7 +169,7 @@ def load_torch_checkpoint(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise ModelError(f"checkpoint {path} holds objects that cannot be read safely "
-                             f"({str(exc).splitlines()[0][:160]}); re-save its state_dict with torch.save") from None
+                             f"({clipped(str(exc), 160)}); re-save its state_dict with torch.save") from None
 
 
 def take(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from medvlm.errors import ModelError
+from medvlm.network import clipped
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
 from medvlm.zoo.checkpoints import HF_CLIP_BLOCK, weights_digest
 from medvlm.zoo.hf_parts import preprocess_from
@@ -69,7 +70,7 @@ def load_transformers_clip(entry: dict, spec: ModelSpec, location: str | None) -
         tokenizer = AutoTokenizer.from_pretrained(ident, local_files_only=location is not None)
     except (OSError, ValueError) as exc:
         raise ModelError(
-            f"cannot load transformers CLIP model '{spec.name}' from {ident} ({str(exc).splitlines()[0][:200]}); "
+            f"cannot load transformers CLIP model '{spec.name}' from {ident} ({clipped(str(exc), 200)}); "
             f"offline, put a save_pretrained folder (config.json, model.safetensors, tokenizer files) in "
             f"$MEDVLM_WEIGHTS/{spec.name}/ or pass its path"
         ) from None

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from medvlm.errors import ModelError
+from medvlm.network import clipped
 from medvlm.zoo.base import Preprocess, TextBatch
 from medvlm.zoo.checkpoints import drop_index_buffers, hf_from_state, hub_source, take
 
@@ -33,7 +34,7 @@ def preprocess_from(folder: str, size: int, mean: tuple[float, ...], std: tuple[
 
 def _hub_error(name: str, repo_id: str, what: str, exc: Exception) -> ModelError:
     return ModelError(
-        f"model '{name}': cannot read the {what} of {repo_id} ({str(exc).splitlines()[0][:160]}); offline, "
+        f"model '{name}': cannot read the {what} of {repo_id} ({clipped(str(exc), 160)}); offline, "
         f"put that repository's config.json and tokenizer files in $MEDVLM_WEIGHTS/{repo_id}/"
     )
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from medvlm.errors import ModelError
+from medvlm.network import clipped
 from medvlm.zoo.base import ModelSpec, Preprocess
 from medvlm.zoo.checkpoints import drop_index_buffers, hf_from_state, hub_source, load_torch_checkpoint, weights_digest
 
@@ -188,7 +189,7 @@ def load_llava_hf(entry: dict, spec: ModelSpec, location: str | None, dtype: tor
         net = cls.from_pretrained(ident, local_files_only=local, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise ModelError(
-            f"cannot load LLaVA model '{spec.name}' from {ident} ({str(exc).splitlines()[0][:200]}); offline, put its "
+            f"cannot load LLaVA model '{spec.name}' from {ident} ({clipped(str(exc), 200)}); offline, put its "
             f"save_pretrained folder (config.json, safetensors, processor and tokenizer files) in "
             f"$MEDVLM_WEIGHTS/{spec.name}/ or pass its path") from None
     template = getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)
@@ -282,7 +283,7 @@ def load_llava_original(entry: dict, spec: ModelSpec, location: str | None,
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:
         raise ModelError(f"model '{name}': cannot read the vision tower {cfg['mm_vision_tower']} config or the "
-                         f"tokenizer ({str(exc).splitlines()[0][:160]}); offline, mirror the tower repo to "
+                         f"tokenizer ({clipped(str(exc), 160)}); offline, mirror the tower repo to "
                          f"$MEDVLM_WEIGHTS/{cfg['mm_vision_tower']}/") from None
     if tokenizer.unk_token_id is None:
         raise ModelError(f"model '{name}': the tokenizer has no <unk> token to stand for the image")

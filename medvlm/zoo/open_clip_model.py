@@ -11,6 +11,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
 from medvlm.errors import ModelError
+from medvlm.network import clipped
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
 from medvlm.zoo.checkpoints import BERT_BLOCK, HF_CLIP_BLOCK, OPEN_CLIP_BLOCK, TIMM_BLOCK, open_clip_local_kwargs, weights_digest
 
@@ -177,7 +178,7 @@ def infer_open_clip_spec(net: nn.Module, spec: ModelSpec) -> ModelSpec:
 
 def _open_clip_error(name: str, where: str, exc: Exception) -> ModelError:
     return ModelError(
-        f"cannot load weights for model '{name}' from {where} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+        f"cannot load weights for model '{name}' from {where} ({type(exc).__name__}: {clipped(str(exc), 200)}); "
         f"on an offline machine put the model in $MEDVLM_WEIGHTS/{name}/ (open_clip local-dir layout) "
         f"or pass model=local-dir:PATH"
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from medvlm.errors import ModelError
+from medvlm.network import clipped
 from medvlm.zoo import hf_parts
 from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
 from medvlm.zoo.checkpoints import HF_CLIP_BLOCK, weights_digest
@@ -82,7 +83,7 @@ def load_siglip(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel
     except (OSError, ValueError, ImportError) as exc:
         gated = " (a gated repository: accept its terms on the Hub and log in first)" if entry.get("gated") else ""
         raise ModelError(f"cannot load SigLIP model '{spec.name}' from {ident}{gated} "
-                         f"({str(exc).splitlines()[0][:160]}); offline, put its save_pretrained folder in "
+                         f"({clipped(str(exc), 160)}); offline, put its save_pretrained folder in "
                          f"$MEDVLM_WEIGHTS/{spec.name}/") from None
     spec.context_length = int(net.config.text_config.max_position_embeddings)
     spec.lora_vision = spec.lora_vision or HF_CLIP_BLOCK
