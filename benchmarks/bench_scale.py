@@ -286,7 +286,8 @@ def medvlm_train_epoch(module, train, val, cfg, tmp: Path):
 
     mlflow.end_run()
     run_id = mlflow.start_run().info.run_id
-    accelerator, checkpoints = make_accelerator(cfg), Checkpoints(tmp / "checkpoints", run_id)
+    checkpoints = Checkpoints.for_run(cfg.model_copy(update={"checkpoint_dir": str(tmp / "checkpoints")}), run_id, {})
+    accelerator = make_accelerator(cfg)
 
     def work() -> None:
         fit(ClassificationObjective(module, "binary"), train, val, cfg, accelerator, checkpoints, log_epoch)
@@ -396,7 +397,10 @@ def peak_tflops(device: torch.device) -> float | None:
 # ---------------------------------------------------------------- the CLI in subprocesses
 
 def cli_env(tmp: Path, weights: Path, cache: Path, tag: str) -> dict[str, str]:
-    return {**os.environ, "MEDVLM_WEIGHTS": str(weights), "MEDVLM_CACHE": str(cache),
+    """A fresh tracking store and feature cache per measurement; nothing of this process's MLflow state leaks in."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+                                                                  "MLFLOW_RUN_ID")}
+    return {**inherited, "MEDVLM_WEIGHTS": str(weights), "MEDVLM_CACHE": str(cache),
             "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/cli-{tag}.db", "MEDVLM_OPTUNA_STORAGE": f"sqlite:///{tmp}/optuna-{tag}.db",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
+import shlex
 import sys
 from collections.abc import Callable
 
@@ -16,9 +18,12 @@ from pydantic.fields import FieldInfo
 
 from medvlm.catalog import STRATEGY_KINDS, TASKS
 from medvlm.config import RunConfig, build_config, entry_point_fields
-from medvlm.errors import ConfigError, MedvlmError
+from medvlm.errors import ConfigError, MedvlmError, TrackingError, one_line
 
 EXIT_USER_ERROR = 2
+# the disk or the folder layout, not medvlm, refused a write
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOTDIR)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -79,6 +84,7 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", help="YAML study spec, e.g. sweeps/midl2026.yaml (flags override its keys)")
     for name in STUDY_FLAGS:
         add_field_flag(parser, name, StudyConfig.model_fields[name])
+
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
@@ -204,10 +210,30 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def resume_hint(argv: list[str], exc: BaseException) -> str:
+    """How to continue after an interruption: the exact `--resume` command for a run, or rerun a study."""
+    run_id = getattr(exc, "medvlm_run_id", None)
+    command = argv[0] if argv else ""
+    if command in STUDY_COMMANDS:
+        return "; run the same command again to continue the study (completed trials are kept)"
+    if command != "finetune" or not run_id:
+        return ""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            kept.append(arg)
+    return f"; resume with: medvlm {shlex.join(kept)} --resume {run_id}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from medvlm.progress import setup_logging
 
     setup_logging()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         argv = sys.argv[1:] if argv is None else argv
         command = next((a for a in argv if not a.startswith("-")), None)
@@ -215,8 +241,20 @@ def main(argv: list[str] | None = None) -> int:
         if extras:
             raise unknown_flags_error(extras, [k for k in vars(args) if k not in ("func", "command")])
         return args.func(args)
+    except KeyboardInterrupt as exc:
+        run_id = getattr(exc, "medvlm_run_id", None)
+        state = f"; run {run_id} is KILLED, its checkpoint kept" if run_id else ""
+        print(f"medvlm: interrupted{state}{resume_hint(argv, exc)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except MedvlmError as exc:
-        print(f"medvlm: error: {exc}", file=sys.stderr)
+        hint = resume_hint(argv, exc) if isinstance(exc, TrackingError) else ""
+        print(f"medvlm: error: {one_line(exc)}{hint}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        print(f"medvlm: error: cannot write {exc.filename or 'a file'} ({exc.strerror}); free disk space or point "
+              f"data_root, checkpoint_dir, MEDVLM_CACHE or the MLflow store at a writable folder", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

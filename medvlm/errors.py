@@ -22,5 +22,26 @@ class ModelError(MedvlmError):
     """An unknown model or missing weights."""
 
 
+class TrackingError(MedvlmError):
+    """The tracking server cannot be reached, or stopped answering during a run."""
+
+
+class Superseded(MedvlmError):
+    """A study trial was declared lost and retried elsewhere while this worker still ran it."""
+
+
 class TrainingError(MedvlmError):
     """Training diverged (NaN/inf loss) or cannot proceed."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error, for the CLI and the `medvlm.error` tag.
+
+    A DataLoader worker re-raises a worker's error as "Caught X in DataLoader worker ..." plus the
+    worker's traceback; the useful line (naming the file) is the traceback's last one.
+    """
+    text = str(exc).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(exc).__name__

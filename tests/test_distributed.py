@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ def test_two_processes_track_one_run(workdir, tiny_model_dir):
          "--data_root", str(BREAST_ROOT), "--strategy", "lora", "--epochs", "2", "--experiment", "ddp"],
         cwd=workdir, env={**os.environ}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("test_auc") == 1, "only rank 0 reports"
+    assert len(re.findall(r"^test_auc ", proc.stdout, re.MULTILINE)) == 1, "only rank 0 reports"
     client = MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

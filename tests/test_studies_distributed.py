@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -135,8 +136,8 @@ def finished(worker: subprocess.Popen, ctx: dict, log_name: str, timeout: float 
 
 
 def trials_run_by(log: str) -> set[int]:
-    return {int(line.split()[2].rstrip(":")) for line in log.splitlines() if line.startswith("medvlm: trial ") and "failed" not in line
-            and "lost" not in line}
+    """Trial numbers a worker started, from its `medvlm: trial K/N: label` lines (K = number + 1)."""
+    return {int(m.group(1)) - 1 for m in re.finditer(r"^medvlm: trial (\d+)/\d+: ", log, re.MULTILINE)}
 
 
 def study_runs(uri: str, name: str) -> tuple:

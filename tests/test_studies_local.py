@@ -19,7 +19,8 @@ from medvlm.experiments import run_experiment
 from medvlm.data.medmnist import load_medmnist
 from medvlm.data.subsample import subsample
 from medvlm.studies.plan import build_plan
-from medvlm.studies.runner import claim, join_study, open_storage
+from medvlm.errors import Superseded
+from medvlm.studies.runner import Fence, claim, join_study, open_storage
 from medvlm.studies.spec import load_study_config
 from medvlm.studies.summary import metric_key
 from medvlm.tracking.session import ensure_tracking
@@ -157,28 +158,35 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on_under_the_project_run
 
 
 @needs_breastmnist
-def test_a_trial_whose_worker_died_after_its_run_finished_reuses_that_run(workdir, tiny_model_dir, capsys):
-    """The worst moment to die: the child run is FINISHED but Optuna was not told. The retry must not rerun it."""
+def test_a_worker_that_lost_its_trial_never_completes_it_nor_finishes_its_run(workdir, tiny_model_dir, capsys):
+    """A worker paused past grace_period: its trial was retried elsewhere; its own copy must not count twice."""
     flags = ["--model", f"local-dir:{tiny_model_dir}", "--dataset", "breastmnist", "--size", "28", "--data_root", str(BREAST_ROOT),
-             "--study", "late", "--heartbeat_interval", "1", "--grace_period", "2"]
+             "--study", "late", "--heartbeat_interval", "1", "--grace_period", "3"]
     run_flags = {"model": f"local-dir:{tiny_model_dir}", "dataset": "breastmnist", "size": 28, "data_root": str(BREAST_ROOT),
                  "study": "late"}
-    cfg = load_study_config("sweep", None, {"heartbeat_interval": 1, "grace_period": 2})
+    cfg = load_study_config("sweep", None, {"heartbeat_interval": 1, "grace_period": 3})
     plan = build_plan(cfg, run_flags)
     ensure_tracking()
     storage = open_storage(cfg)
     study, parent = join_study(storage, cfg, plan, "Default", None)
     trial_id = claim(storage, storage.get_study_id_from_name("late"))
     number = storage.get_trial(trial_id).number
-    mlflow.set_experiment(experiment_id=parent.experiment_id)
-    run_experiment(plan[0].config, nested=True, extra_tags={"mlflow.parentRunId": parent.run_id, "medvlm.trial": str(number)})
-    time.sleep(3)  # ... and the worker is gone: no tell, no heartbeat for longer than grace_period
-
-    assert main(["sweep", *flags]) == 0
+    time.sleep(4)  # the paused worker: no heartbeat for longer than grace_period ...
+    assert main(["sweep", *flags]) == 0  # ... so another worker declares the trial lost and runs its retry
     assert f"trial {number} lost its worker; re-enqueued" in capsys.readouterr().err
+
+    mlflow.set_experiment(experiment_id=parent.experiment_id)  # the paused worker wakes up and finishes its copy
+    with pytest.raises(Superseded):
+        run_experiment(plan[0].config, nested=True, extra_tags={"mlflow.parentRunId": parent.run_id, "medvlm.trial": str(number)},
+                       commit=Fence(storage, trial_id, "test_auc"))
     trials = optuna.load_study(study_name="late", storage="sqlite:///optuna.db").trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
-    children = children_of(MlflowClient(), MlflowClient().get_run(parent.run_id))
-    assert len(children) == 1 and children[0].info.status == "FINISHED"  # one run for the experiment, not two
-    assert trials[1].user_attrs["reused_run"] == children[0].info.run_id
-    assert trials[1].value == pytest.approx(children[0].data.metrics["test_auc"])
+    children = {c.data.tags["medvlm.trial"]: c for c in children_of(MlflowClient(), MlflowClient().get_run(parent.run_id))}
+    assert children[str(number)].info.status == "KILLED" and "retried by another worker" in children[str(number)].data.tags["medvlm.error"]
+    assert children[str(trials[1].number)].info.status == "FINISHED"
+    assert trials[1].user_attrs["mlflow_run_id"] == children[str(trials[1].number)].info.run_id
+    assert main(["sweep", *flags, "--summarize_only"]) == 0
+    summary = MlflowClient().get_run(parent.run_id).data.metrics
+    group = children[str(trials[1].number)].data.tags["medvlm.group"]
+    assert summary[metric_key(group, "test_auc_n")] == 1
+    assert summary[metric_key(group, "test_auc_mean")] == pytest.approx(trials[1].value)

@@ -9,7 +9,8 @@ from torch import nn
 
 from medvlm.config import build_config
 from medvlm.data.base import TensorRows
-from medvlm.engine.trainer import BestWeights, Checkpoints, EpochShuffle, fit, make_accelerator
+from medvlm.engine.checkpoints import Checkpoints, checkpoint_identity
+from medvlm.engine.trainer import BestWeights, EpochShuffle, fit, make_accelerator
 from medvlm.errors import TrainingError
 from medvlm.tasks.classification import ClassificationObjective
 
@@ -38,7 +39,8 @@ def test_early_stopping_restores_the_best_epoch(with_checkpoints, tmp_path):
     cfg = config(epochs=40, patience=2, lr=0.5)
     objective = ClassificationObjective(linear(), "binary")
     seen_rows = []
-    checkpoints = Checkpoints(tmp_path, "run") if with_checkpoints else None
+    identity = checkpoint_identity("run", cfg.resolved(), {})
+    checkpoints = Checkpoints(tmp_path, "run", identity) if with_checkpoints else None
     result = fit(objective, train, val, cfg, make_accelerator(cfg), checkpoints=checkpoints,
                  on_epoch=lambda e, row: seen_rows.append(row))
     assert result.epochs_run < 40, "patience should stop training early"
@@ -50,9 +52,10 @@ def test_early_stopping_restores_the_best_epoch(with_checkpoints, tmp_path):
     assert final_val == pytest.approx(min(losses), rel=1e-5), "the best epoch's weights are loaded at the end"
     assert seen_rows == result.history
     if with_checkpoints:
-        kept = torch.load(tmp_path / "run" / BestWeights.FILE, weights_only=False)
-        assert kept["epoch"] == result.best_epoch < torch.load(checkpoints.path, weights_only=False)["epoch"]
-        torch.testing.assert_close(kept["trainable"]["weight"], objective.module.weight.detach())
+        kept = Checkpoints(tmp_path, "run", identity)
+        kept.path = tmp_path / "run" / BestWeights.FILE  # a hard link of the best epoch's checkpoint
+        assert kept.load()["epoch"] == result.best_epoch < checkpoints.load()["epoch"]
+        torch.testing.assert_close(kept.load()["trainable"]["weight"], objective.module.weight.detach())
 
 
 def test_gradient_accumulation_equals_the_larger_batch():

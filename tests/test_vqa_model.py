@@ -204,3 +204,23 @@ def test_answer_vocabulary_normalises_and_maps_unseen_answers_to_unknown():
     assert vocab.decode(vocab.closed) == ["no", "yes"]
     assert vocab.encode(["YES", "left kidney!", "MRI", "unknown"]).tolist() == [4, 2, 0, 0]
     assert AnswerVocab(**vocab.to_dict()) == vocab
+
+
+def test_partial_vqa_counts_only_what_the_ban_head_path_reaches(tiny_model_dir):
+    """`partial` marks both projections and the logit scale; VQA never uses the logit scale, so it is frozen."""
+    from medvlm.config import RunConfig
+    from medvlm.data.vqa import VQARows
+    from medvlm.engine.trainer import count_trainable, freeze_unused
+    from medvlm.strategies import get_strategy
+
+    clip = create_model(f"local-dir:{tiny_model_dir}")
+    clip = get_strategy("partial").prepare(clip, RunConfig(model="x", dataset="vqa_rad", task="vqa", strategy="partial"))
+    model = VQAModel(clip, BANHead(clip.embed_dim, clip.embed_dim, n_answers=5, hidden=8))
+    text = clip.tokenize(["is it normal?", "where is the lesion?"])
+    rows = VQARows({"images": (torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1])),
+                    "input_ids": (text.input_ids, torch.tensor([0, 1])),
+                    "attention_mask": (text.attention_mask, torch.tensor([0, 1]))}, torch.zeros(2, 2, dtype=torch.long))
+    marked = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert freeze_unused(model, rows, torch.device("cpu")) == ["clip.net.logit_scale"]
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == marked - {"clip.net.logit_scale"}
+    assert count_trainable(model) == sum(p.numel() for n, p in model.named_parameters() if n in marked) - 1

@@ -8,8 +8,10 @@ differs from the pin, applies the adapter and the head, and predicts.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,20 +137,53 @@ def log_adapter(python_model: AdapterModel, peft_net, heads: dict[str, torch.nn.
     metric, value, higher = selection
     client.set_model_version_tag(registered_name, version.version, metric, str(value))
     client.set_model_version_tag(registered_name, version.version, "run_id", mlflow.active_run().info.run_id)
-    best_version, best_value = version.version, value
-    for mv in client.search_model_versions(f"name='{registered_name}'"):
-        tagged = mv.tags.get(metric)
-        if tagged is not None and ((float(tagged) > best_value) if higher else (float(tagged) < best_value)):
-            best_version, best_value = mv.version, float(tagged)
-    client.set_registered_model_alias(registered_name, ALIAS, best_version)
+    point_best_alias(client, registered_name, metric, higher)
     mlflow.set_tag("medvlm.registered_model", f"{registered_name}/{version.version}")
     return str(version.version)
 
 
+def best_version(client: MlflowClient, name: str, metric: str, higher: bool) -> str | None:
+    """The version with the best `metric` tag; ties go to the newer version, so every writer agrees."""
+    scored = [(float(mv.tags[metric]), int(mv.version)) for mv in client.search_model_versions(f"name='{name}'")
+              if metric in mv.tags]
+    if not scored:
+        return None
+    _, version = max(scored, key=lambda s: (s[0] if higher else -s[0], s[1]))
+    return str(version)
+
+
+def point_best_alias(client: MlflowClient, name: str, metric: str, higher: bool, attempts: int = 20) -> str | None:
+    """Point `best` at the best version by compare-and-set: write, re-read, and retry until both agree.
+
+    Concurrent registrations each tag their version first and then run this loop. Every write of
+    the alias is followed by a re-read by the same writer, so a stale write (from a writer that had
+    not yet seen a better version) is corrected by that writer, and the last check, by whoever
+    finishes last, sees every version's tag.
+    """
+    for _ in range(attempts):
+        best = best_version(client, name, metric, higher)
+        try:
+            current = client.get_model_version_by_alias(name, ALIAS).version
+        except mlflow.exceptions.MlflowException:
+            current = None
+        if best is None or str(current) == best:
+            return best
+        client.set_registered_model_alias(name, ALIAS, best)
+    raise ModelError(f"the '{ALIAS}' alias of {name} kept changing under concurrent registrations; rerun to settle it")
+
+
 def registered_name(model: str, dataset: str, task: str) -> str:
-    """`medvlm-<model>-<dataset>-<task>`, with path-like names reduced to a registry-safe slug."""
+    """`medvlm-<model>-<dataset>-<task>`, with path-like names reduced to a registry-safe slug.
+
+    A dataset given as a path gets 8 hex digits of its absolute path after its base name, so
+    `/a/labels.csv` and `/b/labels.csv` (different data) never share a registered model.
+    """
     def slug(s: str) -> str:
         s = s.split(":", 1)[-1].rstrip("/")
         s = Path(s).name if ("/" in s or "\\" in s) else s
         return "".join(c if c.isalnum() or c in "-_." else "-" for c in s).strip("-").lower()
-    return f"medvlm-{slug(model)}-{slug(dataset)}-{task}"
+    data = slug(dataset)
+    if "/" in dataset or "\\" in dataset:
+        where = os.path.abspath(os.path.expanduser(dataset.split(":", 1)[-1]))
+        data = f"{data}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
+    return f"medvlm-{slug(model)}-{data}-{task}"

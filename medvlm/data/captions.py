@@ -44,8 +44,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, source_kind,
-                                 read_tables, split_values)
+from medvlm.data.content import content_keys
+from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, read_tables,
+                                 source_kind, split_values)
 from medvlm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,10 @@ class IndexedImages(Dataset):
         return torch.stack(images), torch.as_tensor(indices, dtype=torch.long)
 
     def digest(self) -> str:
-        """Image identities (paths with their sizes, or content hashes), rows and size: a feature-cache key."""
+        """Image contents (files hashed, encoded bytes by their sha1 key), rows and size: a feature-cache key."""
         h = hashlib.sha256(f"{self.image_size}\n".encode())
-        for key in self.keys:
-            size = Path(key).stat().st_size if not key.startswith("sha1:") else 0
-            h.update(f"{key}\t{size}\n".encode())
+        for key, content in zip(self.keys, content_keys(self.keys)):
+            h.update(f"{key}\t{content}\n".encode())
         h.update(self.image_of_row.numpy().tobytes())
         return h.hexdigest()[:16]
 
@@ -145,7 +145,8 @@ class CaptionSplit:
         return IndexedImages(self.image_sources, self.image_keys, self.text_to_image, image_size)
 
     def digest(self) -> str:
-        h = hashlib.sha256("\n".join(self.image_keys).encode())
+        """Image contents and captions (dataset lineage)."""
+        h = hashlib.sha256("\n".join(content_keys(self.image_keys)).encode())
         for caption, image in zip(self.captions, self.text_to_image.tolist()):
             h.update(f"\n{image}\t{caption}".encode())
         return h.hexdigest()[:16]

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medvlm.data.base import ClassificationData
+from medvlm.data.content import file_digests
 from medvlm.data.prompts import generic_prompts
 from medvlm.data.sources import SPLITS, load_image, read_table, split_values
 from medvlm.errors import DataError
@@ -59,8 +60,10 @@ class ImageFiles(Dataset):
         return ImageFiles([self.paths[i] for i in idx], self.labels.numpy()[idx], self.image_size)
 
     def digest(self) -> str:
+        """The images' contents (not just their names) and the labels: a feature-cache key and lineage."""
         h = hashlib.sha256()
-        h.update("\n".join(map(str, self.paths)).encode())
+        for path, content in zip(self.paths, file_digests(self.paths)):
+            h.update(f"{path}\t{content}\n".encode())
         h.update(self.labels.numpy().tobytes())
         return h.hexdigest()[:16]
 
@@ -155,10 +158,10 @@ def _scan(folder: Path, names: list[str]) -> tuple[list[Path], np.ndarray]:
 
 
 def _listing_digest(files: list[Path], root: Path) -> str:
-    """Names and sizes of every file: cheap, and changes when files are added, removed or replaced."""
+    """Names and contents of every file: changes when files are added, removed, replaced or edited in place."""
     h = hashlib.sha256()
-    for p in files:
-        h.update(f"{p.relative_to(root)}\t{p.stat().st_size}\n".encode())
+    for p, content in zip(files, file_digests(files)):
+        h.update(f"{p.relative_to(root)}\t{content}\n".encode())
     return f"sha256:{h.hexdigest()}"
 
 
@@ -215,6 +218,7 @@ def load_table(
         how = f"stratified 70/10/20 (seed {seed})"
 
     files = _image_paths(table[image_column], path)
+    every = sorted(set(files))
     return ClassificationData(
         name=path.stem,
         kind=kind,
@@ -223,7 +227,7 @@ def load_table(
         splits={split: ImageFiles([files[i] for i in idx[split]], labels[idx[split]], image_size) for split in SPLITS},
         modality="medical",
         source=str(path),
-        extra={"digest": f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}", "split": how,
+        extra={"digest": _listing_digest([path, *every], Path(path.anchor)), "split": how,
                "label_policy": label_policy, "ignored_labels": int((labels < 0).sum())},
     )
 

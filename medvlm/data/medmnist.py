@@ -168,13 +168,16 @@ def _download(info: SubsetInfo, size: int, folder: Path) -> str:
     if offline:
         return f"no download: {offline}"
     path = folder / info.file_name(size)
-    created = not folder.exists()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # download_url makes these folders
     try:
         download_url(info.url(size), str(folder), filename=path.name, md5=info.md5(size))
     except Exception as exc:  # any network, disk or checksum failure ends in the same user-facing error
         path.unlink(missing_ok=True)  # never leave a partial or corrupt file behind
-        if created and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        for made in created:  # nor folders the user never asked for (innermost first; only if empty)
+            try:
+                made.rmdir()
+            except OSError:
+                break
         return f"automatic download failed: {clipped(str(exc) or type(exc).__name__)}"
     return "downloaded"
 

@@ -137,7 +137,7 @@ def load_image(path: Path, image_size: int, pad: tuple[int, int, int] | None = N
         with Image.open(path) as img:
             img.load()
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                img = _to_8bit(img)
+                img = _to_8bit(img, path)
             img = img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path} ({exc}); replace or remove that file") from exc
@@ -150,9 +150,15 @@ def load_image(path: Path, image_size: int, pad: tuple[int, int, int] | None = N
     return TF.pil_to_tensor(TF.center_crop(img, image_size))
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit/float scans (DICOM exports) min-max scaled to 0..255; PIL's own conversion clips them."""
+def _to_8bit(img: Image.Image, path) -> Image.Image:
+    """16-bit/float scans (DICOM exports) min-max scaled to 0..255; PIL's own conversion clips them.
+
+    A NaN or inf pixel would turn the whole scaled image black (or NaN): refuse the file instead.
+    """
     arr = np.asarray(img, dtype=np.float64)
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        raise DataError(f"image {path} has {bad} non-finite pixel(s) (NaN or inf); fix or remove that file")
     low, high = arr.min(), arr.max()
     scaled = (arr - low) * (255.0 / (high - low)) if high > low else np.zeros_like(arr)
     return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")

@@ -38,8 +38,9 @@ import torch
 
 from torch.utils.data import Dataset
 
-from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, source_kind,
-                                 read_tables, split_values)
+from medvlm.data.content import content_keys
+from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, read_tables,
+                                 source_kind, split_values)
 from medvlm.errors import ConfigError, DataError
 
 SplitMode = Literal["auto", "image", "official"]
@@ -127,9 +128,11 @@ class VQAData:
         return [c for c in META_COLUMNS if c in self.splits["test"].columns]
 
     def split_digest(self, split: str) -> str:
-        """Content digest of one split's QA rows (dataset lineage)."""
+        """Content digest of one split's QA rows and the pixels of the images they ask about (dataset lineage)."""
         frame = self.splits[split][["image_name", "question", "answer", "closed"]]
-        return hashlib.sha256(frame.to_json(orient="values").encode()).hexdigest()[:16]
+        h = hashlib.sha256(frame.to_json(orient="values").encode())
+        h.update(self.images[torch.as_tensor(self.image_indices(split))].contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def image_indices(self, split: str) -> np.ndarray:
         """The distinct images a split asks about."""
@@ -231,6 +234,23 @@ def _read_json(path: Path) -> list[dict]:
     return records
 
 
+def _require_fields(records: pd.DataFrame, fields: tuple[str, ...], where: pd.Series | Path) -> None:
+    """Every record has each field, non-null and non-blank; else one line naming the file and the record.
+
+    Left alone, pandas fills a missing field with NaN, which becomes the text "nan" (and null becomes
+    ""): silently wrong questions and answers.
+    """
+    for field in fields:
+        values = records[field] if field in records else pd.Series(None, index=records.index, dtype=object)
+        blank = values.isna() | values.map(lambda v: isinstance(v, str) and not v.strip())
+        if blank.any():
+            row = int(np.argmax(blank.to_numpy()))
+            file = where.iloc[row] if isinstance(where, pd.Series) else where
+            index = records["_record"].iloc[row] if "_record" in records else row
+            raise DataError(f"{file}: record {index} has no '{field}' (missing, null or empty; {int(blank.sum())} "
+                            f"such record(s)); fix or remove those records")
+
+
 def _answer_text(value) -> str:
     return ("" if value is None else str(value)).strip()
 
@@ -257,6 +277,7 @@ def _vqa_rad_rows(folder: Path) -> pd.DataFrame:
     missing = {"image_name", "question", "answer", "answer_type", "phrase_type"} - set(records.columns)
     if missing:
         raise DataError(f"{folder / VQA_RAD_JSON} lacks fields {sorted(missing)}; use the original OSF release file")
+    _require_fields(records, ("image_name", "question", "answer", "answer_type", "phrase_type"), folder / VQA_RAD_JSON)
     image_dir = folder / VQA_RAD_IMAGES
     paths = records["image_name"].map(lambda n: str(image_dir / n))
     _require_files(paths, folder, "vqa_rad")
@@ -281,8 +302,9 @@ def _slake_rows(folder: Path) -> pd.DataFrame:
         frame = pd.DataFrame(_read_json(file))
         if "q_lang" in frame:
             frame = frame[frame["q_lang"] == "en"]
-        parts.append(frame.assign(split=split, source_file=str(file)))
+        parts.append(frame.assign(split=split, source_file=str(file), _record=frame.index))
     records = pd.concat(parts, ignore_index=True)
+    _require_fields(records, ("img_name", "question", "answer"), records["source_file"])
     paths = records["img_name"].map(lambda n: str(folder / "imgs" / n))
     _require_files(paths, folder, "slake")
     answers = records["answer"].map(_answer_text)
@@ -307,6 +329,7 @@ def _table_rows(path: Path, image_column: str) -> pd.DataFrame:
     if missing:
         raise DataError(f"column(s) {missing} not in {path}; its columns are {list(table.columns)[:12]}: "
                         f"a VQA table needs image (set image_column), question and answer")
+    _require_fields(table, (image_column, "question", "answer"), path)
     keys, sources, names = zip(*(image_ref(v, Path(folder)) for v, folder in zip(table[image_column], table["_folder"])))
     answers = table["answer"].map(_answer_text)
     out = pd.DataFrame({
@@ -383,5 +406,5 @@ def _digest(splits: dict[str, pd.DataFrame], keys: list[str]) -> str:
         frame = splits[name]
         h.update(name.encode())
         h.update(frame[["image_index", "question", "answer", "closed"]].to_json(orient="values").encode())
-    h.update("\n".join(keys).encode())
+    h.update("\n".join(content_keys(keys)).encode())
     return h.hexdigest()[:16]

@@ -20,6 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medvlm.data.base import collate_batch
+from medvlm.data.content import cache_root
+from medvlm.errors import DataError, one_line
 from medvlm.data.transforms import to_model_input
 from medvlm.progress import log, tracked
 from medvlm.zoo.base import ClipModel
@@ -62,10 +64,6 @@ def model_for_run(name: str, device: torch.device, trains_encoder: bool) -> Clip
         release_frozen_model()
         return create_model(name, device=device)
     return frozen_model(name, device)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MEDVLM_CACHE") or Path.home() / ".cache" / "medvlm" / "features")
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -121,8 +119,13 @@ def cached_features(model: ClipModel, dataset: Dataset, batch_size: int, device:
         return blob["features"], blob["labels"]
     log.info("encoding %d images (%s) with %s", len(dataset), kind, model.spec.name)
     feats, labels = encode_dataset(encode, dataset, batch_size, device, precision, what=f"encoding ({kind})")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"features": feats, "labels": labels}, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"features": feats, "labels": labels}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"cannot write the feature cache {path} ({one_line(exc)[:160]}); free disk space or set "
+                        f"MEDVLM_CACHE to a writable folder") from None
     return feats, labels

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from medvlm.config import RunConfig
 from medvlm.data.base import collate_batch
+from medvlm.engine.checkpoints import BEST_FILE, Checkpoints, load_trainable, unshared
 from medvlm.errors import ConfigError, TrainingError
 from medvlm.progress import log
 
@@ -131,7 +132,7 @@ class BestWeights:
     its own.
     """
 
-    FILE = "best.pt"
+    FILE = BEST_FILE
 
     def __init__(self, folder: Path | None):
         self._tmp = tempfile.TemporaryDirectory(prefix="medvlm-best-") if folder is None else None
@@ -140,11 +141,13 @@ class BestWeights:
 
     def save(self, module: nn.Module, checkpoint: Path | None) -> None:
         """Keep `checkpoint` (just written for this epoch) as the best, or save the module's trainable weights."""
+        from safetensors.torch import save_file
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
         if checkpoint is None:
-            torch.save({"trainable": trainable_state(module)}, tmp)
+            save_file(unshared(trainable_state(module)), str(tmp))
         else:
             try:
                 os.link(checkpoint, tmp)
@@ -153,13 +156,21 @@ class BestWeights:
         os.replace(tmp, self.path)
 
     def restore(self, module: nn.Module) -> None:
+        """Tensors only (safetensors): a planted file can at worst hold wrong numbers, never run code."""
         if self.path.is_file():
-            blob = torch.load(self.path, map_location="cpu", weights_only=False, mmap=True)
-            module.load_state_dict(blob["trainable"], strict=False)
+            module.load_state_dict(load_trainable(self.path), strict=False)
 
 
 def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _require_finite_weights(module: nn.Module) -> None:
+    """NaN/inf already in the weights is a corrupt file, not a learning-rate problem: say so before training."""
+    bad = [name for name, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise TrainingError(f"the model's weights contain NaN or inf before training ({len(bad)} tensor(s), e.g. "
+                            f"{bad[0]}); the weights file is corrupt: download or export it again")
 
 
 def freeze_unused(module: nn.Module, dataset: Dataset, device: torch.device) -> list[str]:
@@ -185,25 +196,6 @@ def freeze_unused(module: nn.Module, dataset: Dataset, device: torch.device) -> 
         p.grad = None
     return unused
 
-
-class Checkpoints:
-    """Per-run epoch checkpoints for `resume`: trainable weights, optimiser, RNG and loop state."""
-
-    def __init__(self, root: str | os.PathLike, run_id: str):
-        self.path = Path(root) / run_id / "last.pt"
-
-    def save(self, payload: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.path)
-
-    def load(self) -> dict[str, Any] | None:
-        return torch.load(self.path, weights_only=False) if self.path.is_file() else None
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-        (self.path.parent / BestWeights.FILE).unlink(missing_ok=True)
 
 
 def _loader(dataset: Dataset, batch_size: int, cfg: RunConfig, sampler: Sampler | None = None) -> DataLoader:
@@ -250,6 +242,7 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
     params = [p for p in objective.module.parameters() if p.requires_grad]
     if not params:
         raise TrainingError(f"strategy '{cfg.strategy}' left no trainable parameters; check the zoo entry's partial/lora lists")
+    _require_finite_weights(objective.module)
     optimizer = make_optimizer(params, cfg, accelerator.device)
     if cfg.compile:
         objective.module.compile()  # in place: same module, same state-dict keys for checkpoints and best weights
@@ -331,7 +324,8 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
         if on_epoch is not None and accelerator.is_main_process:
             on_epoch(epoch, row)
     accelerator.wait_for_everyone()
-    best.restore(accelerator.unwrap_model(module))
+    if best_epoch != len(history) - 1:  # when the last epoch was the best, its weights are already in place
+        best.restore(accelerator.unwrap_model(module))
     objective.module = module
     return FitResult(best_epoch=best_epoch, best_val_loss=best_val, epochs_run=len(history),
                      images_per_s=seen / train_time if train_time > 0 else 0.0, history=history)

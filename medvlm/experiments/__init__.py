@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 from accelerate.utils import set_seed
 
@@ -13,16 +14,22 @@ from medvlm.tracking.session import tracked_run
 from medvlm.zoo.factory import is_generative
 
 
-def run_experiment(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None) -> dict[str, float]:
+def run_experiment(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None,
+                   commit: Callable[[str, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Run the task's experiment inside the run `cfg` defines (a nested child run for study trials).
 
     Seeding first makes head and adapter initialisation part of the seed, so CPU reruns repeat exactly.
+    `commit(run_id, metrics)` runs before the run may end FINISHED (a study trial's fence); if it
+    raises, the run ends FAILED or KILLED instead.
     """
-    with tracked_run(cfg, nested=nested, extra_tags=extra_tags):
+    with tracked_run(cfg, nested=nested, extra_tags=extra_tags) as run:
         set_seed(cfg.seed)
         task = task_for(cfg)
         module, _, function = task.runner.partition(":")
-        return getattr(importlib.import_module(module), function)(cfg)  # imported here: a run loads only its task
+        metrics = getattr(importlib.import_module(module), function)(cfg)  # imported here: a run loads only its task
+        if commit is not None:
+            commit(run.info.run_id, metrics)
+        return metrics
 
 
 def task_for(cfg: RunConfig) -> TaskSpec:

@@ -19,6 +19,7 @@ from medvlm.engine.features import cached_features
 from medvlm.engine.trainer import count_trainable, evaluate, freeze_unused
 from medvlm.experiments.common import fit_evaluate_register, start
 from medvlm.metrics.classification import classification_metrics, probabilities
+from medvlm.progress import log
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import (
     ClassificationObjective,
@@ -40,6 +41,13 @@ def load_data(cfg: RunConfig, clip: ClipModel) -> ClassificationData:
                                image_size=clip.preprocess.image_size, seed=cfg.seed, image_column=cfg.image_column,
                                label_columns=cfg.label_columns, label_policy=cfg.label_policy)
     data.splits = subsample_splits(data.splits, cfg)
+    labels = getattr(data.splits["train"], "labels", None)
+    if cfg.strategy != "zeroshot" and data.kind != "multilabel" and labels is not None:
+        present = torch.unique(labels[labels >= 0]).tolist()
+        if len(present) < 2:
+            log.warning("the training split of %s holds a single class (%s): a classifier trained on it cannot "
+                        "learn to tell classes apart; check the labels, the split or train_fraction",
+                        data.name, [data.class_names[int(c)] for c in present])
     return data
 
 
@@ -131,6 +139,6 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
         _, _, logits, targets = evaluate(accelerator, objective, test_set, cfg)
         return log_test_results(logits, targets, data)
 
-    return fit_evaluate_register(cfg, accelerator, objective, train_set, val_set, test, lambda: Adapter(
+    return fit_evaluate_register(cfg, accelerator, clip.spec.pin, objective, train_set, val_set, test, lambda: Adapter(
         ClassifierAdapterModel(), clip.spec.pin, clip.net, {"head": head} if head else {},
         {"kind": data.kind, "class_names": data.class_names, "head": "linear" if head else "prompt", "prompts": prompts}))

@@ -106,6 +106,6 @@ def run_generative_vqa(cfg: RunConfig) -> dict[str, float]:
                   for s in ("train", "val")}
         sets = teacher_forced_sets(data, tables)
     # fit leaves the best weights loaded in `vlm` itself
-    return fit_evaluate_register(cfg, accelerator, AnswerObjective(TeacherForced(vlm)), sets.get("train"), sets.get("val"),
+    return fit_evaluate_register(cfg, accelerator, vlm.spec.pin, AnswerObjective(TeacherForced(vlm)), sets.get("train"), sets.get("val"),
                                  lambda: log_test(vlm, data, cfg), lambda: adapter(cfg, vlm),
                                  TASKS["vqa"].for_model(generative=True))

@@ -168,7 +168,7 @@ def run_retrieval(cfg: RunConfig) -> dict[str, float]:
         result = retrieval_metrics(image_emb, text_emb, split.text_to_image.to(device))
         return log_test_results(result, image_emb, text_emb, split)
 
-    return fit_evaluate_register(cfg, accelerator, RetrievalObjective(encoder, cfg.batch_size), sets.get("train"),
+    return fit_evaluate_register(cfg, accelerator, clip.spec.pin, RetrievalObjective(encoder, cfg.batch_size), sets.get("train"),
                                  sets.get("val"), test, lambda: Adapter(RetrievalAdapterModel(), encoder.clip.spec.pin,
                                                                         encoder.clip.net, meta={"subset": data.subset}))
 

@@ -26,7 +26,7 @@ from medvlm.data.subsample import stratified_indices
 from medvlm.data.transforms import to_model_input
 from medvlm.data.vqa import SPLITS, VQAData, VQARows, load_vqa
 from medvlm.engine.features import cached_features
-from medvlm.engine.trainer import count_trainable, evaluate
+from medvlm.engine.trainer import count_trainable, evaluate, freeze_unused
 from medvlm.experiments.common import fit_evaluate_register, start
 from medvlm.metrics.vqa import breakdown, breakdown_metrics, vqa_metrics
 from medvlm.metrics.vqa_taxonomy import TAGS, error_tag
@@ -194,7 +194,7 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
 
     if not strategy.kind.trains:
         mlflow.log_metric("trainable_params", 0)
-        return fit_evaluate_register(cfg, accelerator, None, None, None, lambda: log_test_results(
+        return fit_evaluate_register(cfg, accelerator, clip.spec.pin, None, None, None, lambda: log_test_results(
             zero_shot_logits(clip, data, vocab, cfg, device), targets["test"], data, vocab))
 
     questions = Questions.of(clip, data)
@@ -209,6 +209,8 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
         v_dim, q_dim = (sets["train"].fields[k][0].shape[-1] for k in ("image_tokens", "text_tokens"))
     head = BANHead(v_dim, q_dim, len(vocab), hidden=cfg.vqa_hidden, glimpses=cfg.vqa_glimpses).to(device)
     module = VQAModel(clip, head) if strategy.kind.trains_encoder else CachedVQA(head)
+    if strategy.kind.trains_encoder:
+        freeze_unused(module, sets["train"], device)  # e.g. `partial`'s logit scale: the BAN head never uses it
     objective = VQAObjective(module)
     mlflow.log_metric("trainable_params", count_trainable(module))
 
@@ -216,5 +218,5 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
         _, _, logits, _ = evaluate(accelerator, objective, sets["test"], cfg)
         return log_test_results(logits, targets["test"], data, vocab)
 
-    return fit_evaluate_register(cfg, accelerator, objective, sets["train"], sets["val"], test, lambda: Adapter(
+    return fit_evaluate_register(cfg, accelerator, clip.spec.pin, objective, sets["train"], sets["val"], test, lambda: Adapter(
         VQAAdapterModel(), clip.spec.pin, clip.net, {"head": head}, {"head": head.config, "vocab": vocab.to_dict()}))

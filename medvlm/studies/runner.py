@@ -8,8 +8,12 @@
   runs twice and a rerun only picks up what is left: completed trials are never rerun.
 - A running trial beats a heartbeat; a trial whose worker died (kill -9, lost machine) goes
   stale after `grace_period`, is marked FAIL by the next worker that looks, its MLflow child is
-  marked KILLED, and it is re-enqueued with the same params (at most `max_retry` times). A retry
-  whose predecessor had already finished its MLflow run reuses that run instead of repeating it.
+  marked KILLED, and it is re-enqueued with the same params (at most `max_retry` times).
+- A trial completes at most once (`Fence`): the worker tells Optuna COMPLETE before its MLflow
+  child ends FINISHED, and only while it still owns the trial. A worker that was paused past
+  `grace_period` finds its trial retried elsewhere; its child ends KILLED and counts nowhere.
+  The summary counts only the child run that completed each trial. Transient database errors
+  at tell are retried with backoff instead of killing the worker.
 - A trial that fails for a real reason (a MedvlmError: bad config, NaN loss) is FAIL with its
   message in the `error` user attr, and the study goes on. A bug (any other exception) is FAIL
   too, and stops the worker with its traceback.
@@ -29,15 +33,15 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from medvlm.errors import ConfigError, MedvlmError
+from medvlm.errors import ConfigError, MedvlmError, Superseded, one_line
 from medvlm.experiments.preflight import preflight
 from medvlm.network import clipped
 from medvlm.progress import log
@@ -48,7 +52,10 @@ from medvlm.tracking.session import ensure_tracking, resolve_experiment
 
 PARENT_ATTR, EXPERIMENT_ATTR, DIGEST_ATTR, KIND_ATTR, READY_ATTR = (
     "mlflow_parent_run_id", "mlflow_experiment_id", "plan_digest", "kind", "ready")
+RUN_ATTR = "mlflow_run_id"  # the child run that completed the trial
 JOIN_TIMEOUT_S = 300.0
+TRANSIENT_BUDGET_S = 300.0  # how long a database outage at tell/fail may last before the worker gives up
+T = TypeVar("T")
 SCHEMA_RACE_RETRIES = 5
 
 
@@ -314,6 +321,28 @@ def claim(storage, study_id: int) -> int | None:
     return None
 
 
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Storage errors worth retrying: the database went away or timed out, not a bad request."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return StorageInternalError, OperationalError, InterfaceError
+
+
+def retrying(call: Callable[[], T], what: str, budget_s: float = TRANSIENT_BUDGET_S) -> T:
+    """`call()`, retried with exponential backoff while the storage has transient errors, for at most `budget_s`."""
+    deadline, delay = time.monotonic() + budget_s, 1.0
+    while True:
+        try:
+            return call()
+        except transient_errors() as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            print(f"medvlm: {what}: storage error ({one_line(exc)[:120]}); retrying in {delay:.0f} s", file=sys.stderr)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
 @contextmanager
 def heartbeat(storage, trial_id: int, interval: float) -> Iterator[None]:
     """Record the trial's heartbeat every `interval` seconds while the block runs."""
@@ -336,11 +365,45 @@ def heartbeat(storage, trial_id: int, interval: float) -> Iterator[None]:
         thread.join()
 
 
+class Fence:
+    """Completes a trial only while this worker still owns it, before its MLflow child may end FINISHED.
+
+    The trial id is the ownership token: a worker owns a trial from its atomic WAITING->RUNNING claim
+    until the trial leaves RUNNING, and a trial declared lost (FAIL) is retried under a new id. The
+    state change to COMPLETE is Optuna's row-locked compare-and-set on RUNNING, so exactly one of
+    "this worker tells" and "another worker declares it lost" wins. A worker that paused past
+    `grace_period` loses: it raises `Superseded`, so its child run ends KILLED, never FINISHED.
+    """
+
+    def __init__(self, storage, trial_id: int, headline: str):
+        self.storage, self.trial_id, self.headline = storage, trial_id, headline
+        self.value: float | None = None
+
+    def __call__(self, run_id: str, metrics: dict[str, float]) -> None:
+        import optuna
+
+        value = metrics.get(self.headline, float("nan"))
+        if not math.isfinite(value):
+            return  # the trial fails after the run ends; there is nothing to complete
+        number = self.storage.get_trial(self.trial_id).number
+        try:
+            retrying(lambda: self.storage.set_trial_user_attr(self.trial_id, RUN_ATTR, run_id), f"trial {number}")
+            retrying(lambda: self.storage.set_trial_user_attr(self.trial_id, "metrics", metrics), f"trial {number}")
+            retrying(lambda: self.storage.set_trial_state_values(self.trial_id, optuna.trial.TrialState.COMPLETE,
+                                                                 [value]), f"trial {number}")
+        except optuna.exceptions.UpdateFinishedTrialError:
+            frozen = retrying(lambda: self.storage.get_trial(self.trial_id), f"trial {number}")
+            if not (frozen.state == optuna.trial.TrialState.COMPLETE and frozen.user_attrs.get(RUN_ATTR) == run_id):
+                raise Superseded(f"trial {number} was declared lost (no heartbeat for grace_period) and retried by "
+                                 f"another worker; this copy's result is discarded") from None
+        self.value = value
+
+
 def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, parent: Parent, total: int,
               seen: dict[str, int] | None = None) -> str | None:
-    """One trial as a nested MLflow child run; tells Optuna COMPLETE (with the task's headline metric) or FAIL.
+    """One trial as a nested MLflow child run; completes it in Optuna (the `Fence`) or tells FAIL.
 
-    Returns the trial's one-line error, or None when it completed.
+    Returns the trial's one-line error, or None when it completed (or was completed by another worker).
     """
     import optuna
 
@@ -352,18 +415,17 @@ def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, pare
     tags = {"mlflow.parentRunId": parent.run_id, "medvlm.trial": str(trial.number),
             "medvlm.group": frozen.user_attrs.get("group", ""), "medvlm.study_kind": cfg.kind,
             "medvlm.perturbed": perturbed(frozen.params)}
-    client = MlflowClient()
+    headline = PRIMARY_METRIC.get(config.task, "")
+    fence = Fence(storage, trial_id, headline)
     log.info("trial %d/%d: %s", trial.number + 1, total, label)
     try:
         with heartbeat(storage, trial_id, cfg.heartbeat_interval):
-            earlier = trial_runs(client, parent.run_id, frozen.system_attrs.get("retry_history", []), status="FINISHED")
-            if earlier:
-                trial.set_user_attr("reused_run", earlier[0])
-                metrics = {k: v for k, v in client.get_run(earlier[0]).data.metrics.items() if k.startswith("test_")}
-            else:
-                metrics = run_experiment(config, nested=True, extra_tags=tags)
+            metrics = run_experiment(config, nested=True, extra_tags=tags, commit=fence)
+    except Superseded as exc:
+        print(f"medvlm: {exc}", file=sys.stderr)
+        return None
     except MedvlmError as exc:
-        return _fail(study, trial, str(exc), seen)
+        return _fail(study, trial, one_line(exc), seen)
     except KeyboardInterrupt:
         _fail(study, trial, "interrupted")
         storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id))
@@ -371,16 +433,9 @@ def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, pare
     except BaseException as exc:
         _fail(study, trial, f"{type(exc).__name__}: {exc}")
         raise
-    trial.set_user_attr("metrics", metrics)
-    headline = PRIMARY_METRIC.get(config.task, "")
-    value = metrics.get(headline, float("nan"))
-    if not math.isfinite(value):
-        return _fail(study, trial, f"{headline} is {value} (missing or undefined); the run is kept in MLflow", seen)
-    try:
-        study.tell(trial, value)
-    except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError) as exc:
-        print(f"medvlm: trial {trial.number} finished after another worker declared it lost ({exc}); "
-              f"its retry reuses this run", file=sys.stderr)
+    if fence.value is None:
+        return _fail(study, trial, f"{headline} is {metrics.get(headline, float('nan'))} (missing or undefined); "
+                                   f"the run is kept in MLflow", seen)
     return None
 
 
@@ -394,8 +449,8 @@ def _fail(study, trial, message: str, seen: dict[str, int] | None = None) -> str
     shown = line if first == trial.number else f"the same error as trial {first}"
     print(f"medvlm: trial {trial.number} failed: {shown}", file=sys.stderr)
     try:
-        trial.set_user_attr("error", line)
-        study.tell(trial, state=TrialState.FAIL)
+        retrying(lambda: trial.set_user_attr("error", line), f"trial {trial.number}")
+        retrying(lambda: study.tell(trial, state=TrialState.FAIL), f"trial {trial.number}")
     except Exception as exc:  # noqa: BLE001 - already finished elsewhere; the failure is printed above
         print(f"medvlm: could not record trial {trial.number} as failed ({type(exc).__name__})", file=sys.stderr)
     return line
@@ -419,7 +474,9 @@ def finish(study, cfg: StudyConfig, parent: Parent) -> int:
               "(or run this command again with summarize_only=true)")
         return 1 if failed else 0
     client = MlflowClient()
-    children = child_runs(client, parent.run_id)
+    winners = {t.user_attrs.get(RUN_ATTR) for t in trials if t.state == TrialState.COMPLETE}
+    children = child_runs(client, parent.run_id, status=None)
+    children = children[children["run_id"].isin(winners)]  # one child per completed trial: the one that won it
     table = summary_table(children)
     log_summary(client, parent.run_id, cfg.kind, children, table, counts)
     client.set_tag(parent.run_id, "medvlm.failed_trials", str(len(failed)))

@@ -149,8 +149,9 @@ class StudyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> StudyConfig:
-        if self.grace_period <= self.heartbeat_interval:
-            raise ValueError(f"grace_period ({self.grace_period}) must exceed heartbeat_interval ({self.heartbeat_interval})")
+        if self.grace_period <= 2 * self.heartbeat_interval:
+            raise ValueError(f"grace_period ({self.grace_period}) must exceed twice heartbeat_interval "
+                             f"({self.heartbeat_interval}): one late beat on a busy machine must not retry a live trial")
         if len(set(self.fractions)) != len(self.fractions):
             raise ValueError(f"fractions {self.fractions} has duplicates")
         return self

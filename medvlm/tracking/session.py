@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -23,8 +24,7 @@ from typing import Any
 import mlflow
 
 from medvlm.config import RunConfig
-from medvlm.errors import MedvlmError
-from medvlm.network import clipped
+from medvlm.errors import MedvlmError, Superseded, TrackingError, one_line
 from medvlm.progress import log
 from medvlm.zoo.entries import zoo_entries
 
@@ -32,10 +32,12 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 WARNING_TAG_PREFIX = "medvlm.warning."  # a caveat on the run's numbers; reports show it beside them
 DEFAULT_EXPERIMENT = "Default"  # MLflow's own: where `mlflow run` puts a run when no experiment is named
 SOURCE_PREFIXES = ("local-dir", "hf-hub", "hf", "file")
-
-
-class TrackingError(MedvlmError):
-    """The tracking server cannot be reached."""
+CHECKPOINT_TAG = "medvlm.checkpoint_dir"
+HEALTH_TIMEOUT_S = 5
+# A tracking server that stays down makes each request give up after about 15 s (MLflow's defaults
+# retry for minutes per request, and training logs many); the MLFLOW_HTTP_REQUEST_* variables override.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 def process_rank() -> int:
@@ -58,6 +60,8 @@ def ensure_tracking() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
+        for var, value in HTTP_RETRY_DEFAULTS.items():
+            os.environ.setdefault(var, value)
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
         except (urllib.error.URLError, OSError) as exc:
@@ -124,14 +128,43 @@ def flat_params(cfg: RunConfig) -> dict[str, str]:
     return {k: (",".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in cfg.resolved().items()}
 
 
-def _check_resume(run_id: str, cfg: RunConfig) -> None:
-    logged = mlflow.get_run(run_id).data.params
-    ignore = {"resume"}
-    diffs = [f"{k} ({logged[k]} vs {v})" for k, v in flat_params(cfg).items()
-             if k in logged and k not in ignore and logged[k] != v]
+def _same_param(logged: str, given: str) -> bool:
+    """MLflow stores at most MAX_PARAM_VAL_LENGTH characters of a param: compare what it could keep."""
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    return logged == given[:MAX_PARAM_VAL_LENGTH]
+
+
+def check_resumable(cfg: RunConfig) -> None:
+    """Refuse a resume that would retrain finished results, mix parameters, or silently start over.
+
+    Runs before the run is reopened, so a refused resume leaves the run exactly as it was. The
+    checkpoint is looked up by run id: in `checkpoint_dir` and where the run recorded it was written.
+    """
+    from medvlm.engine.checkpoints import CHECKPOINT_FILE, MACHINE_FIELDS
+
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(cfg.resume)
+    except mlflow.exceptions.MlflowException:
+        raise MedvlmError(f"resume: no MLflow run with id {cfg.resume} in {mlflow.get_tracking_uri()}; "
+                          f"pass the run id of the interrupted run") from None
+    if run.info.status == "FINISHED":
+        raise MedvlmError(f"resume: run {cfg.resume} already FINISHED, its results are final; start a new run "
+                          f"without --resume")
+    logged = run.data.params
+    diffs = [f"{k} ({logged[k][:80]} vs {v[:80]})" for k, v in flat_params(cfg).items()
+             if k in logged and k not in MACHINE_FIELDS and not _same_param(logged[k], v)]
     if diffs:
-        raise MedvlmError(f"resume: run {run_id} was started with other parameters: {', '.join(diffs[:3])}; "
+        raise MedvlmError(f"resume: run {cfg.resume} was started with other parameters: {', '.join(diffs[:3])}; "
                           f"pass the same parameters as the interrupted run")
+    roots = list(dict.fromkeys(r for r in (os.path.abspath(cfg.checkpoint_dir), run.data.tags.get(CHECKPOINT_TAG)) if r))
+    found = next((r for r in roots if os.path.isfile(os.path.join(r, cfg.resume, CHECKPOINT_FILE))), None)
+    if found is not None:
+        cfg.checkpoint_dir = found
+    elif client.get_metric_history(cfg.resume, "train_loss"):
+        raise MedvlmError(f"resume: no checkpoint of run {cfg.resume} in {' or '.join(roots)}; resume where it was "
+                          f"trained, or pass checkpoint_dir=FOLDER holding {cfg.resume}/{CHECKPOINT_FILE}")
 
 
 def log_config(run_id: str, cfg: RunConfig) -> None:
@@ -147,42 +180,89 @@ def log_config(run_id: str, cfg: RunConfig) -> None:
 
 @contextmanager
 def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or resume) the run for `cfg`; always end it with the right status."""
+    """Start (or resume) the run for `cfg`; always end it with the right status.
+
+    Everything after the run exists sits inside the guard, set-up included: any failure ends the run
+    FAILED with `medvlm.error`, Ctrl-C ends it KILLED, and the exception carries the run id
+    (`medvlm_run_id`) so the CLI can print the exact `--resume` command.
+    """
     ensure_tracking()
     experiment, project_run = (None, None) if nested else resolve_experiment(cfg.experiment)
     if experiment is not None and project_run is None:
         # not MLFLOW_EXPERIMENT_ID: mlflow.set_experiment itself exports it, so it would pin every later run
         mlflow.set_experiment(experiment)
-    if cfg.resume and process_rank() == 0:
-        try:
-            _check_resume(cfg.resume, cfg)
-        except mlflow.exceptions.MlflowException:
-            raise MedvlmError(f"resume: no MLflow run with id {cfg.resume} in {mlflow.get_tracking_uri()}; "
-                              f"pass the run id of the interrupted run") from None
+    resuming = bool(cfg.resume) and process_rank() == 0
+    if resuming:
+        check_resumable(cfg)
         run = mlflow.start_run(run_id=cfg.resume)
     else:
         run = mlflow.start_run(run_id=project_run, run_name=None if project_run else run_name(cfg, extra_tags),
                                nested=nested)
-        log_config(run.info.run_id, cfg)
-    if project_run:
-        mlflow.set_tag("mlflow.runName", run_name(cfg, extra_tags))
-    entry = zoo_entries().get(cfg.model)
-    domain = entry.domain if entry is not None else "unknown"
-    mlflow.set_tags({**run_tags(cfg, domain), **(extra_tags or {})})
     try:
+        if not resuming:
+            log_config(run.info.run_id, cfg)
+        if project_run:
+            mlflow.set_tag("mlflow.runName", run_name(cfg, extra_tags))
+        entry = zoo_entries().get(cfg.model)
+        domain = entry.domain if entry is not None else "unknown"
+        mlflow.set_tags({**run_tags(cfg, domain), CHECKPOINT_TAG: os.path.abspath(cfg.checkpoint_dir),
+                         **(extra_tags or {})})
         yield run
-    except BaseException as exc:
-        mlflow.flush_async_logging()
-        message = clipped(str(exc), 1000) or type(exc).__name__
-        mlflow.set_tag("medvlm.error", message)
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        mlflow.end_run(status=status)
-        raise
-    else:
+
         mlflow.flush_async_logging()
         mlflow.end_run(status="FINISHED")
-        if process_rank() == 0:
-            log.info(run_summary(run.info.run_id))
+    except BaseException as exc:
+        _end_unsuccessful(run.info.run_id, exc)
+        raise
+    if process_rank() == 0:
+        log.info(run_summary(run.info.run_id))
+
+
+def _end_unsuccessful(run_id: str, exc: BaseException) -> None:
+    """End the run FAILED (KILLED for Ctrl-C) with the reason; if the store is gone, say so in one line.
+
+    Nothing is deleted here: the checkpoint stays, so `--resume` continues where the run stopped.
+    """
+    exc.medvlm_run_id = run_id
+    status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Superseded)) else "FAILED"
+    try:
+        if not store_reachable():
+            raise TrackingError("unreachable")
+        mlflow.flush_async_logging()
+        mlflow.set_tag("medvlm.error", one_line(exc)[:500])
+        mlflow.end_run(status=status)
+    except Exception as store_exc:  # noqa: BLE001 - any store failure here means the outcome cannot be recorded
+        _forget_active_run()
+        if isinstance(exc, KeyboardInterrupt):
+            return
+        # metrics still queued for the dead store fail again at exit; the one line below already says so
+        logging.getLogger("mlflow.utils.async_logging.async_logging_queue").setLevel(logging.CRITICAL)
+        reason = one_line(exc) if store_exc.args == ("unreachable",) else one_line(store_exc)
+        lost = TrackingError(f"the tracking store {mlflow.get_tracking_uri()} stopped answering ({reason}); run "
+                             f"{run_id} is left RUNNING and its training progress is kept in its checkpoint")
+        lost.medvlm_run_id = run_id
+        raise lost from None
+
+
+def _forget_active_run() -> None:
+    """Pop the run from this process's active-run stack without talking to the (unreachable) store."""
+    from mlflow.tracking import fluent
+
+    if fluent._active_run_stack.get():
+        fluent._active_run_stack.get().pop()
+    os.environ.pop("MLFLOW_RUN_ID", None)
+
+
+def store_reachable() -> bool:
+    """False when an HTTP tracking server does not answer its health check (file and SQL stores are local)."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S).read()
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def ui_url(experiment_id: str, run_id: str) -> str:

@@ -127,6 +127,17 @@ def spec_from_entry(entry: dict) -> ModelSpec:
     )
 
 
+def _corrupt_weights_errors() -> tuple[type[BaseException], ...]:
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return SafetensorError, pickle.UnpicklingError, EOFError
+
+
+CORRUPT_WEIGHTS = _corrupt_weights_errors()
+
+
 def load_vlm(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """A generative `GenerativeVLM` from any model argument (zoo name, `hf:` id, folder), in eval mode on `device`.
 
@@ -153,6 +164,11 @@ def create_model(name: str, device: str | torch.device = "cpu") -> ClipModel:
                          f"strategy zeroshot, mlp or lora), it has no CLIP embeddings for {name!r} to serve here")
     if backend is None:
         raise ModelError(f"model '{name}' needs backend '{entry['source']}', which this medvlm build does not have")
-    with offline_guard(entry, location):
-        model = backend(entry, spec_from_entry(entry), location)
+    try:
+        with offline_guard(entry, location):
+            model = backend(entry, spec_from_entry(entry), location)
+    except CORRUPT_WEIGHTS as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"the weights of model '{name}' are corrupt or truncated ({reason}); download or export "
+                         f"them again") from None
     return model.to(device).eval()
