@@ -221,6 +221,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(llava_family):
 def test_resume_continues_lora_training_exactly(llava_family, tmp_path):
     """Two epochs in one go equal one epoch, a stop, and a resumed second epoch from the engine's checkpoint."""
     from medvlm.data.vqa import load_vqa
+    from medvlm.engine.checkpoints import checkpoint_identity
     from medvlm.engine.trainer import Checkpoints, fit, make_accelerator, trainable_state
     from medvlm.experiments.generative_vqa import teacher_forced_sets
     from medvlm.tasks.generative_vqa import AnswerObjective
@@ -236,7 +237,9 @@ def test_resume_continues_lora_training_exactly(llava_family, tmp_path):
                   for s in ("train", "val")}
         sets = teacher_forced_sets(data, tables)
         result = fit(AnswerObjective(TeacherForced(vlm)), sets["train"], sets["val"], cfg, make_accelerator(cfg),
-                     Checkpoints(tmp_path, run), on_resume=on_resume)
+                     # one identity for the stopped and the resumed run: the same run, cut short after epoch 1
+                     Checkpoints(tmp_path, run, checkpoint_identity(run, {**cfg.resolved(), "epochs": 2}, vlm.spec.pin)),
+                     on_resume=on_resume)
         return result, {k: v for k, v in trainable_state(vlm).items()}
 
     straight, weights = train(2, "straight")

@@ -79,9 +79,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def only_run(experiment: str = "medvlm"):
+def only_run(experiment: str | None = None):
+    """The one run in `experiment`, or in whichever experiment the default-experiment rules chose."""
     client = MlflowClient()
-    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    ids = [e.experiment_id for e in client.search_experiments()
+           if (e.name == experiment if experiment else e.name != "uninterrupted")]
+    (run,) = client.search_runs(ids)
     return run
 
 

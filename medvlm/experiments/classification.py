@@ -42,7 +42,7 @@ def load_data(cfg: RunConfig, clip: ClipModel) -> ClassificationData:
                                label_columns=cfg.label_columns, label_policy=cfg.label_policy)
     data.splits = subsample_splits(data.splits, cfg)
     labels = getattr(data.splits["train"], "labels", None)
-    if cfg.strategy != "zeroshot" and data.kind != "multilabel" and labels is not None:
+    if get_strategy(cfg.strategy).kind.trains and data.kind != "multilabel" and labels is not None:
         present = torch.unique(labels[labels >= 0]).tolist()
         if len(present) < 2:
             log.warning("the training split of %s holds a single class (%s): a classifier trained on it cannot "
