@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from medvlm.config import FINETUNE_STRATEGIES, RunConfig, build_config
+from medvlm.catalog import STRATEGY_KINDS, TASKS
+from medvlm.config import RunConfig, build_config, entry_point_fields
 from medvlm.errors import ConfigError, MedvlmError, TrackingError, one_line
 
 EXIT_USER_ERROR = 2
@@ -65,10 +66,11 @@ def add_field_flag(parser: argparse.ArgumentParser, name: str, field: FieldInfo)
         parser.add_argument(*flags, dest=name, default=None, metavar="VALUE", help=field.description)
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, entry_point: str) -> None:
+    """The entry point's RunConfig fields as flags (the same list MLproject's entry point gets)."""
     parser.add_argument("--config", help="YAML file with parameters (flags override it)")
-    for name, field in RunConfig.model_fields.items():
-        add_field_flag(parser, name, field)
+    for name in entry_point_fields(entry_point):
+        add_field_flag(parser, name, RunConfig.model_fields[name])
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
@@ -97,8 +99,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from medvlm.experiments import run_experiment  # lazy: torch and MLflow load only when a run starts
 
     cfg = build_config(overrides_from(args))
-    if cfg.strategy not in FINETUNE_STRATEGIES:
-        raise ConfigError(f"finetune needs strategy={'|'.join(FINETUNE_STRATEGIES)} (got '{cfg.strategy}'); "
+    if not STRATEGY_KINDS[cfg.strategy].trains:
+        trained = [s for s in TASKS[cfg.task].strategies if STRATEGY_KINDS[s].trains]
+        raise ConfigError(f"finetune needs strategy={'|'.join(trained)} (got '{cfg.strategy}'); "
                           f"use `medvlm zeroshot` for zero-shot")
     print_metrics(run_experiment(cfg))
     return 0
@@ -124,10 +127,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from medvlm.zoo.entries import zoo_entries
 
     rows = [("name", "domain", "modality", "source", "image", "context", "licence", "gated")]
-    rows += [(name, e.get("domain", ""), e.get("modality", ""),
-              e["model"] + (f"@{e['pretrained']}" if e.get("pretrained") else ""), str(e.get("image_size", "")),
-              str(e.get("context_length", "")), e.get("licence", ""), "yes" if e.get("gated") else "no")
-             for name, e in zoo_entries().items()]
+    rows += [(name, e.domain, e.modality, e.model + (f"@{e.pretrained}" if e.pretrained else ""), str(e.image_size),
+              str(e.context_length), e.licence, "yes" if e.gated else "no") for name, e in zoo_entries().items()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -198,7 +199,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is not None and name != only:
             continue
         if takes_config:
-            add_config_flags(p)
+            add_config_flags(p, name)
         if name in STUDY_COMMANDS:
             add_study_flags(p)
         if name == "report":

@@ -11,19 +11,34 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medvlm.catalog import TASKS
 from medvlm.errors import ConfigError
 
 Task = Literal["classification", "retrieval", "vqa"]
 Strategy = Literal["zeroshot", "linear", "frozen", "partial", "full", "lora", "mlp"]
-FINETUNE_STRATEGIES = ("linear", "frozen", "partial", "full", "lora", "mlp")
 LoraParts = Literal["", "v", "l", "m", "vm", "lm", "vml"]
 MEDMNIST_SIZES = (28, 64, 128, 224)
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
+ItemT = TypeVar("ItemT")
+
+
+def split_commas(value: Any) -> Any:
+    """"a, b,c" -> ["a", "b", "c"]: lists arrive from flags and MLproject `-P` as one string; YAML lists pass as they are."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+# A list parameter written "a,b,c" on the command line (every schema's list fields use it).
+CommaList = Annotated[list[ItemT], BeforeValidator(split_commas)]
+RUN_ENTRY_POINTS = ("zeroshot", "finetune", "ablation", "stability", "sweep")
+# Field metadata: a parameter that only means something when a model trains; `zeroshot` does not take it.
+TRAINING = {"entry_points": ("finetune", "ablation", "stability", "sweep")}
 
 
 def default_data_root() -> str:
@@ -39,58 +54,51 @@ class RunConfig(BaseModel):
     model: str = Field(description="zoo name, open_clip ARCH@TAG, hf-hub:ID, local-dir:PATH, or a transformers CLIP / LLaVA id (hf:ID) or folder")
     dataset: str = Field(description="dataset name (e.g. breastmnist), image folder, or CSV/parquet file")
     task: Task = "classification"
-    strategy: Strategy = "zeroshot"
+    strategy: Strategy = Field("zeroshot", json_schema_extra=TRAINING)
     size: int = Field(224, description="MedMNIST+ image size to read: 28, 64, 128 or 224")
     data_root: str = Field(default_factory=default_data_root, description="root folder for datasets")
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(10, ge=1, json_schema_extra=TRAINING)
+    batch_size: int = Field(64, ge=1, json_schema_extra=TRAINING)
     eval_batch_size: int = Field(256, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    optimizer: Literal["adamw", "adam"] = "adamw"
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
-    patience: int = Field(3, ge=1, description="early-stopping patience in epochs (validation loss)")
+    lr: float = Field(1e-4, gt=0, json_schema_extra=TRAINING)
+    weight_decay: float = Field(0.0, ge=0, json_schema_extra=TRAINING)
+    optimizer: Literal["adamw", "adam"] = Field("adamw", json_schema_extra=TRAINING)
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps", json_schema_extra=TRAINING)
+    patience: int = Field(3, ge=1, description="early-stopping patience in epochs (validation loss)", json_schema_extra=TRAINING)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on GPU, fp32 on CPU")
     seed: int = 0
-    head: Literal["prompt", "linear"] = Field("prompt", description="classification head for partial/full/lora: prompt (logit_scale * cos with the class prompts' text embeddings, text tower in the graph, no extra layer, as the MIDL paper) or linear (a linear layer on image embeddings); strategy=linear always uses a linear head")
-    head_init: Literal["random", "zeroshot"] = Field("random", description="head=linear: start from a random layer or from the zero-shot prompt embeddings")
+    head: Literal["prompt", "linear"] = Field("prompt", description="classification head for partial/full/lora: prompt (logit_scale * cos with the class prompts' text embeddings, text tower in the graph, no extra layer, as the MIDL paper) or linear (a linear layer on image embeddings); strategy=linear always uses a linear head", json_schema_extra=TRAINING)
+    head_init: Literal["random", "zeroshot"] = Field("random", description="head=linear: start from a random layer or from the zero-shot prompt embeddings", json_schema_extra=TRAINING)
     prompt_set: Literal["ensemble", "paper"] = Field("ensemble", description="class prompts: ensemble (CLIP_benchmark-style templates, averaged) or paper (the MIDL code's single 'this is a photo of {label}')")
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: float = Field(16.0, gt=0)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_targets: list[str] = Field(default_factory=list, description="module-name suffixes to adapt; empty = the zoo entry's defaults")
-    lora_text: bool = Field(False, description="also adapt the text tower")
-    lora_parts: LoraParts = Field("", description="generative (LLaVA) models: LoRA on v (vision tower), l (language model), m (projector) or vm/lm/vml; empty = l")
+    lora_r: int = Field(8, ge=1, json_schema_extra=TRAINING)
+    lora_alpha: float = Field(16.0, gt=0, json_schema_extra=TRAINING)
+    lora_dropout: float = Field(0.0, ge=0, lt=1, json_schema_extra=TRAINING)
+    lora_targets: CommaList[str] = Field(default_factory=list, description="module-name suffixes to adapt; empty = the zoo entry's defaults", json_schema_extra=TRAINING)
+    lora_text: bool = Field(False, description="also adapt the text tower", json_schema_extra=TRAINING)
+    lora_parts: LoraParts = Field("", description="generative (LLaVA) models: LoRA on v (vision tower), l (language model), m (projector) or vm/lm/vml; empty = l", json_schema_extra=TRAINING)
     max_new_tokens: int = Field(32, ge=1, description="generative VQA: greedy decoding stops after this many new tokens (or at EOS)")
-    gradient_checkpointing: bool = Field(False, description="generative models: recompute activations in backward to save memory")
+    gradient_checkpointing: bool = Field(False, description="generative models: recompute activations in backward to save memory", json_schema_extra=TRAINING)
     judge: str = Field("", description="generative VQA: a local transformers chat model (folder or hf: id) that scores open answers 1-100; empty = off")
     label_policy: Literal["ones", "zeros", "ignore"] = Field("zeros", description="CheXpert-style uncertain (-1) labels")
     image_column: str = Field("image", description="CSV/parquet column with image paths")
-    label_columns: list[str] = Field(default_factory=list, description="CSV/parquet label columns (several = multi-label)")
+    label_columns: CommaList[str] = Field(default_factory=list, description="CSV/parquet label columns (several = multi-label)")
     caption_column: str = Field("caption", description="retrieval: CSV/parquet column with captions")
     subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)")
     num_workers: int = Field(0, ge=0)
-    compile: bool = Field(False, description="torch.compile the trained module: fewer kernel launches on GPU; the first steps pay the compile time")
+    compile: bool = Field(False, description="torch.compile the trained module: fewer kernel launches on GPU; the first steps pay the compile time", json_schema_extra=TRAINING)
     experiment: str = Field("", description="MLflow experiment; empty: MLFLOW_EXPERIMENT_NAME, else mlflow run's experiment, else 'Default'")
     run_name: str = Field("", description="MLflow run name; empty = MLFLOW_RUN_NAME, else 'model · dataset · strategy'")
-    register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry")
-    resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue")
-    checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"))
+    register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry", json_schema_extra=TRAINING)
+    resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue", json_schema_extra=TRAINING)
+    checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"), json_schema_extra=TRAINING)
     study: str = Field("", description="study name when this run is a study trial")
-    train_fraction: float = Field(1.0, gt=0, le=1, description="fraction of the train split to use: a label-stratified subsample (data-fraction ablations)")
-    subsample_val: bool = Field(False, description="subsample the validation split by train_fraction too (the paper's ablation did)")
-    subsample_seed: int = Field(0, description="seed of the train_fraction subsample; fixed apart from seed so seeds vary training, not data")
+    train_fraction: float = Field(1.0, gt=0, le=1, description="fraction of the train split to use: a label-stratified subsample (data-fraction ablations)", json_schema_extra=TRAINING)
+    subsample_val: bool = Field(False, description="subsample the validation split by train_fraction too (the paper's ablation did)", json_schema_extra=TRAINING)
+    subsample_seed: int = Field(0, description="seed of the train_fraction subsample; fixed apart from seed so seeds vary training, not data", json_schema_extra=TRAINING)
     split: Literal["auto", "image", "official"] = Field("auto", description="VQA split: auto (VQA-RAD by image, else the source's own), image (seeded, no image in two splits) or official")
     max_rows: int = Field(0, ge=0, description="VQA: keep the first N QA rows of each split (0 = all; smoke tests)")
-    vqa_hidden: int = Field(512, ge=1, description="VQA BAN head hidden size")
-    vqa_glimpses: int = Field(2, ge=1, description="VQA BAN head attention glimpses")
-
-    @field_validator("lora_targets", "label_columns", mode="before")
-    @classmethod
-    def _split_commas(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    vqa_hidden: int = Field(512, ge=1, description="VQA BAN head hidden size", json_schema_extra=TRAINING)
+    vqa_glimpses: int = Field(2, ge=1, description="VQA BAN head attention glimpses", json_schema_extra=TRAINING)
 
     @field_validator("size")
     @classmethod
@@ -107,9 +115,10 @@ class RunConfig(BaseModel):
         return value.strip()
 
     @model_validator(mode="after")
-    def _generative_only(self) -> RunConfig:
-        if self.strategy == "mlp" and self.task != "vqa":
-            raise ValueError("strategy=mlp (projector only) is for generative VQA models; use task=vqa with a LLaVA model")
+    def _strategy_fits_task(self) -> RunConfig:
+        why = TASKS[self.task].check_strategy(self.strategy)
+        if why:
+            raise ValueError(why)
         if self.lora_parts and self.strategy != "lora":
             raise ValueError(f"lora_parts={self.lora_parts} needs strategy=lora")
         if self.head_init == "zeroshot" and self.head == "prompt" and self.strategy in ("partial", "full", "lora"):
@@ -122,10 +131,18 @@ class RunConfig(BaseModel):
         return json.loads(self.model_dump_json())
 
 
+def entry_point_fields(entry_point: str) -> list[str]:
+    """The RunConfig fields an entry point takes: its CLI flags and its MLproject parameters."""
+    return [name for name, field in RunConfig.model_fields.items()
+            if entry_point in (field.json_schema_extra or {}).get("entry_points", RUN_ENTRY_POINTS)]
+
+
 def _one_line(err: ValidationError, schema: type[BaseModel] = RunConfig,
               listing: str = "`medvlm params` lists every parameter") -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "config"
+    if not first["loc"]:  # a whole-config rule such as task x strategy: its message names the parameters
+        return str(first["msg"]).removeprefix("Value error, ")
+    key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         close = difflib.get_close_matches(key, schema.model_fields, n=1) if len(first["loc"]) == 1 else []
         hint = f" (did you mean '{close[0]}'?)" if close else ""

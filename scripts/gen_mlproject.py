@@ -8,23 +8,19 @@ Usage: python scripts/gen_mlproject.py > MLproject   (tests/test_config.py check
 
 from __future__ import annotations
 
-from medvlm.config import RunConfig
+from medvlm.config import entry_point_fields
 from medvlm.report.config import ReportConfig
 from medvlm.studies.spec import STUDY_FLAGS
 
-TRAINING_ONLY = {"strategy", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "grad_accum", "patience",
-                 "head", "head_init", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_text", "register_adapter",
-                 "resume", "checkpoint_dir", "vqa_hidden", "vqa_glimpses", "train_fraction", "subsample_val",
-                 "subsample_seed", "compile"}
 STUDIES = ("ablation", "stability", "sweep")
 
 
 def entry_point_params() -> dict[str, list[str]]:
-    fields = list(RunConfig.model_fields)
+    """Each entry point's parameters; which RunConfig fields apply is the fields' own metadata."""
     return {
-        "zeroshot": ["config"] + [f for f in fields if f not in TRAINING_ONLY],
-        "finetune": ["config"] + fields,
-        **{study: ["config", "spec", *STUDY_FLAGS, *fields] for study in STUDIES},
+        "zeroshot": ["config", *entry_point_fields("zeroshot")],
+        "finetune": ["config", *entry_point_fields("finetune")],
+        **{study: ["config", "spec", *STUDY_FLAGS, *entry_point_fields(study)] for study in STUDIES},
         "report": list(ReportConfig.model_fields),
     }
 

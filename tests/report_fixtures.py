@@ -29,7 +29,7 @@ def log_classification_run(model: str, strategy: str, probs: np.ndarray, labels:
     names = [f"class {i}" for i in range(probs.shape[1])]
     data = ClassificationData(dataset, "binary" if probs.shape[1] == 2 else "multiclass", names, [[n] for n in names], {})
     with tracked_run(cfg, extra_tags=extra_tags) as run:
-        log_test_results(torch.as_tensor(np.log(probs)), torch.as_tensor(labels), data, [])
+        log_test_results(torch.as_tensor(np.log(probs)), torch.as_tensor(labels), data)
     return run.info.run_id
 
 
@@ -68,5 +68,5 @@ def log_vqa_run(model: str, strategy: str, test: pd.DataFrame, correct: np.ndarr
     cfg = build_config({"model": model, "dataset": dataset, "task": "vqa", "strategy": strategy, "seed": seed,
                         "experiment": EXPERIMENT})
     with tracked_run(cfg) as run:
-        log_test_results(logits, targets, data, vocab, [])
+        log_test_results(logits, targets, data, vocab)
     return run.info.run_id

@@ -223,7 +223,8 @@ def test_resume_continues_lora_training_exactly(llava_family, tmp_path):
     from medvlm.data.vqa import load_vqa
     from medvlm.engine.checkpoints import checkpoint_identity
     from medvlm.engine.trainer import Checkpoints, fit, make_accelerator, trainable_state
-    from medvlm.experiments.generative_vqa import AnswerObjective, teacher_forced_sets
+    from medvlm.experiments.generative_vqa import teacher_forced_sets
+    from medvlm.tasks.generative_vqa import AnswerObjective
     from tests.conftest import SHARED_DATA
 
     def train(epochs: int, run: str, on_resume=None):
@@ -235,10 +236,10 @@ def test_resume_continues_lora_training_exactly(llava_family, tmp_path):
         tables = {s: build_prompts(vlm, data.splits[s]["question"].tolist(), data.splits[s]["answer"].tolist())
                   for s in ("train", "val")}
         sets = teacher_forced_sets(data, tables)
-        # the 1-epoch call stands in for a 2-epoch run killed after epoch 1: same identity but for `epochs`
-        identity = checkpoint_identity(run, {**cfg.resolved(), "epochs": 2}, vlm.spec.pin)
         result = fit(AnswerObjective(TeacherForced(vlm)), sets["train"], sets["val"], cfg, make_accelerator(cfg),
-                     Checkpoints(tmp_path, run, identity), on_resume=on_resume)
+                     # one identity for the stopped and the resumed run: the same run, cut short after epoch 1
+                     Checkpoints(tmp_path, run, checkpoint_identity(run, {**cfg.resolved(), "epochs": 2}, vlm.spec.pin)),
+                     on_resume=on_resume)
         return result, {k: v for k, v in trainable_state(vlm).items()}
 
     straight, weights = train(2, "straight")

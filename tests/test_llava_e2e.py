@@ -42,11 +42,13 @@ def runs(llava_family, tmp_path_factory):
         for key in ("MLFLOW_TRACKING_URI", "MEDVLM_CHECKPOINTS", "MLFLOW_EXPERIMENT_NAME"):
             mp.setenv(key, env[key])
         mp.delenv("MLFLOW_RUN_ID", raising=False)
-        flags = [a.replace("=", " ", 1) for a in ROWS[1::2]]
+        flags = dict(a.split("=", 1) for a in ROWS[1::2])
+        training = ("epochs", "batch_size")  # finetune's only: zeroshot refuses them
         common = ["--task", "vqa", "--dataset", "vqa_rad", "--data_root", str(SHARED_DATA), "--experiment", "llava"]
-        common += [part for flag in flags for part in (f"--{flag.split()[0]}", flag.split()[1])]
+        common += [part for k, v in flags.items() if k not in training for part in (f"--{k}", v)]
         assert main(["zeroshot", "--model", llava_family["hf"], *common]) == 0
-        assert main(["finetune", "--strategy", "mlp", "--model", "llava-med", "--lr", "1e-3", *common]) == 0
+        assert main(["finetune", "--strategy", "mlp", "--model", "llava-med", "--lr", "1e-3", *common,
+                     *(part for k in training for part in (f"--{k}", flags[k]))]) == 0
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
         found = client.search_runs([client.get_experiment_by_name("llava").experiment_id])

@@ -7,7 +7,7 @@ import pytest
 from medvlm.cli import main
 from medvlm.errors import ConfigError
 from medvlm.report.config import report_config
-from medvlm.report.domains import dataset_modality, domain_of, model_modality
+from medvlm.report.domains import dataset_modality, domain_of, model_coverage
 
 
 def test_values_arrive_as_strings_and_empty_means_not_given():
@@ -51,4 +51,4 @@ def test_the_command_reports_a_bad_value_in_one_line_and_exits_2(capsys):
     ("biomedclip", "classification", "my_table.csv", "", "?"),        # unknown dataset modality
 ])
 def test_in_domain_compares_pretraining_and_dataset_modality(model, task, dataset, subset, expected):
-    assert domain_of(model_modality(model), dataset_modality(task, dataset, subset)) == expected
+    assert domain_of(model_coverage(model), dataset_modality(task, dataset, subset)) == expected

@@ -113,15 +113,18 @@ def test_finetune_partial_and_full(store, tiny_model_dir, roco_fixture, strategy
     assert "medvlm.registered_model" not in run.data.tags  # only LoRA adapters are registered
 
 
-@pytest.mark.parametrize("args, words", [
-    (["finetune", "--strategy", "linear"], "task=retrieval has no head"),
-    (["zeroshot", "--subset", "radiology"], "split 'test' of"),
+@pytest.mark.parametrize("args, words, status", [
+    (["finetune", "--strategy", "linear"], "task=retrieval takes strategy", None),  # refused before any run exists
+    (["zeroshot", "--subset", "radiology"], "split 'test' of", "FAILED"),
 ])
-def test_user_errors_are_one_line(store, tiny_model_dir, tmp_path, capsys, args, words):
+def test_user_errors_are_one_line(store, tiny_model_dir, tmp_path, capsys, args, words, status):
     root = write_roco(tmp_path / "roco", sizes={"test": 0})
     experiment = f"error-{args[0]}"
     code = main([*args, "--task", "retrieval", "--model", f"local-dir:{tiny_model_dir}", "--dataset", str(root),
                  "--experiment", experiment])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medvlm: error:")]
     assert code == 2 and len(errors) == 1 and words in errors[0]
-    assert _runs(experiment)[0].info.status == "FAILED"
+    if status is None:
+        assert MlflowClient().get_experiment_by_name(experiment) is None
+    else:
+        assert _runs(experiment)[0].info.status == status

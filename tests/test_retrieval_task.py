@@ -16,15 +16,18 @@ from torch.utils.data import DataLoader
 from medvlm.data.captions import load_captions
 from medvlm.data.transforms import to_model_input
 from medvlm.config import build_config
-from medvlm.experiments.retrieval import RetrievalObjective, apply_train_fraction, pair_recall, summary
+from medvlm.experiments.retrieval import apply_train_fraction
 from medvlm.metrics.retrieval import RetrievalResult, retrieval_metrics
 from medvlm.tasks.retrieval import (
     MAX_LOGIT_SCALE,
     DualEncoder,
+    RetrievalObjective,
     TokenizedPairs,
     blockwise_info_nce,
     embed_gallery,
     info_nce,
+    pair_recall,
+    summary,
     unpack,
 )
 from medvlm.zoo import create_model

@@ -12,7 +12,7 @@ from medvlm.data.base import TensorRows
 from medvlm.engine.checkpoints import Checkpoints, checkpoint_identity
 from medvlm.engine.trainer import BestWeights, EpochShuffle, fit, make_accelerator
 from medvlm.errors import TrainingError
-from medvlm.experiments.classification import ClassificationObjective
+from medvlm.tasks.classification import ClassificationObjective
 
 
 def problem(n: int = 256, seed: int = 0) -> tuple[TensorRows, TensorRows]:

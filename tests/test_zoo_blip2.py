@@ -34,7 +34,7 @@ def weights(tmp_path_factory):
     net.load_state_dict(randomise(net))
     net.save_pretrained(str(folder))
     entry = zoo_entries()["blip2"]
-    BlipImageProcessor(size={"height": 32, "width": 32}, image_mean=entry["mean"], image_std=entry["std"],
+    BlipImageProcessor(size={"height": 32, "width": 32}, image_mean=entry.mean, image_std=entry.std,
                        resample=3).save_pretrained(str(folder))
     return root, state_of(folder / "model.safetensors")
 
@@ -84,6 +84,6 @@ def test_embeddings_from_the_raw_projections(weights, model):
 
 def test_preprocess_and_tasks(model):
     entry = zoo_entries()["blip2"]
-    assert_preprocess_reaches_pixels(model, 32, tuple(entry["mean"]), tuple(entry["std"]))
+    assert_preprocess_reaches_pixels(model, 32, tuple(entry.mean), tuple(entry.std))
     assert model.spec.context_length == 32 and model.tokenize(CAPTIONS).input_ids.shape == (4, 32)
     assert_tasks_run(model, PROMPTS, CAPTIONS)

@@ -81,10 +81,10 @@ def weights(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
     write_bert_repo(root / CLINICAL_BERT, max_positions=300)
     swin_config().save_pretrained(str(root / SWIN))
-    image_state, image_reference = image_part(entry["architecture"])
+    image_state, image_reference = image_part(entry.architecture)
     bert = {f"text_encoder.text_encoder.{k}": v for k, v in randomise(BertModel(bert_config(300)), seed=4).items()}
     bert["text_encoder.text_encoder.embeddings.position_ids"] = torch.arange(300)[None]
-    image_dim = 2048 if entry["architecture"] == "resnet50" else 16
+    image_dim = 2048 if entry.architecture == "resnet50" else 16
     gen = torch.Generator().manual_seed(5)
     heads = {"image_projection.projection.weight": torch.randn(12, image_dim, generator=gen),
              "image_projection.projection.bias": torch.randn(12, generator=gen),
@@ -95,12 +95,12 @@ def weights(request, tmp_path_factory):
     modules = omegaconf_standins()
     with mock.patch.dict(sys.modules, modules):
         config = modules["omegaconf.dictconfig"].DictConfig(
-            {"model": {"image_encoder": {"name": "resnet" if entry["architecture"] == "resnet50" else SWIN}},
+            {"model": {"image_encoder": {"name": "resnet" if entry.architecture == "resnet50" else SWIN}},
              "base": {"image_size": 224, "text_max_length": 256}})
         (root / name).mkdir()
         torch.save({"model": model_state, "optimizer": {"state": {}, "param_groups": [{"lr": 5e-5, "params": []}]},
                     "scheduler": {"last_epoch": 9, "_step_count": 10}, "config": config, "epoch": 10,
-                    "train_loss": 1.25}, root / name / entry["checkpoint"])
+                    "train_loss": 1.25}, root / name / entry.checkpoint)
     return name, root, model_state, image_reference
 
 
@@ -112,7 +112,7 @@ def model(weights, monkeypatch):
 
 def test_the_tar_needs_the_safe_path_and_loads_every_tensor(weights, model):
     name, root, state, _ = weights
-    path = root / name / zoo_entries()[name]["checkpoint"]
+    path = root / name / zoo_entries()[name].checkpoint
     with pytest.raises(pickle.UnpicklingError):  # the OmegaConf config is not a plain tensor container
         torch.load(path, weights_only=True)
     assert "omegaconf" not in sys.modules  # loading never imported (or needed) the config's classes
@@ -122,7 +122,7 @@ def test_the_tar_needs_the_safe_path_and_loads_every_tensor(weights, model):
 def test_image_embedding_is_the_authors_global_feature_projected(weights, model):
     name, _, state, reference_state = weights
     pixels = to_model_input(uint8_images(2), model.preprocess)
-    if zoo_entries()[name]["architecture"] == "resnet50":
+    if zoo_entries()[name].architecture == "resnet50":
         reference = ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=8)
         reference.fc = torch.nn.Identity()  # torchvision's forward up to the pooled 2048-d feature
     else:
@@ -154,7 +154,7 @@ def test_text_embedding_is_the_eos_state_projected(weights, model):
 
 def test_preprocess_and_tasks(weights, model):
     entry = zoo_entries()[weights[0]]
-    assert_preprocess_reaches_pixels(model, 224, tuple(entry["mean"]), tuple(entry["std"]))
+    assert_preprocess_reaches_pixels(model, 224, tuple(entry.mean), tuple(entry.std))
     assert model.preprocess.interpolation == "bilinear"
     assert_tasks_run(model, PROMPTS, CAPTIONS)
 
@@ -163,7 +163,7 @@ def test_a_checkpoint_of_the_other_architecture_is_refused(weights, monkeypatch,
     name, root, _, _ = weights
     other = "cxr-clip-swint" if name == "cxr-clip" else "cxr-clip"
     (tmp_path / other).mkdir()
-    (tmp_path / other / zoo_entries()[other]["checkpoint"]).symlink_to(root / name / zoo_entries()[name]["checkpoint"])
+    (tmp_path / other / zoo_entries()[other].checkpoint).symlink_to(root / name / zoo_entries()[name].checkpoint)
     for repo in (CLINICAL_BERT, SWIN):
         (tmp_path / repo).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / repo).symlink_to(root / repo)

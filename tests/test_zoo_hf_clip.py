@@ -36,7 +36,7 @@ def hf_clip(request, tmp_path_factory):
     net.load_state_dict(randomise(net), strict=False)
     net.save_pretrained(str(folder))
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                       image_mean=entry["mean"], image_std=entry["std"]).save_pretrained(str(folder))
+                       image_mean=entry.mean, image_std=entry.std).save_pretrained(str(folder))
     return name, root, state_of(folder / "model.safetensors")
 
 
@@ -67,5 +67,5 @@ def test_embeddings_are_the_projected_class_and_eos_states(hf_clip, model):
 
 def test_preprocess_and_tasks(hf_clip, model):
     entry = zoo_entries()[hf_clip[0]]
-    assert_preprocess_reaches_pixels(model, 32, tuple(entry["mean"]), tuple(entry["std"]))
+    assert_preprocess_reaches_pixels(model, 32, tuple(entry.mean), tuple(entry.std))
     assert_tasks_run(model, PROMPTS, CAPTIONS)

@@ -81,6 +81,6 @@ def test_text_embedding_is_medclip_layer_1_2_last_mean(weights, model):
 
 def test_grayscale_preprocess_and_tasks(model):
     entry = zoo_entries()["medclip"]
-    assert_preprocess_reaches_pixels(model, 224, tuple(entry["mean"]), tuple(entry["std"]), channels=1)
+    assert_preprocess_reaches_pixels(model, 224, tuple(entry.mean), tuple(entry.std), channels=1)
     assert to_model_input(uint8_images(1, channels=3), model.preprocess).shape == (1, 1, 224, 224)
     assert_tasks_run(model, PROMPTS, CAPTIONS)

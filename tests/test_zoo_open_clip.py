@@ -32,7 +32,7 @@ def biomedclip_config(text_source: str) -> dict:
             "text_cfg": {"hf_model_name": text_source, "hf_tokenizer_name": text_source, "hf_proj_type": "mlp",
                          "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 256},
         },
-        "preprocess_cfg": {"mean": entry["mean"], "std": entry["std"]},
+        "preprocess_cfg": {"mean": entry.mean, "std": entry.std},
     }
 
 
@@ -97,7 +97,7 @@ def test_biomedclip_image_is_class_token_through_head_proj(biomedclip, biomed_mo
 
 def test_biomedclip_preprocess_and_tasks(biomed_model):
     entry = zoo_entries()["biomedclip"]
-    assert_preprocess_reaches_pixels(biomed_model, 160, tuple(entry["mean"]), tuple(entry["std"]))
+    assert_preprocess_reaches_pixels(biomed_model, 160, tuple(entry.mean), tuple(entry.std))
     assert_tasks_run(biomed_model, PROMPTS, CAPTIONS)
     assert biomed_model.image_tokens(to_model_input(uint8_images(1), biomed_model.preprocess)).shape == (1, 100, 24)
 
@@ -126,7 +126,7 @@ def test_quiltnet_loads_from_its_hub_layout(tmp_path, monkeypatch):
     folder = tmp_path / "quiltnet"
     folder.mkdir()
     (folder / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": cfg, "preprocess_cfg": {"mean": entry["mean"], "std": entry["std"]}}))
+        {"model_cfg": cfg, "preprocess_cfg": {"mean": entry.mean, "std": entry.std}}))
     state = randomise(open_clip.CLIP(**cfg))
     torch.save(state, folder / "open_clip_pytorch_model.bin")
     monkeypatch.setenv("MEDVLM_WEIGHTS", str(tmp_path))
@@ -145,5 +145,5 @@ def test_quiltnet_loads_from_its_hub_layout(tmp_path, monkeypatch):
                                               normalize_intermediates=True)["text_intermediates"][-1]
         expected = eot[torch.arange(4), tokens.input_ids.argmax(-1)] @ state["text_projection"]
         torch.testing.assert_close(model.encode_text(tokens), expected)
-    assert_preprocess_reaches_pixels(model, 32, tuple(entry["mean"]), tuple(entry["std"]))
+    assert_preprocess_reaches_pixels(model, 32, tuple(entry.mean), tuple(entry.std))
     assert_tasks_run(model, PROMPTS, CAPTIONS)

@@ -98,7 +98,7 @@ def test_text_embedding_is_unmasked_cls_state_times_projection(weights, model):
 
 def test_preprocess_tasks_and_lora_reach_the_image_encoder(model):
     entry = zoo_entries()["pmc-clip"]
-    assert_preprocess_reaches_pixels(model, 64, tuple(entry["mean"]), tuple(entry["std"]))
+    assert_preprocess_reaches_pixels(model, 64, tuple(entry.mean), tuple(entry.std))
     assert_tasks_run(model, PROMPTS, CAPTIONS)
     pixels = to_model_input(uint8_images(2), model.preprocess)
     assert model.image_tokens(pixels).shape == (2, 4, 24)  # 2x2 cells of a 64 px image

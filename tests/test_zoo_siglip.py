@@ -53,8 +53,8 @@ def weights(tmp_path_factory):
     net.load_state_dict(state, strict=False)
     net.save_pretrained(str(folder))
     entry = zoo_entries()["medsiglip"]
-    SiglipImageProcessor(size={"height": 32, "width": 32}, resample=2, image_mean=entry["mean"],
-                         image_std=entry["std"]).save_pretrained(str(folder))
+    SiglipImageProcessor(size={"height": 32, "width": 32}, resample=2, image_mean=entry.mean,
+                         image_std=entry.std).save_pretrained(str(folder))
     return root, state_of(folder / "model.safetensors")
 
 
@@ -123,7 +123,7 @@ def test_multilabel_zero_shot_is_siglip_own_sigmoid(model):
 
 def test_preprocess_tasks_and_gated_message(weights, model, tmp_path, monkeypatch):
     entry = zoo_entries()["medsiglip"]
-    assert_preprocess_reaches_pixels(model, 32, tuple(entry["mean"]), tuple(entry["std"]))
+    assert_preprocess_reaches_pixels(model, 32, tuple(entry.mean), tuple(entry.std))
     assert model.preprocess.interpolation == "bilinear"
     assert_tasks_run(model, PROMPTS, CAPTIONS)
     (tmp_path / "medsiglip").mkdir()

@@ -15,21 +15,15 @@ EXPECTED = {"clip-vit-b32", "clip-vit-b16", "biomedclip", "pmc-clip", "cxr-clip"
 
 @pytest.mark.parametrize("name", sorted(zoo_entries()))
 def test_entry_metadata_is_complete(name):
+    """Types and required keys are the schema's job (`tests/test_zoo_schema.py`); these are the facts across keys."""
     entry = zoo_entries()[name]
-    if entry["source"] in GENERATIVE_SOURCES:  # LLaVA family: no text tower or prompt embedding to describe
-        assert entry["domain"] in ("general", "medical") and isinstance(entry["gated"], bool)
-        assert all(isinstance(entry.get(f), str) and entry[f].strip() for f in ("model", "modality", "licence")), name
-        return
-    assert entry["source"] in BACKENDS
-    assert all(isinstance(entry.get(field), str) and entry[field].strip() for field in TEXT_FIELDS), name
-    assert entry["domain"] in ("general", "medical") and isinstance(entry["gated"], bool)
-    assert isinstance(entry["image_size"], int) and entry["channels"] in (1, 3)
-    assert len(entry["mean"]) == len(entry["std"]) == entry["channels"] and all(s > 0 for s in entry["std"])
-    assert isinstance(entry["context_length"], int) and entry["context_length"] > 0
-    assert entry["partial"] and set(entry["lora"]) == {"vision", "text"} and entry["lora"]["text"]
-    assert set(entry["towers"]) == {"vision", "text"}
-    if entry["source"] in ("pmc_clip", "cxr_clip", "medclip"):  # the authors' files: named, and a BERT mirror
-        assert entry["checkpoint"] in entry["notes"] and entry["text_tower"] in entry["notes"]
+    assert entry.source in (GENERATIVE_SOURCES if entry.generative else BACKENDS)
+    clip_only = {"embedding", "tokens"} if entry.generative else set()
+    assert all(getattr(entry, field).strip() for field in TEXT_FIELDS if field not in clip_only), name
+    assert len(entry.mean) == len(entry.std) == entry.channels and all(s > 0 for s in entry.std)
+    assert entry.generative or entry.lora.text
+    if entry.source in ("pmc_clip", "cxr_clip", "medclip"):  # the authors' files: named, and a BERT mirror
+        assert entry.checkpoint in entry.notes and entry.text_tower in entry.notes
 
 
 def test_models_prints_every_entry_with_its_metadata(capsys):
@@ -39,7 +33,7 @@ def test_models_prints_every_entry_with_its_metadata(capsys):
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == set(zoo_entries()) and EXPECTED <= set(rows)
     for name, entry in zoo_entries().items():
-        for value in (entry["domain"], entry["modality"], entry["model"], str(entry["image_size"]),
-                      str(entry["context_length"]), entry["licence"]):
+        for value in (entry.domain, entry.modality, entry.model, str(entry.image_size),
+                      str(entry.context_length), entry.licence):
             assert value in rows[name], (name, value)
-        assert rows[name].rstrip().endswith("yes" if entry["gated"] else "no")
+        assert rows[name].rstrip().endswith("yes" if entry.gated else "no")

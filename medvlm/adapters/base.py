@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,18 @@ from medvlm.zoo import create_model
 ALIAS = "best"
 
 
+@dataclass
+class Adapter:
+    """What a run registers: the serving model, the base model's pin, the peft-wrapped network (None when
+    no LoRA part trained), the trained heads and the task's own metadata."""
+
+    python_model: mlflow.pyfunc.PythonModel
+    pin: dict[str, Any]
+    peft_net: torch.nn.Module | None
+    heads: dict[str, torch.nn.Module] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
 def _images_from(model_input: Any) -> torch.Tensor:
     """uint8 [B,C,H,W] from an array (N,H,W[,C]) or a DataFrame column `image` of bytes or paths."""
     if isinstance(model_input, pd.DataFrame):
@@ -53,15 +66,24 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     """Base: rebuild the pinned base model and apply the LoRA adapter."""
 
     def load_base(self, context) -> None:
-        self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        self.meta = read_meta(context)
         clip = create_model(self.meta["model"])
-        pin = self.meta["pin"]
-        if pin.get("sha256") and clip.spec.pin.get("sha256") != pin["sha256"]:
-            raise ModelError(f"base weights for '{self.meta['model']}' differ from the ones this adapter was trained on "
-                             f"(sha256 {str(clip.spec.pin.get('sha256'))[:12]}… vs {pin['sha256'][:12]}…); "
-                             f"restore the original weights")
+        check_pin(self.meta, clip.spec.pin)
         clip.net = load_adapter(clip.net, context.artifacts["adapter"])
         self.clip = clip.eval()
+
+
+def read_meta(context) -> dict[str, Any]:
+    """The adapter's `medvlm.json`: base model argument, weights pin and the task's own facts."""
+    return json.loads(Path(context.artifacts["meta"]).read_text())
+
+
+def check_pin(meta: dict[str, Any], pin: dict[str, Any]) -> None:
+    """Refuse base weights whose digest differs from the ones the adapter was trained on."""
+    want = meta["pin"].get("sha256")
+    if want and pin.get("sha256") != want:
+        raise ModelError(f"base weights for '{meta['model']}' differ from the ones this adapter was trained on "
+                         f"(sha256 {str(pin.get('sha256'))[:12]}… vs {want[:12]}…); restore the original weights")
 
 
 class ClassifierAdapterModel(AdapterModel):

@@ -8,8 +8,6 @@ pin, applies the adapter, and generates greedily with the base model's own chat 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -17,8 +15,13 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from medvlm.adapters.base import Adapter, check_pin, read_meta
 from medvlm.config import RunConfig
+from medvlm.data.sources import decode_image
 from medvlm.errors import ModelError
+from medvlm.strategies.lora import load_adapter
+from medvlm.tasks.generative_vqa import answer_all, build_prompts
+from medvlm.zoo.factory import load_vlm
 from medvlm.zoo.llava import PROJECTOR, GenerativeVLM
 
 
@@ -26,16 +29,9 @@ class GenerativeVQAModel(mlflow.pyfunc.PythonModel):
     """Input: a DataFrame with `image` (encoded bytes or a file path) and `question`. Output: `answer` per row."""
 
     def load_context(self, context) -> None:
-        from medvlm.strategies.lora import load_adapter
-        from medvlm.zoo.factory import load_vlm
-
-        self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        self.meta = read_meta(context)
         vlm = load_vlm(self.meta["model"])
-        pin = self.meta["pin"]
-        if pin.get("sha256") and vlm.spec.pin.get("sha256") != pin["sha256"]:
-            raise ModelError(f"base weights for '{self.meta['model']}' differ from the ones this adapter was trained "
-                             f"on (sha256 {str(vlm.spec.pin.get('sha256'))[:12]}… vs {pin['sha256'][:12]}…); "
-                             f"restore the original weights")
+        check_pin(self.meta, vlm.spec.pin)
         if "adapter" in context.artifacts:
             vlm.net = load_adapter(vlm.net, context.artifacts["adapter"])
         if "projector" in context.artifacts:
@@ -43,9 +39,6 @@ class GenerativeVQAModel(mlflow.pyfunc.PythonModel):
         self.vlm = vlm.eval()
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from medvlm.data.sources import decode_image
-        from medvlm.tasks.generative_vqa import answer_all, build_prompts
-
         if not isinstance(model_input, pd.DataFrame) or not {"image", "question"} <= set(model_input.columns):
             raise ModelError("VQA input must be a DataFrame with columns 'image' (bytes or path) and 'question'")
         size = self.vlm.preprocess.image_size
@@ -58,13 +51,10 @@ class GenerativeVQAModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"answer": answers})
 
 
-def register(cfg: RunConfig, vlm: GenerativeVLM, selection: tuple[str, float, bool]) -> None:
-    """Log the LoRA adapter or the trained projector as `medvlm-<model>-<dataset>-vqa`."""
-    from medvlm.adapters.base import log_adapter, registered_name
-
-    meta = {"model": cfg.model, "pin": vlm.spec.pin, "task": "vqa", "dataset": cfg.dataset, "strategy": cfg.strategy,
-            "lora_parts": cfg.lora_parts or "l", "max_new_tokens": cfg.max_new_tokens, "generative": True}
+def adapter(cfg: RunConfig, vlm: GenerativeVLM) -> Adapter:
+    """The LoRA adapter (`lora`) or the trained projector (`mlp`), registered as `medvlm-<model>-<dataset>-vqa`."""
     lora = cfg.strategy == "lora"
     heads = {} if lora else {"projector": vlm.llava.get_submodule(PROJECTOR)}
-    log_adapter(GenerativeVQAModel(), vlm.net if lora else None, heads, meta,
-                registered_name(cfg.model, cfg.dataset, "vqa"), selection)
+    return Adapter(GenerativeVQAModel(), vlm.spec.pin, vlm.net if lora else None, heads,
+                   {"strategy": cfg.strategy, "lora_parts": cfg.lora_parts or "l", "max_new_tokens": cfg.max_new_tokens,
+                    "generative": True})

@@ -45,18 +45,8 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from medvlm.data.content import content_keys
-from medvlm.data.sources import (
-    SPLITS,
-    TABLE_SUFFIXES,
-    candidates,
-    decode_image,
-    image_ref,
-    image_split,
-    locate,
-    read_tables,
-    split_values,
-    table_files,
-)
+from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, read_tables,
+                                 source_kind, split_values)
 from medvlm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -211,18 +201,12 @@ def locate_source(name: str, data_root: Path) -> tuple[str, Path]:
             tried = ", ".join(f"{p}/" for p in candidates(name, data_root, ROCO_ALIASES))
             raise DataError(f"ROCO not found: tried {tried}; {HOW_TO_GET_ROCO}")
         return ("roco" if _is_roco(folder) else "table"), folder
-    path = locate(name, data_root)
-    if path is not None and path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
-        return "table", path
-    if path is not None and path.is_dir():
-        if _is_roco(path):
-            return "roco", path
-        if table_files(path):
-            return "table", path
-        raise DataError(f"folder {path} holds no image-caption data: expected ROCO's <split>/<subset>/"
-                        f"{ROCO_CAPTIONS} layout or parquet/CSV files with image and caption columns")
-    raise DataError(f"unknown retrieval dataset '{name}': use roco (a folder under data_root {data_root}), a folder "
-                    f"in ROCO's layout, or a parquet/CSV file (or folder of them) with image and caption columns")
+    return source_kind(
+        name, data_root, lambda folder: "roco" if _is_roco(folder) else None,
+        f"image-caption data: expected ROCO's <split>/<subset>/{ROCO_CAPTIONS} layout or parquet/CSV files with image "
+        f"and caption columns",
+        f"unknown retrieval dataset '{name}': use roco (a folder under data_root {data_root}), a folder in ROCO's "
+        f"layout, or a parquet/CSV file (or folder of them) with image and caption columns")
 
 
 # -- readers: one row per caption with split, image_key/image_source/image_name, caption ---

@@ -10,7 +10,7 @@ import hashlib
 import io
 import math
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,22 @@ def candidates(name: str, data_root: str | Path, aliases: Sequence[str] = ()) ->
     if aliases:
         return [c for alias in aliases for c in (root / alias, Path(alias))]
     return [Path(name).expanduser(), root / name]
+
+
+def source_kind(name: str, data_root: str | Path, layout: Callable[[Path], str | None], what: str,
+                  unknown: str) -> tuple[str, Path]:
+    """(kind, path) of a dataset given by path: a CSV/parquet file is a "table"; a folder is the kind
+    `layout` recognises, else a "table" when it holds CSV/parquet files. `what` says what a folder must
+    hold, `unknown` what to pass instead, in the one-line errors."""
+    path = locate(name, data_root)
+    if path is not None and path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
+        return "table", path
+    if path is not None and path.is_dir():
+        kind = layout(path) or ("table" if table_files(path) else None)
+        if kind is None:
+            raise DataError(f"folder {path} holds no {what}")
+        return kind, path
+    raise DataError(unknown)
 
 
 def table_files(folder: Path) -> list[Path]:

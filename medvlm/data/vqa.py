@@ -39,18 +39,8 @@ import torch
 from torch.utils.data import Dataset
 
 from medvlm.data.content import content_keys
-from medvlm.data.sources import (
-    SPLITS,
-    TABLE_SUFFIXES,
-    candidates,
-    decode_image,
-    image_ref,
-    image_split,
-    locate,
-    read_tables,
-    split_values,
-    table_files,
-)
+from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, read_tables,
+                                 source_kind, split_values)
 from medvlm.errors import ConfigError, DataError
 
 SplitMode = Literal["auto", "image", "official"]
@@ -217,20 +207,18 @@ def locate_source(name: str, data_root: Path) -> tuple[str, Path]:
             raise DataError(f"{name} not found: tried {tried}; in {Path(data_root) / ALIASES[key][0]}/: {HOW_TO_GET[key]}; "
                             f"or set data_root / MEDVLM_DATA to the folder that holds {ALIASES[key][0]}/, or pass dataset=PATH")
         return (key if key != "pathvqa" else "table"), folder
-    path = locate(name, data_root)
-    if path is not None and path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
-        return "table", path
-    if path is not None and path.is_dir():
-        if (path / VQA_RAD_JSON).is_file():
-            return "vqa_rad", path
-        if (path / "train.json").is_file():
-            return "slake", path
-        if table_files(path):
-            return "table", path
-        raise DataError(f"folder {path} holds no VQA data: expected '{VQA_RAD_JSON}' (VQA-RAD), "
-                        f"train.json (SLAKE) or parquet/CSV files with image, question, answer columns")
-    raise DataError(f"unknown VQA dataset '{name}': use vqa_rad, slake, pathvqa (folders under data_root {data_root}), "
-                    f"a folder in one of those layouts, or a parquet/CSV file with image, question, answer columns")
+    return source_kind(
+        name, data_root, _vqa_layout,
+        f"VQA data: expected '{VQA_RAD_JSON}' (VQA-RAD), train.json (SLAKE) or parquet/CSV files with image, "
+        f"question, answer columns",
+        f"unknown VQA dataset '{name}': use vqa_rad, slake, pathvqa (folders under data_root {data_root}), a folder "
+        f"in one of those layouts, or a parquet/CSV file with image, question, answer columns")
+
+
+def _vqa_layout(folder: Path) -> str | None:
+    if (folder / VQA_RAD_JSON).is_file():
+        return "vqa_rad"
+    return "slake" if (folder / "train.json").is_file() else None
 
 
 # -- readers: each returns one row per QA with image_key/image_source/image_name/split -------

@@ -9,47 +9,30 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medvlm.adapters.base import ClassifierAdapterModel, log_adapter, registered_name
+from medvlm.adapters.base import Adapter, ClassifierAdapterModel
 from medvlm.config import RunConfig
-from medvlm.data.base import ClassificationData, LabelKind, TensorRows
+from medvlm.data.base import ClassificationData, TensorRows
 from medvlm.data.classification import load_classification
 from medvlm.data.prompts import select_prompts
 from medvlm.data.subsample import subsample_splits
-from medvlm.engine.features import cached_features, model_for_run
-from medvlm.engine.checkpoints import Checkpoints
-from medvlm.engine.trainer import count_trainable, evaluate, fit, freeze_unused, make_accelerator
+from medvlm.engine.features import cached_features
+from medvlm.engine.trainer import count_trainable, evaluate, freeze_unused
+from medvlm.experiments.common import fit_evaluate_register, start
 from medvlm.metrics.classification import classification_metrics, probabilities
 from medvlm.progress import log
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import (
+    ClassificationObjective,
     ImageClassifier,
     LinearHead,
     PromptClassifier,
-    classification_loss,
     head_outputs,
     model_device,
     zero_shot_head,
 )
 from medvlm.tracking import plots
-from medvlm.tracking.session import log_dataset, log_epoch, replay_epochs
+from medvlm.tracking.session import log_dataset
 from medvlm.zoo import ClipModel
-
-
-class ClassificationObjective:
-    """Loss and metrics of a classifier whose outputs are logits.
-
-    The metrics watch validation epochs: a class missing from the split makes the AUCs NaN with a
-    warning rather than failing the run (the test metrics are computed strictly, `log_test_results`).
-    """
-
-    def __init__(self, module: torch.nn.Module, kind: LabelKind):
-        self.module, self.kind = module, kind
-
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return classification_loss(outputs, targets, self.kind)
-
-    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        return classification_metrics(targets.numpy(), probabilities(outputs, self.kind), self.kind, undefined="nan")
 
 
 def load_data(cfg: RunConfig, clip: ClipModel) -> ClassificationData:
@@ -59,7 +42,7 @@ def load_data(cfg: RunConfig, clip: ClipModel) -> ClassificationData:
                                label_columns=cfg.label_columns, label_policy=cfg.label_policy)
     data.splits = subsample_splits(data.splits, cfg)
     labels = getattr(data.splits["train"], "labels", None)
-    if cfg.strategy != "zeroshot" and data.kind != "multilabel" and labels is not None:
+    if get_strategy(cfg.strategy).kind.trains and data.kind != "multilabel" and labels is not None:
         present = torch.unique(labels[labels >= 0]).tolist()
         if len(present) < 2:
             log.warning("the training split of %s holds a single class (%s): a classifier trained on it cannot "
@@ -89,8 +72,7 @@ def predictions_table(probs: np.ndarray, targets: np.ndarray, data: Classificati
     return table
 
 
-def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: ClassificationData,
-                     history: list[dict[str, float]]) -> dict[str, float]:
+def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: ClassificationData) -> dict[str, float]:
     probs = probabilities(logits, data.kind)
     y = targets.numpy()
     metrics = {f"test_{k}": v for k, v in classification_metrics(y, probs, data.kind).items()}
@@ -101,16 +83,16 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: Classifi
     if data.kind != "multilabel":
         figures["plots/confusion_matrix.png"] = plots.confusion_figure(y, table["pred"].to_numpy(), data.class_names)
     plots.log_figures(figures)
-    plots.log_learning_curves(history)
     return metrics
 
 
 def linear_head(cfg: RunConfig, clip: ClipModel, data: ClassificationData, prompts: list[list[str]]) -> LinearHead:
     """A linear head on image embeddings: random, or the zero-shot prompt embeddings (zeroshot, head_init=zeroshot)."""
     head = LinearHead(clip.embed_dim, head_outputs(data.kind, data.num_classes)).to(model_device(clip))
-    if cfg.strategy == "zeroshot" or cfg.head_init == "zeroshot":
+    trains = get_strategy(cfg.strategy).kind.trains
+    if not trains or cfg.head_init == "zeroshot":
         head.set_zero_shot(zero_shot_head(clip, prompts, data.class_names, data.kind))
-    return head.requires_grad_(cfg.strategy != "zeroshot")
+    return head.requires_grad_(trains)
 
 
 def encoder_classifier(cfg: RunConfig, clip: ClipModel, data: ClassificationData,
@@ -128,16 +110,15 @@ def encoder_classifier(cfg: RunConfig, clip: ClipModel, data: ClassificationData
 
 def run_classification(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
-    accelerator = make_accelerator(cfg)
+    accelerator, clip = start(cfg)
     device = accelerator.device
     strategy = get_strategy(cfg.strategy)
-    clip = model_for_run(cfg.model, device, strategy.trains_encoder)
     data = load_data(cfg, clip)
     log_lineage(data)
     prompts = select_prompts(cfg.prompt_set, data.class_names, data.prompts)
     mlflow.log_dict({"prompt_set": cfg.prompt_set, "class_names": data.class_names, "prompts": prompts}, "prompts.json")
 
-    if strategy.trains_encoder:
+    if strategy.kind.trains_encoder:
         module = encoder_classifier(cfg, clip, data, prompts)
         clip, head = module.clip, getattr(module, "head", None)
         objective = ClassificationObjective(module, data.kind)
@@ -147,30 +128,17 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
         clip = strategy.prepare(clip, cfg)
         t0 = time.perf_counter()
         feats = {s: TensorRows(*cached_features(clip, data.splits[s], cfg.eval_batch_size, device, cfg.precision))
-                 for s in (("test",) if cfg.strategy == "zeroshot" else ("train", "val", "test"))}
+                 for s in (("train", "val", "test") if strategy.kind.trains else ("test",))}
         mlflow.log_metric("encode_images_per_s", sum(len(f) for f in feats.values()) / (time.perf_counter() - t0))
-        objective, train_set, val_set, test_set = ClassificationObjective(head, data.kind), feats.get("train"), feats.get("val"), feats["test"]
+        objective = ClassificationObjective(head, data.kind)
+        train_set, val_set, test_set = feats.get("train"), feats.get("val"), feats["test"]
 
     mlflow.log_metric("trainable_params", count_trainable(objective.module))
-    history: list[dict[str, float]] = []
-    selection = None
-    if cfg.strategy != "zeroshot":
-        run_id = cfg.resume or mlflow.active_run().info.run_id  # every rank must read rank 0's checkpoint
-        result = fit(objective, train_set, val_set, cfg, accelerator, Checkpoints.for_run(cfg, run_id, clip.spec.pin), log_epoch,
-                     replay_epochs)
-        history = result.history
-        mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
-                            "epochs_run": result.epochs_run})
-        selection = ("val_auc", history[result.best_epoch]["val_auc"], True)
-    _, _, logits, targets = evaluate(accelerator, objective, test_set, cfg)
-    metrics = log_test_results(logits, targets, data, history)
 
-    if cfg.strategy == "lora" and cfg.register_adapter and selection is not None:
-        meta = {"model": cfg.model, "pin": clip.spec.pin, "task": "classification", "kind": data.kind,
-                "class_names": data.class_names, "dataset": cfg.dataset, "head": "linear" if head else "prompt",
-                "prompts": prompts}
-        log_adapter(ClassifierAdapterModel(), clip.net, {"head": head} if head else {}, meta,
-                    registered_name(cfg.model, cfg.dataset, "classification"), selection)
-    if cfg.strategy != "zeroshot" and accelerator.is_main_process:
-        Checkpoints.for_run(cfg, run_id, clip.spec.pin).clear()
-    return metrics
+    def test() -> dict[str, float]:
+        _, _, logits, targets = evaluate(accelerator, objective, test_set, cfg)
+        return log_test_results(logits, targets, data)
+
+    return fit_evaluate_register(cfg, accelerator, clip.spec.pin, objective, train_set, val_set, test, lambda: Adapter(
+        ClassifierAdapterModel(), clip.spec.pin, clip.net, {"head": head} if head else {},
+        {"kind": data.kind, "class_names": data.class_names, "head": "linear" if head else "prompt", "prompts": prompts}))

@@ -15,45 +15,22 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medvlm.adapters.generative_vqa import adapter
+from medvlm.catalog import TASKS
 from medvlm.config import RunConfig
 from medvlm.data.vqa import SPLITS, VQAData, VQARows, load_vqa
-from medvlm.engine.trainer import Checkpoints, count_trainable, fit, make_accelerator
-from medvlm.errors import ConfigError
+from medvlm.engine.trainer import count_trainable, make_accelerator
+from medvlm.experiments.common import fit_evaluate_register
+from medvlm.experiments.vqa import apply_train_fraction, log_lineage
 from medvlm.metrics.generative_vqa import generative_metrics
 from medvlm.strategies import get_strategy
-from medvlm.tasks.generative_vqa import PromptTable, TeacherForced, answer_all, build_prompts, token_mean
-from medvlm.tracking import plots
-from medvlm.tracking.session import log_epoch
+from medvlm.tasks.generative_vqa import AnswerObjective, PromptTable, TeacherForced, answer_all, build_prompts
 from medvlm.zoo.factory import load_vlm
 from medvlm.zoo.llava import GenerativeVLM
 
-GENERATIVE_STRATEGIES = ("zeroshot", "mlp", "lora", "full")
-
-
-class AnswerObjective:
-    """Token-mean NLL of the answer tokens; validation reports it and its perplexity."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
-
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return token_mean(outputs)
-
-    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        return {"answer_ppl": float(torch.exp(token_mean(outputs)))}
-
-
-def check(cfg: RunConfig) -> None:
-    if cfg.strategy not in GENERATIVE_STRATEGIES:
-        raise ConfigError(f"strategy={cfg.strategy} does not apply to generative (LLaVA) models; use "
-                          f"{', '.join(GENERATIVE_STRATEGIES)}")
-    if cfg.lora_parts and cfg.strategy != "lora":
-        raise ConfigError(f"lora_parts={cfg.lora_parts} needs strategy=lora")
-
-
 def model_dtype(cfg: RunConfig, mixed: str) -> torch.dtype:
     """Frozen weights in bf16 under bf16 mixed precision (what fits a 7B model); fp32 on CPU or with full training."""
-    return torch.bfloat16 if mixed == "bf16" and cfg.strategy != "full" else torch.float32
+    return torch.bfloat16 if mixed == "bf16" and not get_strategy(cfg.strategy).kind.trains_every_weight else torch.float32
 
 
 def trainable_in_fp32(vlm: GenerativeVLM) -> None:
@@ -86,7 +63,7 @@ def examples_table(data: VQAData, predictions: list[str], scored: pd.DataFrame) 
     })
 
 
-def log_test(vlm: GenerativeVLM, data: VQAData, cfg: RunConfig, history: list[dict[str, float]]) -> dict[str, float]:
+def log_test(vlm: GenerativeVLM, data: VQAData, cfg: RunConfig) -> dict[str, float]:
     test = data.splits["test"]
     table = build_prompts(vlm, test["question"].tolist())
     image_index = torch.tensor(test["image_index"].to_numpy(np.int64))
@@ -101,50 +78,34 @@ def log_test(vlm: GenerativeVLM, data: VQAData, cfg: RunConfig, history: list[di
     mlflow.log_metrics(metrics)
     mlflow.log_table(examples_table(data, predictions, scored), "examples.json")
     mlflow.log_table(groups, "breakdown.json")
-    plots.log_learning_curves(history)
     return metrics
 
 
 def run_generative_vqa(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
-    from medvlm.experiments.vqa import apply_train_fraction, log_lineage  # shared with the CLIP VQA experiment
-
-    check(cfg)
     accelerator = make_accelerator(cfg)
     vlm = load_vlm(cfg.model, device=accelerator.device, dtype=model_dtype(cfg, accelerator.mixed_precision))
     mlflow.set_tags({"medvlm.generative": "true", "medvlm.judge": cfg.judge or "none"})
     data = load_vqa(cfg.dataset, data_root=cfg.data_root, image_size=vlm.preprocess.image_size, split=cfg.split,
-                    seed=cfg.seed, image_column=cfg.image_column, max_rows=cfg.max_rows, pad=vlm.pad)
+                    seed=cfg.seed, image_column=cfg.image_column, max_rows=cfg.max_rows)
     data = apply_train_fraction(data, cfg)
     log_lineage(data)
     mlflow.log_metrics({f"n_{s}": len(data.splits[s]) for s in SPLITS})
     mlflow.log_dict({"template": vlm.template, "image_tokens": vlm.image_tokens,
                      "max_new_tokens": cfg.max_new_tokens, "decoding": "greedy",
                      "example_prompt": vlm.render(str(data.splits["test"]["question"].iloc[0]))}, "prompting.json")
-    vlm = get_strategy(cfg.strategy).prepare(vlm, cfg)
+    strategy = get_strategy(cfg.strategy)
+    vlm = strategy.prepare(vlm, cfg)
     trainable_in_fp32(vlm)
     mlflow.log_metric("trainable_params", count_trainable(vlm))
-    history: list[dict[str, float]] = []
-    if cfg.strategy != "zeroshot":
+    sets = {}
+    if strategy.kind.trains:
         if cfg.gradient_checkpointing:
             vlm.llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         tables = {s: build_prompts(vlm, data.splits[s]["question"].tolist(), data.splits[s]["answer"].tolist())
                   for s in ("train", "val")}
         sets = teacher_forced_sets(data, tables)
-        # keyed like every other task's: the resumed run's id, so each rank reads rank 0's checkpoint
-        checkpoints = Checkpoints.for_run(cfg, cfg.resume or mlflow.active_run().info.run_id, vlm.spec.pin)
-        # fit leaves the best weights loaded in `vlm` itself
-        result = fit(AnswerObjective(TeacherForced(vlm)), sets["train"], sets["val"], cfg, accelerator, checkpoints,
-                     log_epoch)
-        history = result.history
-        mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
-                            "epochs_run": result.epochs_run})
-    metrics = log_test(vlm, data, cfg, history)
-    if cfg.strategy in ("mlp", "lora") and cfg.register_adapter:
-        from medvlm.adapters.generative_vqa import register
-
-        register(cfg, vlm, ("val_loss", min(r["val_loss"] for r in history), False))
-    if cfg.strategy != "zeroshot":
-        checkpoints.clear()
-    return metrics
-
+    # fit leaves the best weights loaded in `vlm` itself
+    return fit_evaluate_register(cfg, accelerator, vlm.spec.pin, AnswerObjective(TeacherForced(vlm)), sets.get("train"), sets.get("val"),
+                                 lambda: log_test(vlm, data, cfg), lambda: adapter(cfg, vlm),
+                                 TASKS["vqa"].for_model(generative=True))

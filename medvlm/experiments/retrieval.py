@@ -25,66 +25,22 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from medvlm.adapters.base import log_adapter, registered_name
+from medvlm.adapters.base import Adapter
 from medvlm.adapters.retrieval import RetrievalAdapterModel
 from medvlm.config import RunConfig
 from medvlm.data.captions import SPLITS, CaptionData, CaptionSplit, load_captions
 from medvlm.data.subsample import stratified_indices
-from medvlm.engine.features import model_for_run
-from medvlm.engine.checkpoints import Checkpoints
-from medvlm.engine.trainer import count_trainable, fit, make_accelerator
-from medvlm.errors import ConfigError
-from medvlm.metrics.retrieval import DEFAULT_KS, RetrievalResult, retrieval_metrics, small_gallery_warning
+from medvlm.engine.trainer import count_trainable
+from medvlm.experiments.common import fit_evaluate_register, start
+from medvlm.metrics.retrieval import RetrievalResult, retrieval_metrics, small_gallery_warning
 from medvlm.strategies import get_strategy
-from medvlm.tasks.retrieval import DualEncoder, TokenizedPairs, blockwise_info_nce, embed_gallery, unpack
-from medvlm.tracking import plots
-from medvlm.tracking.session import WARNING_TAG_PREFIX, log_dataset, log_epoch, replay_epochs
+from medvlm.tasks.retrieval import DIRECTIONS, DualEncoder, RetrievalObjective, TokenizedPairs, embed_gallery, summary
+from medvlm.tracking.session import WARNING_TAG_PREFIX, log_dataset
 from medvlm.zoo.base import TextBatch
 
-STRATEGIES = ("zeroshot", "partial", "full", "lora")
 CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
 WORST_QUERIES = 50
-DIRECTIONS = ("image_to_text", "text_to_image")
 SMALL_GALLERY_TAG = WARNING_TAG_PREFIX + "small_gallery"
-
-
-def metric_names(metrics: dict[str, float]) -> dict[str, float]:
-    """`image_to_text_R@1` -> `image_to_text_R1`: MLflow metric names allow no '@'."""
-    return {k.replace("@", ""): v for k, v in metrics.items()}
-
-
-def summary(result: RetrievalResult) -> dict[str, float]:
-    """Recall@1/5/10 both ways, their mean, the median rank (MedR) of each direction, rounded down
-    as VSE++ and its successors report it, and the queries with a tie at their best positive."""
-    scores = metric_names(result.metrics)
-    scores["mean_recall"] = float(np.mean([scores[f"{d}_R{k}"] for d in DIRECTIONS for k in DEFAULT_KS]))
-    for direction, ranks, tied in zip(DIRECTIONS, (result.i2t_ranks, result.t2i_ranks), (result.i2t_tied, result.t2i_tied)):
-        scores[f"{direction}_median_rank"] = float(np.floor(np.median(ranks.numpy())))
-        scores[f"{direction}_tied_queries"] = float(tied)
-    scores["tied_queries"] = float(result.i2t_tied + result.t2i_tied)
-    return scores
-
-
-def pair_recall(outputs: torch.Tensor, targets: torch.Tensor) -> RetrievalResult:
-    """Recall over a set of embedded pairs (targets [N, 2] = pair index, image index); an image
-    several pairs show enters the gallery once."""
-    image, text, _ = unpack(outputs)
-    images, text_to_image = torch.unique(targets[:, 1], return_inverse=True)
-    first = torch.full((len(images),), len(targets)).scatter_reduce_(0, text_to_image, torch.arange(len(targets)), "amin")
-    return retrieval_metrics(image[first], text, text_to_image)
-
-
-class RetrievalObjective:
-    """Blockwise symmetric InfoNCE (blocks of the training batch size) and recall on the pairs."""
-
-    def __init__(self, module: DualEncoder, block: int):
-        self.module, self.block = module, block
-
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return blockwise_info_nce(outputs, self.block)
-
-    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        return summary(pair_recall(outputs, targets))
 
 
 def apply_train_fraction(data: CaptionData, cfg: RunConfig) -> CaptionData:
@@ -169,7 +125,7 @@ def recall_figure(curve: pd.DataFrame) -> Figure:
 
 
 def log_test_results(result: RetrievalResult, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                     split: CaptionSplit, history: list[dict[str, float]]) -> dict[str, float]:
+                     split: CaptionSplit) -> dict[str, float]:
     metrics = {f"test_{k}": v for k, v in summary(result).items()}
     mlflow.log_metrics(metrics)
     warning = small_gallery_warning(len(image_emb), len(text_emb))
@@ -180,66 +136,39 @@ def log_test_results(result: RetrievalResult, image_emb: torch.Tensor, text_emb:
     curve = recall_curve(result)
     mlflow.log_table(curve, "recall_at_k.json")
     mlflow.log_figure(recall_figure(curve), "plots/recall_at_k.png")
-    plots.log_learning_curves(history)
     return metrics
-
-
-def _check_strategy(cfg: RunConfig) -> None:
-    if cfg.strategy not in STRATEGIES:
-        raise ConfigError(f"task=retrieval has no head for strategy={cfg.strategy} to train; use strategy=partial, "
-                          f"full or lora (or `medvlm zeroshot`)")
 
 
 def run_retrieval(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
-    _check_strategy(cfg)
-    accelerator = make_accelerator(cfg)
+    accelerator, clip = start(cfg)
     device = accelerator.device
-    clip = model_for_run(cfg.model, device, get_strategy(cfg.strategy).trains_encoder)
-    zeroshot = cfg.strategy == "zeroshot"
+    strategy = get_strategy(cfg.strategy)
     data = load_captions(cfg.dataset, data_root=cfg.data_root, subset=cfg.subset,
-                         splits=("test",) if zeroshot else SPLITS, seed=cfg.seed, image_column=cfg.image_column,
+                         splits=SPLITS if strategy.kind.trains else ("test",), seed=cfg.seed, image_column=cfg.image_column,
                          caption_column=cfg.caption_column)
-    if not zeroshot and cfg.train_fraction < 1.0:
+    if strategy.kind.trains and cfg.train_fraction < 1.0:
         data = apply_train_fraction(data, cfg)
     log_lineage(data)
     tokens = {name: clip.tokenize(split.captions) for name, split in data.splits.items()}
     log_counts(data, tokens)
-    clip = get_strategy(cfg.strategy).prepare(clip, cfg)
+    clip = strategy.prepare(clip, cfg)
     encoder = DualEncoder(clip)
     mlflow.log_metric("trainable_params", count_trainable(encoder))
+    size = clip.preprocess.image_size
+    sets = {s: TokenizedPairs(data.splits[s].pairs(size), tokens[s]) for s in ("train", "val") if s in data.splits}
 
-    history: list[dict[str, float]] = []
-    if not zeroshot:
-        size = clip.preprocess.image_size
-        sets = {s: TokenizedPairs(data.splits[s].pairs(size), tokens[s]) for s in ("train", "val")}
-        checkpoints = Checkpoints.for_run(cfg, mlflow.active_run().info.run_id, clip.spec.pin)
-        fitted = fit(RetrievalObjective(encoder, cfg.batch_size), sets["train"], sets["val"], cfg, accelerator,
-                     checkpoints, log_epoch, replay_epochs)
-        history = fitted.history
-        mlflow.log_metrics({"train_images_per_s": fitted.images_per_s, "best_epoch": fitted.best_epoch + 1,
-                            "epochs_run": fitted.epochs_run})
-        selection = ("val_mean_recall", history[fitted.best_epoch]["val_mean_recall"], True)
+    def test() -> dict[str, float]:
+        split = data.splits["test"]
+        t0 = time.perf_counter()
+        image_emb, text_emb = embed_gallery(encoder, split, tokens["test"], cfg.eval_batch_size, device, cfg.precision,
+                                            cache=not strategy.kind.trains, num_workers=cfg.num_workers)
+        mlflow.log_metric("embed_gallery_s", time.perf_counter() - t0)
+        image_emb, text_emb = image_emb.to(device), text_emb.to(device)
+        result = retrieval_metrics(image_emb, text_emb, split.text_to_image.to(device))
+        return log_test_results(result, image_emb, text_emb, split)
 
-    test = data.splits["test"]
-    t0 = time.perf_counter()
-    image_emb, text_emb = embed_gallery(encoder, test, tokens["test"], cfg.eval_batch_size, device, cfg.precision,
-                                        cache=zeroshot, num_workers=cfg.num_workers)
-    mlflow.log_metric("embed_gallery_s", time.perf_counter() - t0)
-    image_emb, text_emb = image_emb.to(device), text_emb.to(device)
-    result = retrieval_metrics(image_emb, text_emb, test.text_to_image.to(device))
-    metrics = log_test_results(result, image_emb, text_emb, test, history)
+    return fit_evaluate_register(cfg, accelerator, clip.spec.pin, RetrievalObjective(encoder, cfg.batch_size), sets.get("train"),
+                                 sets.get("val"), test, lambda: Adapter(RetrievalAdapterModel(), encoder.clip.spec.pin,
+                                                                        encoder.clip.net, meta={"subset": data.subset}))
 
-    if cfg.strategy == "lora" and cfg.register_adapter:
-        register(cfg, encoder, data, selection)
-    if not zeroshot:
-        checkpoints.clear()
-    return metrics
-
-
-def register(cfg: RunConfig, encoder: DualEncoder, data: CaptionData, selection: tuple[str, float, bool]) -> None:
-    """Log the LoRA adapter as `medvlm-<model>-<dataset>-retrieval`, a model that embeds images and texts."""
-    meta = {"model": cfg.model, "pin": encoder.clip.spec.pin, "task": "retrieval", "dataset": cfg.dataset,
-            "subset": data.subset}
-    log_adapter(RetrievalAdapterModel(), encoder.clip.net, {}, meta,
-                registered_name(cfg.model, cfg.dataset, "retrieval"), selection)

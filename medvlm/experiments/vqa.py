@@ -18,43 +18,27 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from medvlm.adapters.base import log_adapter, registered_name
+from medvlm.adapters.base import Adapter
 from medvlm.adapters.vqa import VQAAdapterModel
 from medvlm.config import RunConfig
 from medvlm.data.base import TensorRows
 from medvlm.data.subsample import stratified_indices
 from medvlm.data.transforms import to_model_input
 from medvlm.data.vqa import SPLITS, VQAData, VQARows, load_vqa
-from medvlm.engine.features import cached_features, model_for_run
-from medvlm.engine.checkpoints import Checkpoints
-from medvlm.engine.trainer import count_trainable, evaluate, fit, freeze_unused, make_accelerator
-from medvlm.errors import ConfigError
+from medvlm.engine.features import cached_features
+from medvlm.engine.trainer import count_trainable, evaluate, freeze_unused
+from medvlm.experiments.common import fit_evaluate_register, start
 from medvlm.metrics.vqa import breakdown, breakdown_metrics, vqa_metrics
 from medvlm.metrics.vqa_taxonomy import TAGS, error_tag
 from medvlm.progress import tracked
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import text_embeddings
-from medvlm.tasks.vqa import AnswerVocab, BANHead, CachedVQA, VQAModel, tokenize_questions, vqa_loss
-from medvlm.tracking import plots
-from medvlm.tracking.session import log_dataset, log_epoch
+from medvlm.tasks.vqa import AnswerVocab, BANHead, CachedVQA, VQAModel, VQAObjective, tokenize_questions
+from medvlm.tracking.session import log_dataset
 from medvlm.zoo import ClipModel
 from medvlm.zoo.base import TextBatch
 
 ZERO_SHOT_PROMPT = "{question} {answer}"
-
-
-class VQAObjective:
-    """Cross-entropy over the vocabulary; accuracy and weighted F1 overall/open/closed."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
-
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return vqa_loss(outputs, targets)
-
-    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        scores = vqa_metrics(targets[:, 0].numpy(), outputs.argmax(dim=1).numpy(), targets[:, 1].numpy().astype(bool))
-        return {k: v for k, v in scores.items() if k != "oov"}
 
 
 @dataclass
@@ -177,8 +161,7 @@ def examples_table(data: VQAData, vocab: AnswerVocab, y: np.ndarray, pred: np.nd
     })
 
 
-def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: VQAData, vocab: AnswerVocab,
-                     history: list[dict[str, float]]) -> dict[str, float]:
+def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: VQAData, vocab: AnswerVocab) -> dict[str, float]:
     y, pred, closed = targets[:, 0].numpy(), logits.argmax(dim=1).numpy(), targets[:, 1].numpy().astype(bool)
     scores = vqa_metrics(y, pred, closed)
     groups = breakdown(y, pred, data.splits["test"][data.meta_columns])
@@ -190,25 +173,14 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: VQAData,
     mlflow.log_metrics(metrics)
     mlflow.log_table(examples, "examples.json")
     mlflow.log_table(groups, "breakdown.json")
-    plots.log_learning_curves(history)
     return metrics
-
-
-def _check_strategy(cfg: RunConfig) -> None:
-    if cfg.strategy == "mlp" or cfg.lora_parts:
-        raise ConfigError(f"strategy=mlp and lora_parts are for generative (LLaVA) models; {cfg.model} is a CLIP "
-                          f"model: use zeroshot, frozen, partial, full or lora")
-    if cfg.strategy == "linear":
-        raise ConfigError("task=vqa has no linear probe; use strategy=frozen (frozen encoders, BAN head on cached tokens)")
 
 
 def run_vqa(cfg: RunConfig) -> dict[str, float]:
     """Run inside an active MLflow run; returns the test metrics."""
-    _check_strategy(cfg)
-    accelerator = make_accelerator(cfg)
+    accelerator, clip = start(cfg)
     device = accelerator.device
     strategy = get_strategy(cfg.strategy)
-    clip = model_for_run(cfg.model, device, strategy.trains_encoder)
     data = load_vqa(cfg.dataset, data_root=cfg.data_root, image_size=clip.preprocess.image_size, split=cfg.split,
                     seed=cfg.seed, image_column=cfg.image_column, max_rows=cfg.max_rows)
     data = apply_train_fraction(data, cfg)
@@ -220,15 +192,14 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
     mlflow.log_metrics({"vocab_size": len(vocab), **{f"n_{s}": len(data.splits[s]) for s in SPLITS}})
     clip = strategy.prepare(clip, cfg)
 
-    history: list[dict[str, float]] = []
-    if cfg.strategy == "zeroshot":
+    if not strategy.kind.trains:
         mlflow.log_metric("trainable_params", 0)
-        logits = zero_shot_logits(clip, data, vocab, cfg, device)
-        return log_test_results(logits, targets["test"], data, vocab, history)
+        return fit_evaluate_register(cfg, accelerator, clip.spec.pin, None, None, None, lambda: log_test_results(
+            zero_shot_logits(clip, data, vocab, cfg, device), targets["test"], data, vocab))
 
     questions = Questions.of(clip, data)
     mlflow.log_metric("questions_truncated", questions.tokens.truncated)
-    if strategy.trains_encoder:
+    if strategy.kind.trains_encoder:
         sets = encoder_sets(data, questions, targets)
         v_dim, q_dim = token_dims(clip, data, questions)
     else:
@@ -237,29 +208,15 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
         mlflow.log_metric("encode_s", time.perf_counter() - t0)
         v_dim, q_dim = (sets["train"].fields[k][0].shape[-1] for k in ("image_tokens", "text_tokens"))
     head = BANHead(v_dim, q_dim, len(vocab), hidden=cfg.vqa_hidden, glimpses=cfg.vqa_glimpses).to(device)
-    module = VQAModel(clip, head) if strategy.trains_encoder else CachedVQA(head)
-    if strategy.trains_encoder:
+    module = VQAModel(clip, head) if strategy.kind.trains_encoder else CachedVQA(head)
+    if strategy.kind.trains_encoder:
         freeze_unused(module, sets["train"], device)  # e.g. `partial`'s logit scale: the BAN head never uses it
     objective = VQAObjective(module)
     mlflow.log_metric("trainable_params", count_trainable(module))
-    checkpoints = Checkpoints.for_run(cfg, mlflow.active_run().info.run_id, clip.spec.pin)
-    result = fit(objective, sets["train"], sets["val"], cfg, accelerator, checkpoints, log_epoch)
-    history = result.history
-    mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
-                        "epochs_run": result.epochs_run})
-    _, _, logits, _ = evaluate(accelerator, objective, sets["test"], cfg)
-    metrics = log_test_results(logits, targets["test"], data, vocab, history)
-    if cfg.strategy == "lora" and cfg.register_adapter:
-        register(cfg, clip, head, vocab, ("val_acc", history[result.best_epoch]["val_acc"], True))
-    checkpoints.clear()
-    return metrics
 
+    def test() -> dict[str, float]:
+        _, _, logits, _ = evaluate(accelerator, objective, sets["test"], cfg)
+        return log_test_results(logits, targets["test"], data, vocab)
 
-def register(cfg: RunConfig, clip: ClipModel, head: BANHead, vocab: AnswerVocab,
-             selection: tuple[str, float, bool]) -> None:
-    """Log the LoRA adapter + BAN head as `medvlm-<model>-<dataset>-vqa`, a model that answers questions."""
-    meta = {"model": cfg.model, "pin": clip.spec.pin, "task": "vqa", "dataset": cfg.dataset,
-            "head": head.config, "vocab": vocab.to_dict()}
-    log_adapter(VQAAdapterModel(), clip.net, {"head": head}, meta, registered_name(cfg.model, cfg.dataset, "vqa"),
-                selection)
-
+    return fit_evaluate_register(cfg, accelerator, clip.spec.pin, objective, sets["train"], sets["val"], test, lambda: Adapter(
+        VQAAdapterModel(), clip.spec.pin, clip.net, {"head": head}, {"head": head.config, "vocab": vocab.to_dict()}))

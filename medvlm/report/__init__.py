@@ -19,6 +19,7 @@ from medvlm.errors import ConfigError
 from medvlm.report.config import ReportConfig
 from medvlm.report.render import Report, Section, write
 from medvlm.report.select import RunRecord, Selection, select_runs, study_progress
+from medvlm.tracking.session import ensure_tracking, resolve_experiment
 
 REPORT_TAG = "medvlm.report"
 
@@ -47,7 +48,7 @@ def _header(selection: Selection, cfg: ReportConfig, redrawn: int) -> list[str]:
 
 
 def build_report(client: MlflowClient, selection: Selection, cfg: ReportConfig) -> Report:
-    from medvlm.report import plots
+    from medvlm.report import plots  # lazy, like the imports below: matplotlib and the tables load only to build a report
     from medvlm.report.cells import RunSamples, Uncertainty, build_cells
     from medvlm.report.recommend import recommendations
     from medvlm.report.tables import (Grid, Missing, ablation_table, comparisons_table, finetune_tables, gap_data,
@@ -123,8 +124,6 @@ def run_report(cfg: ReportConfig) -> str:
     With no experiment named, it reads and logs to the experiment runs land in by default
     (`resolve_experiment`), so a report sees the `medvlm` and the `mlflow run` runs alike.
     """
-    from medvlm.tracking.session import ensure_tracking, resolve_experiment
-
     ensure_tracking()
     experiment, project_run = resolve_experiment(cfg.experiment[0] if cfg.experiment else "")
     cfg = cfg if cfg.experiment else cfg.model_copy(update={"experiment": [experiment]})

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from medvlm.catalog import STRATEGY_KINDS
 from medvlm.progress import tracked
 from medvlm.report import bootstrap
-from medvlm.report.domains import Domain, dataset_modality, domain_of, model_modality
+from medvlm.report.domains import Domain, dataset_modality, domain_of, model_coverage
 from medvlm.report.samples import SampleSet, load_samples
 from medvlm.report.select import RunRecord
 
-STRATEGY_ORDER = ("zeroshot", "linear", "frozen", "partial", "full", "lora")
+STRATEGY_ORDER = tuple(STRATEGY_KINDS)
 
 
 @dataclass
@@ -114,7 +115,7 @@ def build_cells(runs: list[RunRecord]) -> list[Cell]:
         first = members[0]
         modality = dataset_modality(task, first.dataset, first.params.get("subset", ""))
         cells.append(Cell(task, testset, first.dataset, model, first.domain, strategy, fraction, variant, members,
-                          modality, domain_of(model_modality(model), modality)))
+                          modality, domain_of(model_coverage(model), modality)))
     return sorted(cells, key=lambda c: (c.task, c.testset, c.model, c.variant, strategy_rank(c.strategy),
                                         c.train_fraction))
 

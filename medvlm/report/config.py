@@ -9,13 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from medvlm.config import validated
-
-
-def _names(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
+from medvlm.config import CommaList, split_commas, validated
 
 
 class ReportConfig(BaseModel):
@@ -23,11 +17,11 @@ class ReportConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    experiment: list[str] = Field(default_factory=list, description="MLflow experiment name(s) to read, comma-separated; "
+    experiment: CommaList[str] = Field(default_factory=list, description="MLflow experiment name(s) to read, comma-separated; "
                                   "the report run is logged in the first; empty: the runs' default experiment")
-    study: list[str] = Field(default_factory=list, description="only runs of these studies (medvlm.study tag), comma-separated")
+    study: CommaList[str] = Field(default_factory=list, description="only runs of these studies (medvlm.study tag), comma-separated")
     spec: str = Field("", description="a study spec (sweeps/*.yaml): only runs of the study it defines")
-    parent_run: list[str] = Field(default_factory=list, description="only child runs of these study parent run ids, comma-separated")
+    parent_run: CommaList[str] = Field(default_factory=list, description="only child runs of these study parent run ids, comma-separated")
     tags: dict[str, str] = Field(default_factory=dict, description="only runs with these tag values: key=value,key=value (e.g. medvlm.dataset=breastmnist)")
     filter: str = Field("", description="extra MLflow search filter, e.g. \"params.size = '28'\"")
     resamples: int = Field(1000, ge=100, description="bootstrap resamples per metric (1000+ for reported intervals)")
@@ -36,18 +30,13 @@ class ReportConfig(BaseModel):
     workers: int = Field(0, ge=0, description="processes for the bootstrap (0 = one per CPU)")
     output: str = Field("", description="also write the report (markdown, CSV, PNG) into this folder")
 
-    @field_validator("experiment", "study", "parent_run", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return _names(value)
-
     @field_validator("tags", mode="before")
     @classmethod
     def _pairs(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
         pairs = {}
-        for part in _names(value):
+        for part in split_commas(value):
             key, sep, tag_value = part.partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"'{part}' is not key=value")

@@ -1,13 +1,13 @@
-"""In-domain or out-of-domain: does a model's pre-training modality cover a dataset's modality?
+"""In-domain or out-of-domain: does a model's pre-training cover a dataset's modality?
 
 *Can Common VLMs Rival Medical VLMs?* splits its results this way: a dataset is in-domain (ID) for a model whose
 pre-training data covers the dataset's imaging modality, and out-of-domain (OOD) otherwise.
-Models' modalities come from the zoo entries; datasets' from MedMNIST's modality names, the ROCO
-subset, or the VQA dataset. Coverage is by family: a "pathology" model covers colon pathology and
-the other microscopy subsets, a "radiology" one X-ray, CT, MRI and ultrasound, a "universal
-biomedical" one every medical family; a model of one specific modality ("chest X-ray") covers
-exactly that modality. Natural-image models are OOD on every medical dataset. Anything unknown
-(a `local-dir:` model, a custom CSV dataset) is marked "?", never guessed.
+What a model covers is its zoo entry's typed `coverage` (`medvlm.zoo.schema`); a dataset's modality
+comes from MedMNIST's modality names, the ROCO subset, or the VQA dataset. Coverage is by family or
+by one modality: "pathology" covers colon pathology and the other microscopy subsets, "radiology"
+X-ray, CT, MRI and ultrasound; "chest X-ray" covers exactly that modality. Natural-image models
+cover nothing medical. Anything unknown (a `local-dir:` model, a custom CSV dataset) is marked "?",
+never guessed.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Literal
 
 from medvlm.data.prompts import MODALITIES
+from medvlm.zoo.entries import zoo_entries
 
 Domain = Literal["ID", "OOD", "?"]
 
@@ -25,23 +26,15 @@ FAMILIES = {
     "retinal OCT": "ophthalmology", "retinal fundus": "ophthalmology",
     "non-radiology biomedical": "biomedical", "mixed biomedical": "biomedical",
 }
-MEDICAL_FAMILIES = frozenset(FAMILIES.values())
-COVERAGE = {
-    "natural images": frozenset(),
-    "universal biomedical": MEDICAL_FAMILIES,
-    "radiology (ROCO)": frozenset({"radiology"}),
-    "radiology": frozenset({"radiology"}),
-    "pathology": frozenset({"pathology"}),
-}
 VQA_MODALITIES = {"vqa_rad": "radiology", "vqa-rad": "radiology", "vqarad": "radiology", "slake": "radiology",
                   "pathvqa": "pathology", "path-vqa": "pathology"}
 ROCO_MODALITIES = {"radiology": "radiology", "non-radiology": "non-radiology biomedical", "mixed": "mixed biomedical"}
 
 
-def model_modality(model: str) -> str:
-    from medvlm.zoo import zoo_entries
-
-    return zoo_entries().get(model, {}).get("modality", "unknown")
+def model_coverage(model: str) -> frozenset[str] | None:
+    """The zoo entry's pre-training coverage; None for a model the zoo does not describe."""
+    entry = zoo_entries().get(model)
+    return frozenset(entry.coverage) if entry is not None else None
 
 
 def dataset_modality(task: str, dataset: str, subset: str = "") -> str:
@@ -54,10 +47,9 @@ def dataset_modality(task: str, dataset: str, subset: str = "") -> str:
     return MODALITIES.get(name, "unknown")
 
 
-def domain_of(model_mod: str, data_mod: str) -> Domain:
-    """ID when the model's pre-training modality covers the dataset's, OOD when not, "?" when either is unknown."""
-    if model_mod == "unknown" or data_mod == "unknown":
+def domain_of(coverage: frozenset[str] | None, data_mod: str) -> Domain:
+    """ID when the model's coverage holds the dataset's modality or its family, OOD when not, "?" when either
+    is unknown."""
+    if coverage is None or data_mod == "unknown":
         return "?"
-    if model_mod.lower() == data_mod.lower():
-        return "ID"
-    return "ID" if FAMILIES.get(data_mod) in COVERAGE.get(model_mod, frozenset()) else "OOD"
+    return "ID" if data_mod in coverage or FAMILIES.get(data_mod) in coverage else "OOD"

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from medvlm.report.tables import TASK_NAMES, metric_name, slug
+from medvlm.studies.stability import std_figure
 from medvlm.tracking.plots import plt
 
 
@@ -69,6 +70,4 @@ def ablation_curve(data: pd.DataFrame):
 
 def stability_plot(stds: pd.DataFrame):
     """The paper's Figure 2 (std across runs per model and strategy), drawn by the stability study's own plot."""
-    from medvlm.studies.stability import std_figure
-
     return std_figure(stds, stds["metric"].iloc[0])

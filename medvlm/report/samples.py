@@ -26,13 +26,16 @@ import sklearn
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from medvlm.catalog import TASKS
+from medvlm.data.vqa import normalize_answer
 from medvlm.errors import DataError
 from medvlm.metrics.classification import classification_metrics
 from medvlm.metrics.vqa import vqa_metrics
 from medvlm.report.bootstrap import Undefined
+from medvlm.tasks.vqa import UNKNOWN
 
-TABLES = {"classification": "predictions.json", "vqa": "examples.json"}
-NO_TABLE_REASON = {"retrieval": "retrieval runs log no per-query ranks"}
+TABLES = {name: task.samples_table for name, task in TASKS.items() if task.samples_table}
+NO_TABLE_REASON = {name: task.no_samples for name, task in TASKS.items() if task.no_samples}
 
 
 @dataclass
@@ -123,9 +126,6 @@ class VQAStatistic:
 
 def vqa_samples(table: pd.DataFrame) -> SampleSet:
     """Answers as vocabulary classes: an out-of-vocabulary answer is `unknown`, as the run scored it."""
-    from medvlm.data.vqa import normalize_answer
-    from medvlm.tasks.vqa import UNKNOWN
-
     truth = np.where(table["oov"].astype(bool), UNKNOWN, [normalize_answer(a) for a in table["answer"]])
     _, codes = np.unique(np.concatenate([truth, table["prediction"].astype(str).to_numpy()]), return_inverse=True)
     y, pred = codes[:len(table)], codes[len(table):]

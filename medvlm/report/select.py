@@ -13,15 +13,17 @@ from dataclasses import dataclass, field, replace
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from medvlm.catalog import TASKS
 from medvlm.config import RunConfig
 from medvlm.errors import ConfigError
 from medvlm.network import clipped
 from medvlm.report.config import ReportConfig
+from medvlm.studies.spec import load_study_config
 from medvlm.tracking.session import WARNING_TAG_PREFIX
 
 # Parameters that change which test samples a run is scored on, shown in the test-set name
 # when runs of one dataset differ in them (retrieval subsets always are: they are the paper's columns).
-TESTSET_PARAMS = {"classification": ("size",), "retrieval": ("subset",), "vqa": ("split", "max_rows")}
+TESTSET_PARAMS = {name: task.test_set_params for name, task in TASKS.items()}
 ALWAYS_SHOWN = {"subset"}
 
 
@@ -73,8 +75,6 @@ def experiment_ids(client: MlflowClient, names: list[str]) -> list[str]:
 
 def study_name(spec: str) -> str:
     """The study a spec file runs (its `name`, else the file name), as the study commands name it."""
-    from medvlm.studies.spec import load_study_config
-
     return load_study_config("sweep", spec, {}).name
 
 

@@ -16,30 +16,23 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from medvlm.catalog import TASKS
 from medvlm.report.bootstrap import Difference
 from medvlm.report.cells import Cell, Uncertainty, strategy_rank
-from medvlm.report.domains import domain_of, model_modality
-from medvlm.studies.summary import PRIMARY_METRIC as PRIMARY
+from medvlm.report.domains import domain_of, model_coverage
 
 MISSING = "—"
-ZERO_SHOT_METRICS = {
-    "classification": ("test_auc", "test_acc", "test_f1", "test_auc_hard"),
-    "retrieval": ("test_image_to_text_R1", "test_image_to_text_R5", "test_image_to_text_R10",
-                  "test_text_to_image_R1", "test_text_to_image_R5", "test_text_to_image_R10"),
-}
+PRIMARY = {name: task.primary_metric for name, task in TASKS.items()}
+ZERO_SHOT_METRICS = {name: task.zero_shot_metrics for name, task in TASKS.items() if task.zero_shot_metrics}
 ZERO_SHOT_SHOWN = {"classification": 4, "retrieval": 3}
-FINETUNE_METRICS = {
-    "classification": ("test_auc", "test_acc", "test_f1", "test_auc_hard"),
-    "retrieval": ("test_image_to_text_R1", "test_image_to_text_R5", "test_image_to_text_R10"),
-    "vqa": ("test_acc", "test_acc_open", "test_acc_closed"),
-}
+FINETUNE_METRICS = {name: task.headline_metrics for name, task in TASKS.items()}
 # test_auc_hard is the MIDL paper code's AUC of hard predictions: only for comparison with its tables
 METRIC_NAMES = {"test_auc": "AUC", "test_auc_hard": "AUC (hard, paper code)", "test_acc": "ACC", "test_f1": "F1",
                 "test_acc_open": "ACC open", "test_acc_closed": "ACC closed", "test_f1_weighted": "F1 (weighted)",
                 "test_closed_acc": "closed ACC (generated)", "test_open_recall": "open token recall"}
 METRIC_NAMES.update({f"test_{d}_R{k}": f"{a} R@{k}" for d, a in (("image_to_text", "I→T"), ("text_to_image", "T→I"))
                      for k in (1, 5, 10)})
-TASK_NAMES = {"classification": "classification", "retrieval": "image-text retrieval", "vqa": "VQA"}
+TASK_NAMES = {name: task.title for name, task in TASKS.items()}
 
 
 def metric_name(metric: str) -> str:
@@ -145,7 +138,7 @@ class Grid:
         """(domain, ID/OOD) of a row's model on a test set."""
         domain = next(c.domain for c in self.all if (c.task, c.model, c.variant) == (task, *row))
         modality = next(c.data_modality for c in self.all if (c.task, c.testset) == (task, testset))
-        return domain, domain_of(model_modality(row[0]), modality)
+        return domain, domain_of(model_coverage(row[0]), modality)
 
 
 def zero_shot_tables(grid: Grid, unc: Uncertainty, missing: Missing) -> list[Table]:

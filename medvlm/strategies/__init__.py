@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from medvlm.catalog import STRATEGY_KINDS, StrategyKind
 from medvlm.config import RunConfig
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel
@@ -19,8 +20,14 @@ def _freeze(module: nn.Module) -> None:
 
 
 class Strategy:
+    """Decides which parameters train; what it is capable of comes from its row in `medvlm.catalog`."""
+
     name = ""
-    trains_encoder = True
+
+    @property
+    def kind(self) -> StrategyKind:
+        """What this strategy does: trains at all, trains the encoder, produces an adapter, ..."""
+        return STRATEGY_KINDS[self.name]
 
     def prepare(self, clip: ClipModel, cfg: RunConfig) -> ClipModel:
         raise NotImplementedError
@@ -29,7 +36,7 @@ class Strategy:
 class ZeroShot(Strategy):
     """No training at all: class prompts become the head."""
 
-    name, trains_encoder = "zeroshot", False
+    name = "zeroshot"
 
     def prepare(self, clip: ClipModel, cfg: RunConfig) -> ClipModel:
         _freeze(clip)
@@ -91,7 +98,7 @@ class Lora(Strategy):
     name = "lora"
 
     def prepare(self, clip: ClipModel, cfg: RunConfig) -> ClipModel:
-        from medvlm.strategies.lora import apply_lora
+        from medvlm.strategies.lora import apply_lora  # lazy: peft loads only for LoRA runs
 
         clip.net = apply_lora(clip.net, lora_targets(clip, cfg), r=cfg.lora_r, alpha=cfg.lora_alpha,
                               dropout=cfg.lora_dropout)
@@ -104,7 +111,7 @@ def lora_targets(clip: ClipModel, cfg: RunConfig) -> str:
     Generative models select parts instead (`lora_parts`: v, l, m and combinations); each part
     contributes its own prefix with its own suffixes, so no part's names leak into another.
     """
-    from medvlm.strategies.lora import lora_target_regex
+    from medvlm.strategies.lora import lora_target_regex  # lazy: peft loads only for LoRA runs
 
     if clip.spec.lora_parts:
         parts = clip.spec.lora_parts

@@ -21,7 +21,7 @@ def fraction_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def fraction_figure(table: pd.DataFrame, metric: str):
     """`metric` against the training fraction (log x), one line per model and strategy, one panel per dataset."""
-    from medvlm.tracking.plots import plt
+    from medvlm.tracking.plots import plt  # lazy: matplotlib loads only when a figure is drawn
 
     rows = table[table["metric"] == metric].sort_values("train_fraction")
     datasets = sorted(rows["dataset"].unique())

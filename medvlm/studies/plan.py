@@ -10,9 +10,11 @@ import hashlib
 import json
 from typing import Any
 
+from medvlm.catalog import STRATEGY_KINDS
 from medvlm.config import RunConfig, build_config
 from medvlm.studies.spec import Cell, PlannedTrial, StudyConfig, expand_cells, identity_of
 from medvlm.studies.stability import perturbed_trials
+from medvlm.zoo.entries import zoo_entries
 
 
 def build_plan(study: StudyConfig, run_flags: dict[str, Any]) -> list[PlannedTrial]:
@@ -56,16 +58,14 @@ def head_of(cfg: RunConfig) -> str:
 
 def protocol(cfg: RunConfig) -> dict[str, str]:
     """The training protocol a run resolves to: what a paper states, checked against it (README conformance)."""
-    from medvlm.zoo import zoo_entries
-
-    entry = zoo_entries().get(cfg.model, {})
+    entry = zoo_entries().get(cfg.model)
     out = {"head": head_of(cfg)}
     if cfg.task == "classification":
         out["prompts"] = cfg.prompt_set
-    if cfg.strategy != "zeroshot":
+    if STRATEGY_KINDS[cfg.strategy].trains:
         out.update(optimizer=cfg.optimizer, lr=f"{cfg.lr:g}", wd=f"{cfg.weight_decay:g}", epochs=str(cfg.epochs),
                    patience=str(cfg.patience), batch=str(cfg.batch_size))
-    out.update(precision=cfg.precision, image=str(entry.get("image_size", "model")), seed=str(cfg.seed))
+    out.update(precision=cfg.precision, image=str(entry.image_size if entry else "model"), seed=str(cfg.seed))
     if cfg.task == "classification":
         out["size"] = str(cfg.size)
     return out

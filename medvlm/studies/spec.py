@@ -27,7 +27,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from medvlm.config import RunConfig, Strategy, Task, build_config, load_yaml, validated
+from medvlm.catalog import STRATEGY_KINDS
+from medvlm.config import CommaList, RunConfig, Strategy, Task, build_config, load_yaml, validated
 from medvlm.errors import ConfigError, MedvlmError
 
 Kind = Literal["sweep", "stability", "ablation"]
@@ -128,9 +129,9 @@ class StudyConfig(BaseModel):
     space: dict[str, Perturbation] = Field(default_factory=dict)
     trials: Annotated[int, Field(ge=2)] | dict[Task, Annotated[int, Field(ge=2)]] = Field(
         9, description="stability: perturbed trials per strategy (cell); in a spec also per task, e.g. {vqa: 7, retrieval: 9}")
-    fractions: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)] = Field(
+    fractions: Annotated[CommaList[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)] = Field(
         default_factory=lambda: list(DEFAULT_FRACTIONS), description="ablation: training-data fractions")
-    strategies: list[Strategy] = Field(default_factory=list, description="strategies to compare (replaces the grid's strategy axis)")
+    strategies: CommaList[Strategy] = Field(default_factory=list, description="strategies to compare (replaces the grid's strategy axis)")
     sampler_seed: int = Field(0, description="stability: seed of the QMC (Halton) perturbation sampler")
     storage: str = Field(default_factory=default_storage, description="Optuna storage: sqlite:///optuna.db, or postgresql://... for many workers")
     heartbeat_interval: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
@@ -145,13 +146,6 @@ class StudyConfig(BaseModel):
     @classmethod
     def _one_block(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else value
-
-    @field_validator("fractions", "strategies", mode="before")
-    @classmethod
-    def _split_commas(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> StudyConfig:
@@ -338,7 +332,7 @@ def identity_of(cfg: RunConfig) -> tuple[tuple[str, str], ...]:
 
 def _check_cells(study: StudyConfig, cells: list[Cell]) -> None:
     """What a RunConfig cannot know alone: zoo names, and strategies the study kind cannot use."""
-    from medvlm.zoo.factory import resolve
+    from medvlm.zoo.factory import resolve  # lazy: the zoo loads torch; a spec without models never needs it
 
     checked: set[str] = set()
     for cell in cells:
@@ -352,6 +346,6 @@ def _check_cells(study: StudyConfig, cells: list[Cell]) -> None:
         if study.kind == "stability" and isinstance(study.trials, dict) and cfg.task not in study.trials:
             raise ConfigError(f"cell {cell.index + 1} ({cell.label}): trials gives no count for task {cfg.task}; "
                               f"add {cfg.task}: N to trials")
-        if study.kind in ("stability", "ablation") and cfg.strategy == "zeroshot":
+        if study.kind in ("stability", "ablation") and not STRATEGY_KINDS[cfg.strategy].trains:
             raise ConfigError(f"cell {cell.index + 1} ({cell.label}): a {study.kind} study needs a training strategy and "
-                              f"zeroshot does not train; pass strategies=partial,full,lora or set strategy")
+                              f"{cfg.strategy} does not train; pass strategies=partial,full,lora or set strategy")

@@ -75,7 +75,7 @@ def perturbed_trials(study: StudyConfig, cells: list[Cell], cell_dist: Any) -> l
 
 def std_figure(table: pd.DataFrame, metric: str):
     """The paper's Figure 2: std of `metric` across runs, per model (x) and strategy (bars), one panel per dataset."""
-    from medvlm.tracking.plots import plt
+    from medvlm.tracking.plots import plt  # lazy: matplotlib loads only when a figure is drawn
 
     rows = table[table["metric"] == metric]
     datasets = sorted(rows["dataset"].unique())

@@ -15,10 +15,11 @@ import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from medvlm.catalog import TASKS
 from medvlm.studies.ablation import fraction_figure, fraction_table
 from medvlm.studies.stability import std_figure
 
-PRIMARY_METRIC = {"classification": "test_auc", "retrieval": "test_image_to_text_R1", "vqa": "test_acc"}
+PRIMARY_METRIC = {name: task.primary_metric for name, task in TASKS.items()}
 STATS = ("mean", "std", "min", "max")
 KEYS = ["group", "model", "dataset", "task", "strategy", "train_fraction"]
 
@@ -79,7 +80,7 @@ def metric_key(group: str, name: str) -> str:
 
 def box_figure(children: pd.DataFrame, metric: str):
     """Per-run values of `metric` per group: a box plot with every run drawn as a point."""
-    from medvlm.tracking.plots import plt
+    from medvlm.tracking.plots import plt  # lazy: matplotlib loads only when a figure is drawn
 
     runs = children.dropna(subset=[metric])
     datasets = sorted(runs["dataset"].unique())
@@ -103,7 +104,7 @@ def box_figure(children: pd.DataFrame, metric: str):
 def log_summary(client: MlflowClient, parent_id: str, kind: str, children: pd.DataFrame, table: pd.DataFrame,
                 counts: dict[str, int]) -> None:
     """Metrics, tables and plots of the summary on the parent run (overwriting an earlier summary)."""
-    from medvlm.tracking.plots import close
+    from medvlm.tracking.plots import close  # lazy: matplotlib loads only when a figure is drawn
 
     now = int(time.time() * 1000)
     metrics = [Metric(f"trials_{state}", float(n), now, 0) for state, n in counts.items()]

@@ -20,6 +20,7 @@ from torch import nn
 
 from medvlm.data.base import LabelKind
 from medvlm.data.transforms import to_model_input
+from medvlm.metrics.classification import classification_metrics, probabilities
 from medvlm.zoo.base import ClipModel, TextBatch
 
 NEGATION_TEMPLATE = "no {}"
@@ -172,3 +173,20 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, kind: LabelK
 def head_outputs(kind: LabelKind, num_classes: int) -> int:
     """Binary tasks keep two logits so probabilities are a softmax, as in zero-shot."""
     return max(num_classes, 2) if kind != "multilabel" else num_classes
+
+
+class ClassificationObjective:
+    """Loss and metrics of a classifier whose outputs are logits.
+
+    The metrics watch validation epochs: a class missing from the split makes the AUCs NaN with a
+    warning rather than failing the run (the test metrics are computed strictly, `log_test_results`).
+    """
+
+    def __init__(self, module: torch.nn.Module, kind: LabelKind):
+        self.module, self.kind = module, kind
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return classification_loss(outputs, targets, self.kind)
+
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return classification_metrics(targets.numpy(), probabilities(outputs, self.kind), self.kind, undefined="nan")

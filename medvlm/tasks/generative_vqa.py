@@ -166,3 +166,16 @@ def answer_all(vlm: GenerativeVLM, images: torch.Tensor, image_index: torch.Tens
         ids = generate(vlm, images[image_index[rows]], table.prompt_ids[rows], table.prompt_mask[rows], max_new_tokens)
         answers += [t.strip() for t in vlm.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return answers
+
+
+class AnswerObjective:
+    """Token-mean NLL of the answer tokens; validation reports it and its perplexity."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return token_mean(outputs)
+
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return {"answer_ppl": float(torch.exp(token_mean(outputs)))}

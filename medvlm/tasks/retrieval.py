@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,9 +32,11 @@ from medvlm.data.base import TensorRows
 from medvlm.data.captions import CaptionSplit, IndexedImages
 from medvlm.data.transforms import to_model_input
 from medvlm.engine.features import cached_features, encode_dataset
+from medvlm.metrics.retrieval import DEFAULT_KS, RetrievalResult, retrieval_metrics
 from medvlm.zoo.base import ClipModel, TextBatch
 
 MAX_LOGIT_SCALE = 100.0
+DIRECTIONS = ("image_to_text", "text_to_image")
 
 
 class DualEncoder(nn.Module):
@@ -131,3 +134,42 @@ def embed_gallery(encoder: DualEncoder, split: CaptionSplit, tokens: TextBatch, 
     if not torch.equal(order, torch.arange(split.n_images)):
         raise RuntimeError("gallery images came back out of order")
     return F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)
+
+
+def metric_names(metrics: dict[str, float]) -> dict[str, float]:
+    """`image_to_text_R@1` -> `image_to_text_R1`: MLflow metric names allow no '@'."""
+    return {k.replace("@", ""): v for k, v in metrics.items()}
+
+
+def summary(result: RetrievalResult) -> dict[str, float]:
+    """Recall@1/5/10 both ways, their mean, the median rank (MedR) of each direction, rounded down
+    as VSE++ and its successors report it, and the queries with a tie at their best positive."""
+    scores = metric_names(result.metrics)
+    scores["mean_recall"] = float(np.mean([scores[f"{d}_R{k}"] for d in DIRECTIONS for k in DEFAULT_KS]))
+    for direction, ranks, tied in zip(DIRECTIONS, (result.i2t_ranks, result.t2i_ranks), (result.i2t_tied, result.t2i_tied)):
+        scores[f"{direction}_median_rank"] = float(np.floor(np.median(ranks.numpy())))
+        scores[f"{direction}_tied_queries"] = float(tied)
+    scores["tied_queries"] = float(result.i2t_tied + result.t2i_tied)
+    return scores
+
+
+def pair_recall(outputs: torch.Tensor, targets: torch.Tensor) -> RetrievalResult:
+    """Recall over a set of embedded pairs (targets [N, 2] = pair index, image index); an image
+    several pairs show enters the gallery once."""
+    image, text, _ = unpack(outputs)
+    images, text_to_image = torch.unique(targets[:, 1], return_inverse=True)
+    first = torch.full((len(images),), len(targets)).scatter_reduce_(0, text_to_image, torch.arange(len(targets)), "amin")
+    return retrieval_metrics(image[first], text, text_to_image)
+
+
+class RetrievalObjective:
+    """Blockwise symmetric InfoNCE (blocks of the training batch size) and recall on the pairs."""
+
+    def __init__(self, module: DualEncoder, block: int):
+        self.module, self.block = module, block
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return blockwise_info_nce(outputs, self.block)
+
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return summary(pair_recall(outputs, targets))

@@ -1,6 +1,6 @@
 """VQA as classification over an answer vocabulary, with a bilinear attention network (BAN) head.
 
-The paper's reference code fuses one pooled image vector with the question, which throws
+The released code of *General or Medical CLIP, Which one Shall We Choose?* fuses one pooled image vector with the question, which throws
 away where things are. Here the BAN head (Kim et al., NeurIPS 2018) attends jointly over the
 image token grid (ViT patches or CNN cells, `ClipModel.image_tokens`) and the question's token
 states (`ClipModel.text_tokens`): G glimpses of bilinear attention maps over every
@@ -25,6 +25,7 @@ from torch import nn
 
 from medvlm.data.transforms import to_model_input
 from medvlm.data.vqa import normalize_answer
+from medvlm.metrics.vqa import vqa_metrics
 from medvlm.zoo.base import ClipModel, TextBatch
 
 UNKNOWN = "unknown"
@@ -184,3 +185,17 @@ def tokenize_questions(clip: ClipModel, questions: list[str]) -> tuple[TextBatch
     """All distinct questions tokenised once with the model's tokenizer; also the longest real length."""
     batch = clip.tokenize(questions)
     return batch, int(batch.attention_mask.sum(dim=1).max())
+
+
+class VQAObjective:
+    """Cross-entropy over the vocabulary; accuracy and weighted F1 overall/open/closed."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return vqa_loss(outputs, targets)
+
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        scores = vqa_metrics(targets[:, 0].numpy(), outputs.argmax(dim=1).numpy(), targets[:, 1].numpy().astype(bool))
+        return {k: v for k, v in scores.items() if k != "oov"}

@@ -63,7 +63,7 @@ def close(fig) -> None:
 
 def log_figures(figures: dict[str, object]) -> None:
     """Log each figure to the active MLflow run at its artifact path, then free it."""
-    import mlflow
+    import mlflow  # lazy: studies and reports draw with this module and log through their own client
 
     for path, fig in figures.items():
         mlflow.log_figure(fig, path)

@@ -26,6 +26,7 @@ import mlflow
 from medvlm.config import RunConfig
 from medvlm.errors import MedvlmError, Superseded, TrackingError, one_line
 from medvlm.progress import log
+from medvlm.zoo.entries import zoo_entries
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 WARNING_TAG_PREFIX = "medvlm.warning."  # a caveat on the run's numbers; reports show it beside them
@@ -202,9 +203,8 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
             log_config(run.info.run_id, cfg)
         if project_run:
             mlflow.set_tag("mlflow.runName", run_name(cfg, extra_tags))
-        from medvlm.zoo import zoo_entries
-
-        domain = zoo_entries().get(cfg.model, {}).get("domain", "unknown")
+        entry = zoo_entries().get(cfg.model)
+        domain = entry.domain if entry is not None else "unknown"
         mlflow.set_tags({**run_tags(cfg, domain), CHECKPOINT_TAG: os.path.abspath(cfg.checkpoint_dir),
                          **(extra_tags or {})})
         yield run

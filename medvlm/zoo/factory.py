@@ -52,7 +52,7 @@ def resolve(name: str) -> tuple[dict, str | None]:
     """Turn a model argument into (zoo-style entry, local location or None)."""
     entries = zoo_entries()
     if name in entries:
-        return {**entries[name], "name": name}, _mirror(name)
+        return {**entries[name].model_dump(exclude_none=True), "name": name}, _mirror(name)
     if name.startswith("local-dir:"):
         path = Path(name[len("local-dir:"):]).expanduser()
         if not (path / "open_clip_config.json").is_file():
