@@ -329,6 +329,15 @@ def transient_errors() -> tuple[type[BaseException], ...]:
     return StorageInternalError, OperationalError, InterfaceError
 
 
+def set_summary_tag(client: MlflowClient, run_id: str, key: str, value: str) -> None:
+    """Two workers that finish together both summarise; MLflow's SQL store inserts a new tag without a lock, so the
+    loser of that race gets a unique-key error, and writing again updates the row the winner inserted."""
+    try:
+        client.set_tag(run_id, key, value)
+    except mlflow.exceptions.MlflowException:
+        client.set_tag(run_id, key, value)
+
+
 def retrying(call: Callable[[], T], what: str, budget_s: float = TRANSIENT_BUDGET_S) -> T:
     """`call()`, retried with exponential backoff while the storage has transient errors, for at most `budget_s`."""
     deadline, delay = time.monotonic() + budget_s, 1.0
@@ -479,7 +488,7 @@ def finish(study, cfg: StudyConfig, parent: Parent) -> int:
     children = children[children["run_id"].isin(winners)]  # one child per completed trial: the one that won it
     table = summary_table(children)
     log_summary(client, parent.run_id, cfg.kind, children, table, counts)
-    client.set_tag(parent.run_id, "medvlm.failed_trials", str(len(failed)))
+    set_summary_tag(client, parent.run_id, "medvlm.failed_trials", str(len(failed)))
     if not pending:
         client.set_terminated(parent.run_id, "FINISHED")
     print(format_summary(cfg.kind, table))
