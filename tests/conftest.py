@@ -56,3 +56,21 @@ def offline(monkeypatch):
     network._probe.cache_clear()
     yield
     network._probe.cache_clear()
+
+
+@pytest.fixture
+def encoded_batches(monkeypatch) -> list[int]:
+    """Batch sizes the image tower encodes in every frozen model the test builds: counts encoding passes."""
+    from medvlm.engine import features
+    from medvlm.zoo import create_model
+
+    encoded: list[int] = []
+
+    def counting_create_model(name, device="cpu"):
+        model = create_model(name, device)
+        model.net.visual.register_forward_hook(lambda mod, inp, out: encoded.append(inp[0].shape[0]))
+        return model
+
+    monkeypatch.setattr(features, "create_model", counting_create_model)
+    features.release_frozen_model()  # a frozen model another test left in this process has no hook
+    return encoded

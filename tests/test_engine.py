@@ -13,7 +13,6 @@ from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
 from medvlm.config import build_config
-from medvlm.engine import features
 from medvlm.tracking.session import tracked_run
 from medvlm.zoo import create_model
 from tests.conftest import BREAST_ROOT, needs_breastmnist
@@ -40,16 +39,8 @@ def test_same_seed_rerun_gives_identical_metrics(workdir, tiny_model_dir):
     assert metrics[0] != metrics[2]
 
 
-def test_linear_probe_encodes_each_image_once_and_reuses_the_cache(workdir, tiny_model_dir, monkeypatch):
-    encoded: list[int] = []
-
-    def counting_create_model(name, device="cpu"):
-        model = create_model(name, device)
-        model.net.visual.register_forward_hook(lambda mod, inp, out: encoded.append(inp[0].shape[0]))
-        return model
-
-    monkeypatch.setattr(features, "create_model", counting_create_model)
-    features.release_frozen_model()  # a frozen model another test left in this process has no hook
+def test_linear_probe_encodes_each_image_once_and_reuses_the_cache(workdir, tiny_model_dir, encoded_batches):
+    encoded = encoded_batches
     args = ["finetune", "--model", f"local-dir:{tiny_model_dir}", *BREAST, "--strategy", "linear", "--epochs", "3"]
     assert main(args) == 0
     assert sum(encoded) == N_BREAST

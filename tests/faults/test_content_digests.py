@@ -8,8 +8,6 @@ from PIL import Image
 
 from medvlm.cli import main
 from medvlm.data.content import file_digests
-from medvlm.engine import features
-from medvlm.zoo import create_model
 
 
 def write_folder(root, seed: int) -> None:
@@ -25,16 +23,8 @@ def lineage_digests(run_id: str) -> set[str]:
     return {d.dataset.digest for d in MlflowClient().get_run(run_id).inputs.dataset_inputs}
 
 
-def test_edited_images_give_new_features_and_a_new_digest(workdir, tiny_model_dir, monkeypatch):
-    encoded: list[int] = []
-
-    def counting_create_model(name, device="cpu"):
-        model = create_model(name, device)
-        model.net.visual.register_forward_hook(lambda mod, inp, out: encoded.append(inp[0].shape[0]))
-        return model
-
-    monkeypatch.setattr(features, "create_model", counting_create_model)
-    features.release_frozen_model()  # a frozen model another test left in this process has no hook
+def test_edited_images_give_new_features_and_a_new_digest(workdir, tiny_model_dir, encoded_batches):
+    encoded = encoded_batches
     folder = workdir / "scans"
     write_folder(folder, seed=0)
     args = ["finetune", "--model", f"local-dir:{tiny_model_dir}", "--dataset", str(folder), "--strategy", "linear",
