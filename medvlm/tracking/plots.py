@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import confusion_matrix, roc_curve  # noqa: E402
 
 from medvlm.data.base import LabelKind  # noqa: E402
+from medvlm.tracking import names  # noqa: E402
 
 
 def roc_figure(y_true: np.ndarray, probs: np.ndarray, kind: LabelKind, class_names: list[str]):
@@ -49,7 +50,7 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[s
 def learning_curves_figure(history: list[dict[str, float]]):
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = np.arange(1, len(history) + 1)
-    for key in ("train_loss", "val_loss"):
+    for key in (names.TRAIN_LOSS, names.VAL_LOSS):
         ax.plot(epochs, [row[key] for row in history], marker="o", label=key)
     ax.set(xlabel="epoch", ylabel="loss", title="learning curves")
     ax.legend()
