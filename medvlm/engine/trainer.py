@@ -46,6 +46,8 @@ class Objective(Protocol):
 
 @dataclass
 class FitResult:
+    """`best_epoch` indexes `history` (0-based); users see it as `names.epoch_number(best_epoch)`."""
+
     best_epoch: int
     best_val_loss: float
     epochs_run: int
