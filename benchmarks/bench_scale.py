@@ -331,19 +331,20 @@ def bench_model(name: str, sizes: Sizes, device: torch.device, precision: str, t
     amp = "fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision
     peak = peak_tflops(device)
 
-    # zero-shot classification: logits of every image under the prompt head
-    zs = ImageClassifier(clip, head).eval()
-    row = Row(name, "zeroshot", sizes.encode, sizes.batch, sizes.repeats)
-
-    def bare_zs():
+    def bare_forward(module):
+        """The plain loop medvlm's path is timed against: `module` on every batch, outputs to the CPU."""
         def work():
             with torch.no_grad():
                 for images, _ in batches(enc, sizes.batch, device):
                     with autocast_for(device, amp):
-                        zs(images).float().cpu()
-        return work
+                        module(images).float().cpu()
+        return lambda: work
 
-    interleaved(row, device, bare_zs, lambda: lambda: evaluate(accelerator, ClassificationObjective(zs, "binary"), enc, cfg))
+    # zero-shot classification: logits of every image under the prompt head
+    zs = ImageClassifier(clip, head).eval()
+    row = Row(name, "zeroshot", sizes.encode, sizes.batch, sizes.repeats)
+    interleaved(row, device, bare_forward(zs),
+                lambda: lambda: evaluate(accelerator, ClassificationObjective(zs, "binary"), enc, cfg))
     if peak:
         images, labels = next(batches(enc, sizes.batch, device))
         with autocast_for(device, amp):
@@ -353,16 +354,7 @@ def bench_model(name: str, sizes: Sizes, device: torch.device, precision: str, t
     # linear probe: image features to CPU, as the feature cache stores them
     row = Row(name, "linear-features", sizes.encode, sizes.batch, sizes.repeats)
     embed = image_embedder(clip)
-
-    def bare_features():
-        def work():
-            with torch.no_grad():
-                for images, _ in batches(enc, sizes.batch, device):
-                    with autocast_for(device, amp):
-                        embed(images).float().cpu()
-        return work
-
-    interleaved(row, device, bare_features,
+    interleaved(row, device, bare_forward(embed),
                 lambda: lambda: encode_dataset(embed, enc, sizes.batch, device, amp))
     report(row)
 
