@@ -22,6 +22,8 @@ from medvlm.errors import ConfigError
 Task = Literal["classification", "retrieval", "vqa"]
 Strategy = Literal["zeroshot", "linear", "frozen", "partial", "full", "lora", "mlp"]
 LoraParts = Literal["", "v", "l", "m", "vm", "lm", "vml"]
+FigureFormat = Literal["png", "svg"]
+FIGURE_FORMAT_HELP = "file format of the plots: png (200 dpi) or svg (vector, for papers)"
 MEDMNIST_SIZES = (28, 64, 128, 224)
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 ItemT = TypeVar("ItemT")
@@ -86,6 +88,7 @@ class RunConfig(BaseModel):
     subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)")
     num_workers: int = Field(0, ge=0)
     compile: bool = Field(False, description="torch.compile the trained module: fewer kernel launches on GPU; the first steps pay the compile time", json_schema_extra=TRAINING)
+    figure_format: FigureFormat = Field("png", description=FIGURE_FORMAT_HELP)
     experiment: str = Field("", description="MLflow experiment; empty: MLFLOW_EXPERIMENT_NAME, else mlflow run's experiment, else 'Default'")
     run_name: str = Field("", description="MLflow run name; empty = MLFLOW_RUN_NAME, else 'model · dataset · strategy'")
     register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry", json_schema_extra=TRAINING)
