@@ -34,7 +34,7 @@ from medvlm.experiments.common import fit_evaluate_register, start
 from medvlm.metrics.retrieval import RetrievalResult, retrieval_metrics, small_gallery_warning
 from medvlm.strategies import get_strategy
 from medvlm.tasks.retrieval import DIRECTIONS, DualEncoder, RetrievalObjective, TokenizedPairs, embed_gallery, summary
-from medvlm.tracking.figures import figure_path
+from medvlm.tracking.figures import figure_path, log_figures
 from medvlm.tracking.plots import recall_figure
 from medvlm.tracking.session import WARNING_TAG_PREFIX, describe, log_dataset
 from medvlm.zoo.base import TextBatch
@@ -125,7 +125,7 @@ def log_test_results(result: RetrievalResult, image_emb: torch.Tensor, text_emb:
     mlflow.log_table(worst_queries(result, image_emb, text_emb, split), "worst_queries.json")
     curve = recall_curve(result)
     mlflow.log_table(curve, "recall_at_k.json")
-    mlflow.log_figure(recall_figure(curve, describe(cfg)), figure_path("plots/recall_at_k", cfg.figure_format))
+    log_figures({figure_path("plots/recall_at_k", cfg.figure_format): recall_figure(curve, describe(cfg))})
     return metrics
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from medvlm.report.tables import Table
+from medvlm.tracking.figures import save
 
 
 @dataclass
@@ -129,7 +130,7 @@ def write(report: Report, folder: Path) -> str:
         table.data.to_csv(folder / "tables" / f"{table.name}.csv", index=False)
     for path, fig in report.figures.items():
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(folder / path)
+        save(fig, folder / path)
     markdown = to_markdown(report)
     (folder / "report.md").write_text(markdown)
     (folder / "report.html").write_text(to_html(report, folder))

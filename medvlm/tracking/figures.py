@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 DPI = 200
+SAVE_RC = {"svg.fonttype": "none"}  # SVG keeps its text as text: searchable, and editable in a paper's figure
 BREAK_AFTER = re.compile(r"(?<=[\s/_:·-])")  # where a long name may go onto the next line
 
 
@@ -68,13 +70,20 @@ def figure_path(stem: str, fmt: str) -> str:
     return f"{stem}.{fmt}"
 
 
+def save(fig: Figure, path) -> None:
+    """Write `fig` to `path`, its extension picking PNG (at `DPI`) or SVG."""
+    with rc_context(SAVE_RC):
+        fig.savefig(path)
+
+
 def log_figures(figures: dict[str, Figure], client: MlflowClient | None = None, run_id: str = "") -> None:
     """Log each figure at its artifact path (the extension picks PNG or SVG) to `run_id` through `client`,
     or to the active run."""
     import mlflow  # lazy: drawing a figure does not need the tracking client
 
-    for path, fig in figures.items():
-        if client is None:
-            mlflow.log_figure(fig, path)
-        else:
-            client.log_figure(run_id, fig, path)
+    with rc_context(SAVE_RC):
+        for path, fig in figures.items():
+            if client is None:
+                mlflow.log_figure(fig, path)
+            else:
+                client.log_figure(run_id, fig, path)
