@@ -60,6 +60,7 @@ def ablation_curve(data: pd.DataFrame):
         fraction_axis(ax, sorted(part["train_fraction"].unique()))
         ax.set(title=testset, ylabel=metric_name(part["metric"].iloc[0]))
         ax.legend(fontsize=7)
+    fig.suptitle("error bars: bootstrap interval (± std across runs where a cell has no interval)", fontsize=9)
     return fig
 
 

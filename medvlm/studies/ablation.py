@@ -34,4 +34,5 @@ def fraction_figure(table: pd.DataFrame, metric: str):
         fraction_axis(ax, sorted(part["train_fraction"].unique()))
         ax.set(title=dataset, ylabel=metric)
         ax.legend(fontsize=7)
+    fig.suptitle(f"{metric} against training data (mean ± std across runs)")
     return fig

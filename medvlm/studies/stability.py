@@ -86,12 +86,14 @@ def std_figure(table: pd.DataFrame, metric: str):
     for ax, dataset in zip(axes[0], datasets):
         part = rows[rows["dataset"] == dataset]
         models = sorted(part["model"].unique())
-        width = 0.8 / max(len(strategies), 1)
+        width = min(0.8 / max(len(strategies), 1), 0.4)
         for j, strategy in enumerate(strategies):
             std = [part[(part["model"] == m) & (part["strategy"] == strategy)]["std"].mean() for m in models]
-            ax.bar(np.arange(len(models)) + j * width, np.nan_to_num(std), width, label=strategy)
+            bars = ax.bar(np.arange(len(models)) + j * width, np.nan_to_num(std), width, label=strategy)
+            ax.bar_label(bars, fmt="%.3f", fontsize=6)
         ax.set_xticks(np.arange(len(models)) + width * (len(strategies) - 1) / 2, [wrap(m, 18) for m in models],
                       fontsize=7)
         ax.set(title=dataset, ylabel=f"std of {metric}")
     axes[0][0].legend(fontsize=7, title="strategy", title_fontsize=7)
+    fig.suptitle(f"std of {metric} across the runs of each model and strategy")
     return fig

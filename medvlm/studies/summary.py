@@ -95,6 +95,7 @@ def box_figure(children: pd.DataFrame, metric: str):
             ax.plot(i + rng.uniform(-0.12, 0.12, len(v)), v, "o", ms=3, alpha=0.7)
         ax.set_xticks(range(1, len(groups) + 1), [wrap(g.replace(f" · {dataset}", ""), 18) for g in groups], fontsize=7)
         ax.set(title=dataset, ylabel=metric)
+    fig.suptitle(f"{metric} of every run (points) per model · strategy")
     return fig
 
 

@@ -133,7 +133,8 @@ def learning_curves_figure(history: list[dict[str, float]], best_epoch: int, met
         for key in keys:
             values = [row[key] for row in history]
             ax.plot(epochs, values, marker="o", ms=3, label=key)
-            ax.plot(best_epoch + 1, values[best_epoch], "*", ms=12, color=ax.lines[-1].get_color())
+            if not key.startswith("train"):  # the kept epoch is marked on what chose it and what it scored
+                ax.plot(best_epoch + 1, values[best_epoch], "*", ms=12, color=ax.lines[-1].get_color())
         ax.axvline(best_epoch + 1, color="grey", ls=":", lw=1, label=f"best epoch {best_epoch + 1} (lowest val loss)")
         integer_ticks(ax.xaxis)
         ax.set(xlabel="epoch", ylabel=ylabel, xlim=(0.5, len(history) + 0.5))
@@ -148,7 +149,9 @@ def recall_figure(curve: pd.DataFrame, title: str) -> Figure:
     for direction, part in curve.groupby("direction"):
         ax.plot(part["k"], part["recall"], marker="o", label=direction.replace("_to_", " → "))
     ax.set(xscale="log", xlabel="k", ylabel="recall@k", ylim=(0, 1.02), title=f"recall@k · test\n{title}")
-    value_ticks(ax.xaxis, sorted(curve["k"].unique().tolist()))
-    ax.tick_params(axis="x", labelrotation=45)
+    ks = sorted(curve["k"].unique().tolist())
+    value_ticks(ax.xaxis, ks)
+    if len(ks) > 8:  # up to 17 k values on a log axis: the larger ones would touch
+        ax.tick_params(axis="x", labelrotation=45)
     ax.legend()
     return fig
