@@ -91,6 +91,7 @@ def std_figure(table: pd.DataFrame, metric: str):
             std = [part[(part["model"] == m) & (part["strategy"] == strategy)]["std"].mean() for m in models]
             bars = ax.bar(np.arange(len(models)) + j * width, np.nan_to_num(std), width, label=strategy)
             ax.bar_label(bars, fmt="%.3f", fontsize=6)
+        ax.set_xlim(-0.7, len(models) - 0.3 + width * (len(strategies) - 1))  # one bar is a bar, not the whole panel
         ax.set_xticks(np.arange(len(models)) + width * (len(strategies) - 1) / 2, [wrap(m, 18) for m in models],
                       fontsize=7)
         ax.set(title=dataset, ylabel=f"std of {metric}")
