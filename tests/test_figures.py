@@ -44,8 +44,13 @@ def tick_texts(axis) -> list[str]:
     return [squeezed(label.get_text()) for label in axis.get_ticklabels()]
 
 
+def legend_of(ax):
+    """The axes' legend, or the figure's (beside the axes when there are many entries)."""
+    return ax.get_legend() or ax.figure.legends[0]
+
+
 def legend_texts(ax) -> list[str]:
-    return [text.get_text() for text in ax.get_legend().get_texts()]
+    return [text.get_text() for text in legend_of(ax).get_texts()]
 
 
 def pixels(fig) -> tuple[int, int]:
@@ -101,7 +106,7 @@ def test_multiclass_roc_has_one_vs_rest_curves_with_their_aucs_and_the_mean_head
     texts = legend_texts(ax)
     for i, organ in enumerate(ORGANS):
         assert f"{organ} (AUC {roc_auc_score(labels == i, probs[:, i]):.3f})" in texts
-    heading = ax.get_legend().get_title().get_text()
+    heading = legend_of(ax).get_title().get_text().replace("\n", " ")
     assert f"mean one-vs-rest AUC {classification_metrics(labels, probs, 'multiclass')['auc']:.3f}" in heading
     assert "95% CI" in heading
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from scipy.stats import rankdata
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, confusion_matrix, roc_auc_score, roc_curve
@@ -73,7 +74,9 @@ def roc_figure(y_true: np.ndarray, probs: np.ndarray, kind: LabelKind, class_nam
         curves = [(name, positive[valid], score[valid]) for name, positive, score, valid in curves]
     curves = [(name, positive, score) for name, positive, score in curves if positive.any() and (~positive).any()]
     many = len(curves) > 6
-    fig, ax = new_figure(8.5 if many else 5.5, 5.5)
+    fig, ax = new_figure(7.4 if many else 5.5, 5.5)
+    if len(curves) > 10:  # the default cycle repeats after ten colours
+        ax.set_prop_cycle(color=colormaps["tab20"].colors)
     ci = auc_interval([(p, s) for _, p, s in curves]) if curves and kind != "multilabel" else None
     aucs = []
     for name, positive, score in curves:
@@ -85,9 +88,10 @@ def roc_figure(y_true: np.ndarray, probs: np.ndarray, kind: LabelKind, class_nam
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance (AUC 0.5)")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01),
            aspect="equal", title=f"ROC · test\n{title}")
-    heading = None if kind == "binary" or not aucs else f"mean one-vs-rest {_auc_text(float(np.mean(aucs)), ci)}"
-    if many:
-        ax.legend(title=heading, fontsize=7, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    heading = None if kind == "binary" or not aucs else f"mean one-vs-rest\n{_auc_text(float(np.mean(aucs)), ci)}"
+    if many:  # a figure legend beside the axes, which constrained layout makes room for
+        ax.get_legend().remove()  # the one each RocCurveDisplay drew inside the axes
+        fig.legend(title=heading, fontsize=7, title_fontsize=8, loc="outside right upper")
     else:
         ax.legend(title=heading, fontsize=8, title_fontsize=8, loc="lower right")
     return fig
