@@ -148,3 +148,14 @@ def test_a_dataset_that_cannot_be_had_is_one_line_and_fast(workdir, offline, mon
     assert "save_to_disk it and pass dataset=hf:FOLDER" in line and "HF_HOME" in line
     (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("Default").experiment_id])
     assert run.info.status == "FAILED" and "hf:nobody-org/no-such-set" in run.data.tags["medvlm.error"]
+
+
+def test_a_study_preflight_locates_hf_datasets_without_reading_them(tmp_path, offline, monkeypatch):
+    from medvlm.experiments.preflight import locate_data
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    Dataset.from_dict({"image": [b"not read"], "caption": ["c"]}, split="test").save_to_disk(tmp_path / "saved")
+    found = build_config({"model": "m", "dataset": "hf:saved", "task": "retrieval", "data_root": str(tmp_path)})
+    assert locate_data(found) == str(tmp_path / "saved")
+    with pytest.raises(DataError, match=r"hf:nobody-org/gone cannot be loaded.*not in the local cache"):
+        locate_data(build_config({"model": "m", "dataset": "hf:nobody-org/gone", "data_root": str(tmp_path)}))
