@@ -294,8 +294,11 @@ def log_epoch(epoch: int, row: dict[str, float]) -> None:
 
 
 def note_checkpoint(epoch: int) -> None:
-    """Record that a resume checkpoint exists: a later resume that cannot find it refuses instead of starting over."""
-    mlflow.set_tag(CHECKPOINTED_TAG, str(epoch + 1), synchronous=False)
+    """Record that a resume checkpoint exists: a later resume that cannot find it refuses instead of starting over.
+
+    Synchronous (one store call per checkpoint): a store that has gone away fails here, in the training
+    loop, with the usual one line and `--resume` command, not later in a background thread."""
+    mlflow.set_tag(CHECKPOINTED_TAG, str(epoch + 1))
 
 
 def replay_epochs(history: list[dict[str, float]]) -> None:
