@@ -30,7 +30,7 @@ from medvlm.strategies import get_strategy
 from medvlm.tracking import names
 from medvlm.tracking.figures import figure_path, log_figures
 from medvlm.tracking.plots import learning_curves_figure
-from medvlm.tracking.session import describe, log_epoch, replay_epochs
+from medvlm.tracking.session import describe, log_epoch, note_checkpoint, replay_epochs
 from medvlm.zoo import ClipModel
 
 History = list[dict[str, float]]
@@ -66,7 +66,7 @@ def fit_evaluate_register(cfg: RunConfig, accelerator: Accelerator, pin: dict[st
     selection = None
     if strategy.kind.trains:
         saved = checkpoints(cfg, accelerator, pin)
-        result = fit(objective, train_set, val_set, cfg, accelerator, saved, log_epoch, replay_epochs)
+        result = fit(objective, train_set, val_set, cfg, accelerator, saved, log_epoch, replay_epochs, note_checkpoint)
         history = result.history
         mlflow.log_metrics({names.TRAIN_IMAGES_PER_S: result.images_per_s,
                             names.TRAIN_BEST_EPOCH: names.epoch_number(result.best_epoch),

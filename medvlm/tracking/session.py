@@ -34,6 +34,7 @@ WARNING_TAG_PREFIX = "medvlm.warning."  # a caveat on the run's numbers; reports
 DEFAULT_EXPERIMENT = "Default"  # MLflow's own: where `mlflow run` puts a run when no experiment is named
 SOURCE_PREFIXES = ("local-dir", "hf-hub", "hf", "file")
 CHECKPOINT_TAG = "medvlm.checkpoint_dir"
+CHECKPOINTED_TAG = "medvlm.checkpoint_epoch"  # the last epoch a resume checkpoint was written for (1-based)
 HEALTH_TIMEOUT_S = 5
 # A tracking server that stays down makes each request give up after about 15 s (MLflow's defaults
 # retry for minutes per request, and training logs many); the MLFLOW_HTTP_REQUEST_* variables override.
@@ -146,6 +147,7 @@ def check_resumable(cfg: RunConfig) -> None:
 
     Runs before the run is reopened, so a refused resume leaves the run exactly as it was. The
     checkpoint is looked up by run id: in `checkpoint_dir` and where the run recorded it was written.
+    A run stopped before its first checkpoint (`checkpoint_every`) has none, and trains from the start.
     """
     from medvlm.engine.checkpoints import CHECKPOINT_FILE, MACHINE_FIELDS
 
@@ -168,7 +170,7 @@ def check_resumable(cfg: RunConfig) -> None:
     found = next((r for r in roots if os.path.isfile(os.path.join(r, cfg.resume, CHECKPOINT_FILE))), None)
     if found is not None:
         cfg.checkpoint_dir = found
-    elif client.get_metric_history(cfg.resume, names.TRAIN_LOSS):
+    elif run.data.tags.get(CHECKPOINTED_TAG):
         raise MedvlmError(f"resume: no checkpoint of run {cfg.resume} in {' or '.join(roots)}; resume where it was "
                           f"trained, or pass checkpoint_dir=FOLDER holding {cfg.resume}/{CHECKPOINT_FILE}")
 
@@ -295,6 +297,15 @@ def run_summary(run_id: str) -> str:
 def log_epoch(number: int, row: dict[str, float]) -> None:
     """Per-epoch metrics at step = the epoch's number, logged asynchronously so training never waits on the store."""
     mlflow.log_metrics(row, step=number, synchronous=False)
+
+
+def note_checkpoint(number: int) -> None:
+    """Record that a resume checkpoint exists: a later resume that cannot find it refuses instead of starting over.
+
+    Synchronous (one store call per checkpoint): a store that has gone away fails here, in the training
+    loop, with the usual one line and `--resume` command, not later in a background thread. `number` is the
+    epoch's number (`names.epoch_number`)."""
+    mlflow.set_tag(CHECKPOINTED_TAG, str(number))
 
 
 def replay_epochs(history: list[dict[str, float]]) -> None:
