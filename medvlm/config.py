@@ -88,7 +88,7 @@ class RunConfig(BaseModel):
     compile: bool = Field(False, description="torch.compile the trained module: fewer kernel launches on GPU; the first steps pay the compile time", json_schema_extra=TRAINING)
     experiment: str = Field("", description="MLflow experiment; empty: MLFLOW_EXPERIMENT_NAME, else mlflow run's experiment, else 'Default'")
     run_name: str = Field("", description="MLflow run name; empty = MLFLOW_RUN_NAME, else 'model · dataset · strategy'")
-    register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry", json_schema_extra=TRAINING)
+    register_adapter: bool = Field(True, description="log the adapter (lora, mlp) as an MLflow model and register it in the Model Registry; study trials only log it (see register_best)", json_schema_extra=TRAINING)
     resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue", json_schema_extra=TRAINING)
     checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"), json_schema_extra=TRAINING)
     study: str = Field("", description="study name when this run is a study trial")

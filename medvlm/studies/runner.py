@@ -33,7 +33,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -465,6 +465,30 @@ def _fail(study, trial, message: str, seen: dict[str, int] | None = None) -> str
     return line
 
 
+def register_best(client: MlflowClient, parent: Parent, run_ids: Iterable[str]) -> None:
+    """Register the adapter of the best completed trial (validation metric), once per registered model name.
+
+    Trials log their adapters without registering them, so the registry holds only what a study chose.
+    Reruns (`summarize_only`, the next worker) find the study's version by its tag and register nothing.
+    """
+    from medvlm.adapters.base import HIGHER_TAG, MODEL_TAG, NAME_TAG, STUDY_TAG, VALUE_TAG, register
+
+    best: dict[str, tuple[float, str, str]] = {}
+    for run_id in run_ids:
+        model_id = client.get_run(run_id).data.tags.get(MODEL_TAG)
+        if model_id is None:
+            continue
+        tags = client.get_logged_model(model_id).tags
+        score = float(tags[VALUE_TAG]) * (1 if tags[HIGHER_TAG] == "True" else -1)
+        if math.isfinite(score) and score >= best.get(tags[NAME_TAG], (-math.inf,))[0]:
+            best[tags[NAME_TAG]] = (score, model_id, run_id)
+    for name, (_, model_id, run_id) in best.items():
+        if any(v.tags.get(STUDY_TAG) == parent.run_id for v in client.search_model_versions(f"name='{name}'")):
+            continue
+        version = register(client, model_id, run_id, study_parent=parent.run_id)
+        log.info("registered the best trial's adapter: %s version %s", name, version)
+
+
 def finish(study, cfg: StudyConfig, parent: Parent) -> int:
     """Write the summary when nothing is queued or running (or when asked to); 1 if trials failed for good."""
     from optuna.trial import TrialState
@@ -489,6 +513,8 @@ def finish(study, cfg: StudyConfig, parent: Parent) -> int:
     table = summary_table(children)
     log_summary(client, parent.run_id, cfg.kind, children, table, counts)
     set_summary_tag(client, parent.run_id, "medvlm.failed_trials", str(len(failed)))
+    if cfg.register_best and not pending:
+        register_best(client, parent, children["run_id"])
     if not pending:
         client.set_terminated(parent.run_id, "FINISHED")
     print(format_summary(cfg.kind, table))
