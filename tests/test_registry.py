@@ -24,10 +24,9 @@ def lora_flags(model_dir, epochs: int) -> list[str]:
 
 
 def best_epoch_value(client: MlflowClient, run_id: str, metric: str) -> float:
-    """`metric` at the run's best epoch, read from its per-epoch history."""
-    run = client.get_run(run_id)
-    step = int(run.data.metrics["best_epoch"]) - 1
-    return next(m.value for m in client.get_metric_history(run_id, metric) if m.step == step)
+    """`metric` at the run's best epoch (`best_epoch` counts from 1), read from its per-epoch history."""
+    history = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
+    return history[int(client.get_run(run_id).data.metrics["best_epoch"]) - 1].value
 
 
 def assert_complete_version(client: MlflowClient, version) -> None:

@@ -164,13 +164,13 @@ def describe(meta: dict[str, Any], selection: tuple[str, float, bool], test: tup
 
 
 def log_adapter(made: Adapter, meta: dict[str, Any], registered: str, selection: tuple[str, float, bool],
-                description: str, step: int) -> str:
+                description: str, best_epoch: int) -> str:
     """Log the adapter as an MLflow model named after its run, with its signature, input example and final
     metrics; returns its model id. What `register` needs later (name, selection, description) rides on its tags.
 
-    `selection` is (validation metric name, value, higher_is_better) and `step` the best epoch's metric step:
-    MLflow links the run's metrics at `step` to the model, so its page shows the best epoch's numbers, and
-    `attach_final_metrics` adds the single-valued ones (test, cost).
+    `selection` is (validation metric name, value, higher_is_better) and `best_epoch` the index of the epoch
+    whose weights these are: MLflow links the run's metrics at that epoch's step to the model, so its page
+    shows the best epoch's numbers, and `attach_final_metrics` adds the single-valued ones (test, cost).
     """
     signature, example = made.python_model.serving(meta)
     metric, value, higher = selection
@@ -188,6 +188,8 @@ def log_adapter(made: Adapter, meta: dict[str, Any], registered: str, selection:
             artifacts[key] = str(root / f"{key}.safetensors")
         mlflow.flush_async_logging()  # the epochs' metrics must be in the store before MLflow links them
         run = mlflow.active_run().info
+        client = MlflowClient()
+        step = sorted({m.step for m in client.get_metric_history(run.run_id, metric)})[best_epoch]
         # MLflow serves the input example once through the logged model (rebuilding the base model), so a
         # version whose example does not predict is caught here, as a warning in the log
         info = mlflow.pyfunc.log_model(
@@ -197,7 +199,7 @@ def log_adapter(made: Adapter, meta: dict[str, Any], registered: str, selection:
                               "safetensors", "pandas", "numpy", "pillow", "scikit-learn", "pyyaml", "pydantic"],
             signature=signature, input_example=example, tags=tags, step=step,
         )
-    attach_final_metrics(MlflowClient(), run.run_id, info.model_id, step)
+    attach_final_metrics(client, run.run_id, info.model_id, step)
     mlflow.set_tag(MODEL_TAG, info.model_id)
     return info.model_id
 

@@ -28,7 +28,7 @@ from medvlm.engine.checkpoints import Checkpoints
 from medvlm.engine.trainer import Objective, fit, make_accelerator
 from medvlm.strategies import get_strategy
 from medvlm.tracking import plots
-from medvlm.tracking.session import epoch_step, log_epoch, replay_epochs
+from medvlm.tracking.session import log_epoch, replay_epochs
 from medvlm.zoo import ClipModel
 
 History = list[dict[str, float]]
@@ -77,7 +77,7 @@ def fit_evaluate_register(cfg: RunConfig, accelerator: Accelerator, pin: dict[st
                 **made.meta}
         test = (task.primary_metric, metrics[task.primary_metric]) if task.primary_metric in metrics else None
         model_id = log_adapter(made, meta, registered_name(cfg.model, cfg.dataset, cfg.task), selection,
-                               describe(meta, selection, test), epoch_step(best_epoch))
+                               describe(meta, selection, test), best_epoch)
         if not cfg.study:  # a study registers its best trial at its end, if its spec says so (`register_best`)
             register(mlflow.MlflowClient(), model_id, mlflow.active_run().info.run_id)
     if strategy.kind.trains:

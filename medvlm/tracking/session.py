@@ -59,8 +59,6 @@ def ensure_tracking() -> str:
         return uri
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
-    if not sys.stderr.isatty():  # MLflow's artifact bars (logging an adapter) would redraw lines in a log file
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if uri.startswith(("http://", "https://")):
         for var, value in HTTP_RETRY_DEFAULTS.items():
             os.environ.setdefault(var, value)
@@ -288,14 +286,9 @@ def run_summary(run_id: str) -> str:
     return line
 
 
-def epoch_step(epoch: int) -> int:
-    """The metric step an epoch's row is logged at (0-based epoch index)."""
-    return epoch
-
-
 def log_epoch(epoch: int, row: dict[str, float]) -> None:
     """Per-epoch metrics, logged asynchronously so training never waits on the store."""
-    mlflow.log_metrics(row, step=epoch_step(epoch), synchronous=False)
+    mlflow.log_metrics(row, step=epoch, synchronous=False)
 
 
 def replay_epochs(history: list[dict[str, float]]) -> None:
@@ -303,8 +296,8 @@ def replay_epochs(history: list[dict[str, float]]) -> None:
     run_id = mlflow.active_run().info.run_id
     logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train_loss")}
     for epoch, row in enumerate(history):
-        if epoch_step(epoch) not in logged:
-            mlflow.log_metrics(row, step=epoch_step(epoch))
+        if epoch not in logged:
+            mlflow.log_metrics(row, step=epoch)
 
 
 def log_dataset(name: str, source: str, digest: str, context: str, extra: dict[str, Any] | None = None) -> None:
