@@ -48,7 +48,7 @@ from medvlm.progress import log
 from medvlm.studies.plan import build_plan, describe, plan_digest, trial_config
 from medvlm.studies.spec import Kind, PlannedTrial, StudyConfig, load_study_config, perturbed
 from medvlm.studies.summary import PRIMARY_METRIC, child_runs, format_summary, log_summary, summary_table
-from medvlm.tracking.session import ensure_tracking, resolve_experiment
+from medvlm.tracking.session import ensure_tracking, provenance_tags, resolve_experiment
 
 PARENT_ATTR, EXPERIMENT_ATTR, DIGEST_ATTR, KIND_ATTR, READY_ATTR = (
     "mlflow_parent_run_id", "mlflow_experiment_id", "plan_digest", "kind", "ready")
@@ -228,7 +228,8 @@ def create_parent(cfg: StudyConfig, plan: list[PlannedTrial], experiment: str, p
         run = client.create_run(_experiment_id(client, experiment), run_name=name)
     run_id = run.info.run_id
     client.set_tag(run_id, "mlflow.runName", name)
-    for key, value in {"medvlm.study": cfg.name, "medvlm.study_kind": cfg.kind, "medvlm.study_role": "parent"}.items():
+    for key, value in {"medvlm.study": cfg.name, "medvlm.study_kind": cfg.kind, "medvlm.study_role": "parent",
+                       **provenance_tags()}.items():
         client.set_tag(run_id, key, value)
     for key, value in {"study.kind": cfg.kind, "study.trials_planned": len(plan), "study.plan_digest": plan_digest(plan),
                        "study.storage": redacted(cfg.storage)}.items():
