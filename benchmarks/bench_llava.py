@@ -31,20 +31,16 @@ from medvlm.zoo.base import ModelSpec, Preprocess
 from medvlm.zoo.llava import LLAVA_MED_TEMPLATE, LORA_PARTS, PROJECTOR, GenerativeVLM
 
 STRATEGIES = ("zeroshot", "mlp", "lora:l", "lora:lm", "lora:vml")
-SHAPES = {
-    "7b": {"vision": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                          image_size=336, patch_size=14, hidden_act="quick_gelu"),
-           "llama": dict(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                         num_attention_heads=32, num_key_value_heads=32),
-           "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                           num_attention_heads=32, num_key_value_heads=8)},
-    "tiny": {"vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                            image_size=32, patch_size=8, hidden_act="quick_gelu"),
-             "llama": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=4),
-             "mistral": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2)},
+VISION_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")
+LANGUAGE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads")
+SIZES = {  # shape: (CLIP vision tower, Llama, Mistral), in the order of VISION_KEYS and LANGUAGE_KEYS
+    "7b": ((1024, 4096, 24, 16, 336, 14), (32064, 4096, 11008, 32, 32, 32), (32000, 4096, 14336, 32, 32, 8)),
+    "tiny": ((32, 64, 2, 2, 32, 8), (512, 64, 128, 2, 4, 4), (512, 64, 128, 2, 4, 2)),
 }
+SHAPES = {shape: {"vision": dict(zip(VISION_KEYS, vision), hidden_act="quick_gelu"),
+                  "llama": dict(zip(LANGUAGE_KEYS, llama)), "mistral": dict(zip(LANGUAGE_KEYS, mistral))}
+          for shape, (vision, llama, mistral) in SIZES.items()}
 IMAGE_TOKEN, PAD, BOS, EOS = 3, 0, 1, 2
 
 

@@ -296,6 +296,17 @@ def medvlm_train_epoch(module, train, val, cfg, tmp: Path):
     return work
 
 
+def profile_epoch(prepared, train, val, cfg, tmp: Path, device: torch.device, rows: int = 20) -> str:
+    """torch.profiler table of one medvlm epoch: where host and device time go (kernels on GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    work = medvlm_train_epoch(copy.deepcopy(prepared), train, val, cfg, tmp)
+    gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
+        work()
+    return prof.key_averages().table(sort_by="self_cuda_time_total" if gpu else "self_cpu_time_total", row_limit=rows)
+
+
 def flops_per_image(module, images: torch.Tensor, labels: torch.Tensor, train: bool) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -310,7 +321,8 @@ def flops_per_image(module, images: torch.Tensor, labels: torch.Tensor, train: b
     return counter.get_total_flops() / len(images)
 
 
-def bench_model(name: str, sizes: Sizes, device: torch.device, precision: str, tmp: Path, report) -> None:
+def bench_model(name: str, sizes: Sizes, device: torch.device, precision: str, tmp: Path, report,
+                profiled: frozenset[str] = frozenset()) -> None:
     from medvlm.config import build_config
     from medvlm.engine.features import autocast_for, encode_dataset, image_embedder
     from medvlm.engine.trainer import evaluate, make_accelerator
@@ -331,19 +343,20 @@ def bench_model(name: str, sizes: Sizes, device: torch.device, precision: str, t
     amp = "fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision
     peak = peak_tflops(device)
 
-    # zero-shot classification: logits of every image under the prompt head
-    zs = ImageClassifier(clip, head).eval()
-    row = Row(name, "zeroshot", sizes.encode, sizes.batch, sizes.repeats)
-
-    def bare_zs():
+    def bare_forward(module):
+        """The plain loop medvlm's path is timed against: `module` on every batch, outputs to the CPU."""
         def work():
             with torch.no_grad():
                 for images, _ in batches(enc, sizes.batch, device):
                     with autocast_for(device, amp):
-                        zs(images).float().cpu()
-        return work
+                        module(images).float().cpu()
+        return lambda: work
 
-    interleaved(row, device, bare_zs, lambda: lambda: evaluate(accelerator, ClassificationObjective(zs, "binary"), enc, cfg))
+    # zero-shot classification: logits of every image under the prompt head
+    zs = ImageClassifier(clip, head).eval()
+    row = Row(name, "zeroshot", sizes.encode, sizes.batch, sizes.repeats)
+    interleaved(row, device, bare_forward(zs),
+                lambda: lambda: evaluate(accelerator, ClassificationObjective(zs, "binary"), enc, cfg))
     if peak:
         images, labels = next(batches(enc, sizes.batch, device))
         with autocast_for(device, amp):
@@ -353,16 +366,7 @@ def bench_model(name: str, sizes: Sizes, device: torch.device, precision: str, t
     # linear probe: image features to CPU, as the feature cache stores them
     row = Row(name, "linear-features", sizes.encode, sizes.batch, sizes.repeats)
     embed = image_embedder(clip)
-
-    def bare_features():
-        def work():
-            with torch.no_grad():
-                for images, _ in batches(enc, sizes.batch, device):
-                    with autocast_for(device, amp):
-                        embed(images).float().cpu()
-        return work
-
-    interleaved(row, device, bare_features,
+    interleaved(row, device, bare_forward(embed),
                 lambda: lambda: encode_dataset(embed, enc, sizes.batch, device, amp))
     report(row)
 
@@ -381,6 +385,9 @@ def bench_model(name: str, sizes: Sizes, device: torch.device, precision: str, t
                 row.flops_per_image = flops_per_image(module, images, labels, train=True)
             del module
         report(row)
+        if f"{name}:{strategy}" in profiled:
+            print(f"[{name}] profile of one medvlm {strategy} epoch\n"
+                  f"{profile_epoch(prepared, train, val, run_cfg, tmp, device)}", flush=True)
         del prepared
         release_memory()
     del clip, zs
@@ -487,6 +494,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--repeats", type=int, default=None, help="N for best/median (default 3; quick: 3 at ViT-B/32, else 1)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: models,startup,study")
+    parser.add_argument("--profile", default="", help="comma list of MODEL:STRATEGY epochs to profile, e.g. clip-vit-b16:lora")
     parser.add_argument("--json", default="bench_scale.json", help="where the JSON results go")
     args = parser.parse_args()
 
@@ -525,14 +533,16 @@ def main() -> None:
             WRITERS[name](weights)
             print(f"[{name}] random weights written in its real format in {time.perf_counter() - t0:.0f} s", flush=True)
             if gpu:
-                sizes = Sizes(batch=256, train=2048, val=512, encode=4096, repeats=args.repeats or 3)
+                # 32 steps per epoch: per-run costs (optimizer set-up, the first step's kernel
+                # selection) are amortised as on a real training set
+                sizes = Sizes(batch=256, train=8192, val=1024, encode=8192, repeats=args.repeats or 3)
             elif args.quick:
                 big = name in ("clip-vit-b16", "biomedclip")
                 sizes = Sizes(batch=4 if big else 8, train=4 if big else 16, val=4 if big else 8,
                               encode=8 if big else 16, repeats=args.repeats or (3 if name == "clip-vit-b32" else 1))
             else:
                 sizes = Sizes(batch=32, train=128, val=32, encode=128, repeats=args.repeats or 3)
-            bench_model(name, sizes, device, precision, tmp, report)
+            bench_model(name, sizes, device, precision, tmp, report, frozenset(filter(None, args.profile.split(","))))
             for f in (weights / name).glob("*"):
                 if name != "clip-vit-b32" and f.suffix in (".bin", ".pt", ".safetensors"):
                     f.unlink()  # keep disk use bounded; clip-vit-b32 stays for the CLI measurements

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class StrategyKind:
-    """What a fine-tuning strategy does, as the experiments ask it (never by its name)."""
+    """What a fine-tuning strategy does, as the experiments ask it (never by its name).
+
+    `adds_lora`: the strategy's adapter is peft LoRA weights over the network (else its trained heads alone).
+    """
 
     name: str
     trains: bool
@@ -19,6 +22,7 @@ class StrategyKind:
     produces_adapter: bool
     summary: str
     trains_every_weight: bool = False
+    adds_lora: bool = False
 
 
 STRATEGY_KINDS: dict[str, StrategyKind] = {s.name: s for s in (
@@ -33,7 +37,7 @@ STRATEGY_KINDS: dict[str, StrategyKind] = {s.name: s for s in (
     StrategyKind("full", trains=True, trains_encoder=True, produces_adapter=False,
                  summary="every parameter trains", trains_every_weight=True),
     StrategyKind("lora", trains=True, trains_encoder=True, produces_adapter=True,
-                 summary="low-rank adapters, registered in the Model Registry"),
+                 summary="low-rank adapters, registered in the Model Registry", adds_lora=True),
     StrategyKind("mlp", trains=True, trains_encoder=True, produces_adapter=True,
                  summary="generative models: only the multimodal projector trains, registered as an adapter"),
 )}

@@ -20,6 +20,9 @@ from medvlm import __version__
 from medvlm.catalog import STRATEGY_KINDS, TASKS
 from medvlm.config import RunConfig, build_config, entry_point_fields, field_choices
 from medvlm.errors import ConfigError, MedvlmError, TrackingError, one_line
+from medvlm.progress import setup_logging
+from medvlm.studies.spec import STUDY_FLAGS, StudyConfig
+from medvlm.zoo.entries import zoo_entries
 
 EXIT_USER_ERROR = 2
 # the disk or the folder layout, not medvlm, refused a write
@@ -97,12 +100,9 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 def add_study_flags(parser: argparse.ArgumentParser) -> None:
     """`--spec` and the study flags, generated from `StudyConfig` like the run flags are from RunConfig."""
-    from medvlm.studies.spec import STUDY_FLAGS, StudyConfig
-
     parser.add_argument("--spec", help="YAML study spec, e.g. sweeps/midl2026.yaml (flags override its keys)")
     for name in STUDY_FLAGS:
         add_field_flag(parser, name, StudyConfig.model_fields[name])
-
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
@@ -127,14 +127,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     """`ablation`, `stability` and `sweep`: run flags set every trial's defaults, study flags the study."""
-    from medvlm.studies.runner import run_study
-    from medvlm.studies.spec import STUDY_FLAGS
+    from medvlm.studies.runner import run_study  # lazy: torch, MLflow and Optuna load only when a study runs
 
     return run_study(args.command, overrides_from(args), {k: getattr(args, k) for k in STUDY_FLAGS}, args.spec)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from medvlm.report import run_report
+    from medvlm.report import run_report  # lazy: the report package loads pandas, MLflow and torch
     from medvlm.report.config import report_config
 
     run_report(report_config(vars(args)))
@@ -142,8 +141,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from medvlm.zoo.entries import zoo_entries
-
     rows = [("name", "domain", "modality", "source", "image", "context", "licence", "gated")]
     rows += [(name, e.domain, e.modality, e.model + (f"@{e.pretrained}" if e.pretrained else ""), str(e.image_size),
               str(e.context_length), e.licence, "yes" if e.gated else "no") for name, e in zoo_entries().items()]
@@ -155,8 +152,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def entry_point_schemas(command: str) -> list[type[BaseModel]]:
     """The schemas a subcommand's flags come from, first match wins (report's `seed` is ReportConfig's)."""
-    from medvlm.report.config import ReportConfig
-    from medvlm.studies.spec import StudyConfig
+    from medvlm.report.config import ReportConfig  # lazy: the report package loads pandas, MLflow and torch
 
     return {"report": [ReportConfig], **{c: [StudyConfig, RunConfig] for c in STUDY_COMMANDS}}.get(command, [RunConfig])
 
@@ -182,7 +178,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def print_metrics(metrics: dict[str, float]) -> None:
-    from medvlm.tracking.session import process_rank
+    from medvlm.tracking.session import process_rank  # lazy: tracking loads MLflow
 
     if process_rank() != 0:
         return
@@ -222,7 +218,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if name in STUDY_COMMANDS:
             add_study_flags(p)
         if name == "report":
-            from medvlm.report.config import ReportConfig
+            from medvlm.report.config import ReportConfig  # lazy: the report package loads pandas, MLflow and torch
 
             for field_name, field in ReportConfig.model_fields.items():
                 add_field_flag(p, field_name, field)
@@ -249,12 +245,9 @@ def resume_hint(argv: list[str], exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medvlm.progress import setup_logging
-
     setup_logging()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        argv = sys.argv[1:] if argv is None else argv
         command = next((a for a in argv if not a.startswith("-")), None)
         args, extras = build_parser(command if command in COMMANDS else "").parse_known_args(argv)
         if extras:

@@ -77,21 +77,16 @@ def test_missing_npz_names_file_and_folder(workdir, capsys, tiny_model_dir):
     assert only_run().info.status == "FAILED"
 
 
-def test_label_out_of_range(workdir, capsys, tiny_model_dir):
-    root = write_breast_npz(workdir / "data", labels_train=[0, 1, 7, 1])
+@pytest.mark.parametrize("npz, needles", [
+    (dict(labels_train=[0, 1, 7, 1]), ("7", "train")),  # a label out of range
+    (dict(n_val=0), ("val", "empty")),  # an empty split
+], ids=["label-out-of-range", "empty-split"])
+def test_bad_npz_content(workdir, capsys, tiny_model_dir, npz, needles):
+    root = write_breast_npz(workdir / "data", **npz)
     code, err = run_cli(capsys, "finetune", "--model", f"local-dir:{tiny_model_dir}", "--dataset", "breastmnist",
                         "--size", "28", "--data_root", str(root), "--strategy", "linear")
     assert code == 2
-    assert_one_line(err, "7", "train")
-    assert only_run().info.status == "FAILED"
-
-
-def test_empty_split(workdir, capsys, tiny_model_dir):
-    root = write_breast_npz(workdir / "data", n_val=0)
-    code, err = run_cli(capsys, "finetune", "--model", f"local-dir:{tiny_model_dir}", "--dataset", "breastmnist",
-                        "--size", "28", "--data_root", str(root), "--strategy", "linear")
-    assert code == 2
-    assert_one_line(err, "val", "empty")
+    assert_one_line(err, *needles)
     assert only_run().info.status == "FAILED"
 
 

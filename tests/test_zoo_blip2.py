@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from medvlm.data.transforms import to_model_input
-from medvlm.zoo import create_model, zoo_entries
+from medvlm.zoo import zoo_entries
 from tests.zoo_tiny import (assert_all_loaded, assert_preprocess_reaches_pixels, assert_tasks_run, randomise,
-                            state_of, uint8_images, write_bert_tokenizer)
+                            state_of, uint8_images, write_bert_tokenizer, zoo_model_fixture)
 
 PROMPTS = [["a photo of a tumor"], ["a photo of normal tissue"]]
 CAPTIONS = ["a chest x-ray", "breast ultrasound of a mass", "ct scan of the lung", "no finding"]
@@ -39,10 +39,7 @@ def weights(tmp_path_factory):
     return root, state_of(folder / "model.safetensors")
 
 
-@pytest.fixture
-def model(weights, monkeypatch):
-    monkeypatch.setenv("MEDVLM_WEIGHTS", str(weights[0]))
-    return create_model("blip2")
+model = zoo_model_fixture("blip2")
 
 
 def test_loads_every_tensor_itm_head_only_dropped(weights, model):

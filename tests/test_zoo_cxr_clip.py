@@ -20,7 +20,7 @@ from medvlm.data.transforms import to_model_input
 from medvlm.errors import ModelError
 from medvlm.zoo import create_model, zoo_entries
 from tests.zoo_tiny import (assert_all_loaded, assert_preprocess_reaches_pixels, assert_tasks_run, bert_config,
-                            legacy_swin, randomise, swin_config, uint8_images, write_bert_repo)
+                            legacy_swin, randomise, reference_bert, swin_config, uint8_images, write_bert_repo)
 
 CLINICAL_BERT = "emilyalsentzer/Bio_ClinicalBERT"
 SWIN = "microsoft/swin-tiny-patch4-window7-224"
@@ -137,9 +137,7 @@ def test_image_embedding_is_the_authors_global_feature_projected(weights, model)
 
 def test_text_embedding_is_the_eos_state_projected(weights, model):
     state = weights[2]
-    bert = BertModel(bert_config(300)).eval()
-    bert.load_state_dict({k[len("text_encoder.text_encoder."):]: v for k, v in state.items()
-                          if k.startswith("text_encoder.text_encoder.") and not k.endswith("position_ids")})
+    bert = reference_bert(state, "text_encoder.text_encoder.", 300)
     text = model.tokenize(CAPTIONS)
     assert text.input_ids.shape[1] == 256
     with torch.no_grad():

@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from transformers import BertModel, SwinModel
 
 from medvlm.data.transforms import to_model_input
-from medvlm.zoo import create_model, zoo_entries
+from medvlm.zoo import zoo_entries
 from tests.zoo_tiny import (assert_all_loaded, assert_preprocess_reaches_pixels, assert_tasks_run, bert_config,
-                            legacy_swin, randomise, swin_config, uint8_images, write_bert_repo)
+                            legacy_swin, randomise, reference_bert, swin_config, uint8_images, write_bert_repo,
+                            zoo_model_fixture)
 
 CLINICAL_BERT = "emilyalsentzer/Bio_ClinicalBERT"
 SWIN = "microsoft/swin-tiny-patch4-window7-224"
@@ -37,10 +38,7 @@ def weights(tmp_path_factory):
     return root, state, swin_state
 
 
-@pytest.fixture
-def model(weights, monkeypatch):
-    monkeypatch.setenv("MEDVLM_WEIGHTS", str(weights[0]))
-    return create_model("medclip")
+model = zoo_model_fixture("medclip")
 
 
 def test_every_tensor_loads(weights, model):
@@ -64,9 +62,7 @@ def test_image_embedding_is_the_projected_swin_pool_of_a_grey_image(weights, mod
 def test_text_embedding_is_medclip_layer_1_2_last_mean(weights, model):
     """MedCLIPTextModel's pooling on a batch padded to its longest text equals ours for that longest text."""
     state = weights[1]
-    bert = BertModel(bert_config(80, layers=3)).eval()
-    bert.load_state_dict({k[len("text_model.model."):]: v for k, v in state.items()
-                          if k.startswith("text_model.model.") and not k.endswith("position_ids")})
+    bert = reference_bert(state, "text_model.model.", 80, layers=3)
     longest = max(range(len(CAPTIONS)), key=lambda i: len(model.tokenizer(CAPTIONS[i])["input_ids"]))
     batch = model.tokenizer(CAPTIONS, padding=True, truncation=True, max_length=77, return_tensors="pt")
     with torch.no_grad():

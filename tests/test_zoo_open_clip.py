@@ -9,12 +9,11 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from transformers import BertModel
 
 from medvlm.data.transforms import to_model_input
 from medvlm.zoo import create_model, zoo_entries
-from tests.zoo_tiny import (assert_all_loaded, assert_preprocess_reaches_pixels, assert_tasks_run, bert_config,
-                            randomise, uint8_images, write_bert_repo, write_bert_tokenizer)
+from tests.zoo_tiny import (assert_all_loaded, assert_preprocess_reaches_pixels, assert_tasks_run, randomise,
+                            reference_bert, uint8_images, write_bert_repo, write_bert_tokenizer, zoo_model_fixture)
 
 BIOMEDBERT = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
 PROMPTS = [["a breast ultrasound image of malignant tumor."], ["a breast ultrasound image of normal or benign tissue."]]
@@ -55,10 +54,7 @@ def biomedclip(tmp_path_factory):
     return root, state
 
 
-@pytest.fixture
-def biomed_model(biomedclip, monkeypatch):
-    monkeypatch.setenv("MEDVLM_WEIGHTS", str(biomedclip[0]))
-    return create_model("biomedclip")
+biomed_model = zoo_model_fixture("biomedclip", weights="biomedclip")
 
 
 def test_biomedclip_loads_every_tensor_offline(biomedclip, biomed_model):
@@ -69,9 +65,7 @@ def test_biomedclip_loads_every_tensor_offline(biomedclip, biomed_model):
 def test_biomedclip_text_is_cls_state_through_bias_free_mlp(biomedclip, biomed_model):
     """Independent BERT + the raw proj tensors: [CLS] last hidden state -> Linear -> exact GELU -> Linear."""
     root, state = biomedclip
-    bert = BertModel(bert_config(512), add_pooling_layer=False).eval()
-    bert.load_state_dict({k[len("text.transformer."):]: v for k, v in state.items()
-                          if k.startswith("text.transformer.") and not k.endswith("position_ids")})
+    bert = reference_bert(state, "text.transformer.", 512, add_pooling_layer=False)
     assert set(k for k in state if k.startswith("text.proj.")) == {"text.proj.0.weight", "text.proj.2.weight"}
     text = biomed_model.tokenize(CAPTIONS)
     assert (text.input_ids[:, 0] == 2).all() and (text.input_ids[~text.attention_mask] == 0).all()  # [CLS] ... [PAD]

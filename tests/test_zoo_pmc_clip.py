@@ -16,7 +16,7 @@ from medvlm.errors import ModelError
 from medvlm.strategies import get_strategy
 from medvlm.zoo import create_model, zoo_entries
 from tests.zoo_tiny import (assert_all_loaded, assert_preprocess_reaches_pixels, assert_tasks_run, bert_config,
-                            randomise, uint8_images, write_bert_repo)
+                            randomise, reference_bert, uint8_images, write_bert_repo, zoo_model_fixture)
 
 PUBMEDBERT = "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract-fulltext"
 PROMPTS = [["a ct scan of the lung with a mass."], ["a chest x-ray with no finding."]]
@@ -56,10 +56,7 @@ def weights(tmp_path_factory):
     return root, state
 
 
-@pytest.fixture
-def model(weights, monkeypatch):
-    monkeypatch.setenv("MEDVLM_WEIGHTS", str(weights[0]))
-    return create_model("pmc-clip")
+model = zoo_model_fixture("pmc-clip")
 
 
 def test_every_embedding_tensor_loads_and_only_the_mlm_branch_is_dropped(weights, model):
@@ -81,9 +78,7 @@ def test_image_embedding_equals_the_authors_attention_pool(weights, model):
 def test_text_embedding_is_unmasked_cls_state_times_projection(weights, model):
     """As the authors' encode_text: pad to 77, BERT without attention mask, row where id == [CLS] (2)."""
     state = weights[1]
-    bert = BertModel(bert_config(80)).eval()
-    bert.load_state_dict({k[len("text_encoder."):]: v for k, v in state.items()
-                          if k.startswith("text_encoder.") and not k.endswith("position_ids")})
+    bert = reference_bert(state, "text_encoder.", 80)
     text = model.tokenize(CAPTIONS)
     assert text.input_ids.shape == (4, 77)
     with torch.no_grad():

@@ -13,7 +13,7 @@ from medvlm.errors import ModelError
 from medvlm.tasks.classification import LinearHead, zero_shot_head
 from medvlm.zoo import create_model, zoo_entries
 from tests.zoo_tiny import (WORDS, assert_all_loaded, assert_preprocess_reaches_pixels, assert_tasks_run, randomise,
-                            state_of, uint8_images)
+                            state_of, uint8_images, zoo_model_fixture)
 
 PROMPTS = [["malignant tumor"], ["normal or benign tissue"]]
 CAPTIONS = ["a chest x-ray", "breast ultrasound of a mass", "ct scan of the lung", "no finding"]
@@ -58,10 +58,7 @@ def weights(tmp_path_factory):
     return root, state_of(folder / "model.safetensors")
 
 
-@pytest.fixture
-def model(weights, monkeypatch):
-    monkeypatch.setenv("MEDVLM_WEIGHTS", str(weights[0]))
-    return create_model("medsiglip")
+model = zoo_model_fixture("medsiglip")
 
 
 def test_loads_every_tensor_and_returns_the_bias(weights, model):

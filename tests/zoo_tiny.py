@@ -12,12 +12,14 @@ import json
 import string
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from medvlm.data.transforms import to_model_input
 from medvlm.metrics import retrieval_metrics
 from medvlm.tasks.classification import LinearHead, zero_shot_head
+from medvlm.zoo import create_model
 from medvlm.zoo.base import ClipModel, TextBatch
 
 WORDS = ["a", "an", "photo", "image", "of", "the", "chest", "x", "-", "ray", "breast", "ultrasound", "normal",
@@ -56,6 +58,17 @@ def bert_config(max_positions: int = 80, layers: int = 2):
                       intermediate_size=64, max_position_embeddings=max_positions, pad_token_id=0)
 
 
+def reference_bert(state: dict[str, torch.Tensor], prefix: str, max_positions: int, layers: int = 2, **kwargs):
+    """An independent BertModel (eval mode) holding the checkpoint's text tower: its tensors under `prefix`
+    (the persistent `position_ids` of older transformers left out), to check a zoo model's text path against."""
+    from transformers import BertModel
+
+    bert = BertModel(bert_config(max_positions, layers), **kwargs).eval()
+    bert.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                          if k.startswith(prefix) and not k.endswith("position_ids")})
+    return bert
+
+
 def write_bert_repo(folder: Path, max_positions: int = 80, layers: int = 2) -> Path:
     """A Hub BERT repository mirror: config.json plus tokenizer files (weights come from the CLIP checkpoint)."""
     write_bert_tokenizer(folder)
@@ -75,6 +88,18 @@ def write_clip_bpe_tokenizer(folder: Path) -> None:
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(str(folder))
+
+
+def zoo_model_fixture(name: str, weights: str = "weights"):
+    """A zoo test module's model fixture: entry `name` created offline from the tiny weights folder that
+    the module's `weights` fixture returns first."""
+
+    @pytest.fixture
+    def model(request, monkeypatch) -> ClipModel:
+        monkeypatch.setenv("MEDVLM_WEIGHTS", str(request.getfixturevalue(weights)[0]))
+        return create_model(name)
+
+    return model
 
 
 def state_of(path: Path) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from medvlm.adapters.base import (EXAMPLE_QUESTION, QUESTION_INPUTS, Adapter, check_pin, example_png, read_meta,
                                   serving_signature)
+from medvlm.catalog import STRATEGY_KINDS
 from medvlm.config import RunConfig
 from medvlm.data.sources import decode_image
 from medvlm.errors import ModelError
@@ -61,7 +62,7 @@ class GenerativeVQAModel(mlflow.pyfunc.PythonModel):
 
 def adapter(cfg: RunConfig, vlm: GenerativeVLM) -> Adapter:
     """The LoRA adapter (`lora`) or the trained projector (`mlp`), registered as `medvlm-<model>-<dataset>-vqa`."""
-    lora = cfg.strategy == "lora"
+    lora = STRATEGY_KINDS[cfg.strategy].adds_lora
     heads = {} if lora else {"projector": vlm.llava.get_submodule(PROJECTOR)}
     return Adapter(GenerativeVQAModel(), vlm.spec.pin, vlm.net if lora else None, heads,
                    {"strategy": cfg.strategy, "lora_parts": cfg.lora_parts or "l", "max_new_tokens": cfg.max_new_tokens,

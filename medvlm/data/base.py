@@ -19,6 +19,16 @@ from torch.utils.data import Dataset
 LabelKind = Literal["binary", "multiclass", "multilabel"]
 
 
+class BatchRows(Dataset):
+    """A dataset whose rows are only ever gathered a batch at a time (`__getitems__`); one row is a batch of one."""
+
+    def __getitem__(self, index: int):
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]):
+        raise NotImplementedError
+
+
 class TensorRows(Dataset):
     """Rows of in-memory tensors (inputs, labels) served a whole batch at a time."""
 

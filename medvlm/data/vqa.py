@@ -36,8 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from torch.utils.data import Dataset
-
+from medvlm.data.base import BatchRows
 from medvlm.data.content import content_keys
 from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, read_tables,
                                  source_kind, split_values)
@@ -76,7 +75,7 @@ def is_yes_no(answer: str) -> bool:
     return normalize_answer(answer) in YES_NO
 
 
-class VQARows(Dataset):
+class VQARows(BatchRows):
     """QA rows served a whole batch at a time; each input field is a shared table gathered per row.
 
     `fields` maps an input name to (table, row index): e.g. the images [M, 3, S, S] with each
@@ -90,9 +89,6 @@ class VQARows(Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        return self.__getitems__([index])
 
     def __getitems__(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         idx = torch.as_tensor(indices)

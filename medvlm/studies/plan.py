@@ -52,7 +52,8 @@ def describe(study: StudyConfig, plan: list[PlannedTrial]) -> str:
 def head_of(cfg: RunConfig) -> str:
     """What sits on the encoders: the classifier head, nothing extra (retrieval) or the BAN fusion (VQA)."""
     if cfg.task == "classification":
-        return "linear" if cfg.strategy == "linear" or (cfg.head == "linear" and cfg.strategy != "zeroshot") else "prompt"
+        kind = STRATEGY_KINDS[cfg.strategy]  # a probe's head is linear; a trained encoder's is what `head` says
+        return "linear" if kind.trains and (not kind.trains_encoder or cfg.head == "linear") else "prompt"
     return "none" if cfg.task == "retrieval" else "ban"
 
 

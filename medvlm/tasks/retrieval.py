@@ -26,9 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
-from medvlm.data.base import TensorRows
+from medvlm.data.base import BatchRows, TensorRows
 from medvlm.data.captions import CaptionSplit, IndexedImages
 from medvlm.data.transforms import to_model_input
 from medvlm.engine.features import cached_features, encode_dataset
@@ -89,7 +88,7 @@ def blockwise_info_nce(outputs: torch.Tensor, block: int) -> torch.Tensor:
     return total / len(outputs)
 
 
-class TokenizedPairs(Dataset):
+class TokenizedPairs(BatchRows):
     """Training/validation pairs: (images, token ids and mask of their captions) and targets
     [B, 2] = (pair index, image index). Tokens are looked up by pair index with one gather."""
 
@@ -100,9 +99,6 @@ class TokenizedPairs(Dataset):
 
     def __len__(self) -> int:
         return len(self.pairs)
-
-    def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        return self.__getitems__([index])
 
     def __getitems__(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         images, pair = self.pairs.__getitems__(indices)

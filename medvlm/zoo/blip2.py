@@ -35,15 +35,10 @@ from medvlm.zoo.checkpoints import weights_digest
 TEMPERATURE = 0.07
 
 
-class Blip2ItcModel(ClipModel):
+class Blip2ItcModel(hf_parts.TokenizerClipModel):
     def __init__(self, net, tokenizer, spec: ModelSpec, preprocess: Preprocess):
-        super().__init__(spec, preprocess, net.vision_projection.out_features)
-        self.net = net
-        self.tokenizer = tokenizer
+        super().__init__(net, tokenizer, spec, preprocess, net.vision_projection.out_features)
         self.register_buffer("temperature", torch.tensor(TEMPERATURE), persistent=False)
-
-    def tokenize(self, texts: list[str]) -> TextBatch:
-        return hf_parts.tokenize(self.tokenizer, texts, self.spec.context_length)
 
     def query_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         """The 32 normalised, projected Q-Former query outputs: [B, Q, D]."""

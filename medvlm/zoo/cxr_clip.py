@@ -94,14 +94,9 @@ class CXRCLIPNet(nn.Module):
         self.logit_scale = nn.Parameter(torch.ones([]))
 
 
-class CXRCLIPModel(ClipModel):
+class CXRCLIPModel(hf_parts.TokenizerClipModel):
     def __init__(self, net: CXRCLIPNet, tokenizer, spec: ModelSpec, preprocess: Preprocess):
-        super().__init__(spec, preprocess, net.image_projection.projection.out_features)
-        self.net = net
-        self.tokenizer = tokenizer
-
-    def tokenize(self, texts: list[str]) -> TextBatch:
-        return hf_parts.tokenize(self.tokenizer, texts, self.spec.context_length)
+        super().__init__(net, tokenizer, spec, preprocess, net.image_projection.projection.out_features)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net.image_projection(self.net.image_encoder(pixels))

@@ -16,7 +16,7 @@ from torch import nn
 
 from medvlm.errors import ModelError
 from medvlm.network import clipped
-from medvlm.zoo.base import Preprocess, TextBatch
+from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
 from medvlm.zoo.checkpoints import drop_index_buffers, hf_from_state, hub_source, take
 
 
@@ -32,32 +32,29 @@ def preprocess_from(folder: str, size: int, mean: tuple[float, ...], std: tuple[
                       interpolation=PIL_RESAMPLE.get(cfg.get("resample", resample), "bicubic"))
 
 
-def _hub_error(name: str, repo_id: str, what: str, exc: Exception) -> ModelError:
-    return ModelError(
-        f"model '{name}': cannot read the {what} of {repo_id} ({clipped(str(exc), 160)}); offline, "
-        f"put that repository's config.json and tokenizer files in $MEDVLM_WEIGHTS/{repo_id}/"
-    )
+def _from_hub(auto_class: Any, repo_id: str, name: str, what: str) -> Any:
+    """`auto_class.from_pretrained` on the repository's mirror (else the Hub); a failure is one fixable line."""
+    source = hub_source(repo_id)
+    try:
+        return auto_class.from_pretrained(source, local_files_only=source != repo_id)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"model '{name}': cannot read the {what} of {repo_id} ({clipped(str(exc), 160)}); offline, "
+            f"put that repository's config.json and tokenizer files in $MEDVLM_WEIGHTS/{repo_id}/"
+        ) from None
 
 
 def text_config(repo_id: str, name: str) -> Any:
     """The config.json of a Hub repository the model depends on (any tower, despite the name)."""
     from transformers import AutoConfig
 
-    source = hub_source(repo_id)
-    try:
-        return AutoConfig.from_pretrained(source, local_files_only=source != repo_id)
-    except (OSError, ValueError) as exc:
-        raise _hub_error(name, repo_id, "config", exc) from None
+    return _from_hub(AutoConfig, repo_id, name, "config")
 
 
 def tokenizer(repo_id: str, name: str) -> Any:
     from transformers import AutoTokenizer
 
-    source = hub_source(repo_id)
-    try:
-        return AutoTokenizer.from_pretrained(source, local_files_only=source != repo_id)
-    except (OSError, ValueError) as exc:
-        raise _hub_error(name, repo_id, "tokenizer", exc) from None
+    return _from_hub(AutoTokenizer, repo_id, name, "tokenizer")
 
 
 def tokenize(tok: Any, texts: list[str], length: int) -> TextBatch:
@@ -66,6 +63,18 @@ def tokenize(tok: Any, texts: list[str], length: int) -> TextBatch:
     enc = tok(list(texts), padding="max_length", truncation=True, max_length=length, return_attention_mask=True,
               return_tensors="pt")
     return TextBatch(enc["input_ids"], enc["attention_mask"].bool(), sum(len(ids) > length for ids in full))
+
+
+class TokenizerClipModel(ClipModel):
+    """A backend whose text goes through a transformers tokenizer, padded and cut to the spec's context length."""
+
+    def __init__(self, net: nn.Module, tokenizer: Any, spec: ModelSpec, preprocess: Preprocess, embed_dim: int):
+        super().__init__(spec, preprocess, embed_dim)
+        self.net = net
+        self.tokenizer = tokenizer
+
+    def tokenize(self, texts: list[str]) -> TextBatch:
+        return tokenize(self.tokenizer, texts, self.spec.context_length)
 
 
 def full_context(text: TextBatch, length: int, pad_id: int) -> TextBatch:

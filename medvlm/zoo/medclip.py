@@ -50,14 +50,9 @@ class MedCLIPNet(nn.Module):
         self.logit_scale = nn.Parameter(torch.ones([]))
 
 
-class MedCLIPModel(ClipModel):
+class MedCLIPModel(hf_parts.TokenizerClipModel):
     def __init__(self, net: MedCLIPNet, tokenizer, spec: ModelSpec, preprocess: Preprocess):
-        super().__init__(spec, preprocess, net.vision_model.projection_head.out_features)
-        self.net = net
-        self.tokenizer = tokenizer
-
-    def tokenize(self, texts: list[str]) -> TextBatch:
-        return hf_parts.tokenize(self.tokenizer, texts, self.spec.context_length)
+        super().__init__(net, tokenizer, spec, preprocess, net.vision_model.projection_head.out_features)
 
     def _image_states(self, pixels: torch.Tensor):
         if pixels.shape[1] == 1:

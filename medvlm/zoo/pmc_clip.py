@@ -71,14 +71,9 @@ def resnet_cells(visual: ModifiedResNet, pixels: torch.Tensor) -> torch.Tensor:
     return pool.c_proj(pool.v_proj(cells + pool.positional_embedding[1:].to(cells.dtype)))
 
 
-class PMCCLIPModel(ClipModel):
+class PMCCLIPModel(hf_parts.TokenizerClipModel):
     def __init__(self, net: PMCCLIPNet, tokenizer, spec: ModelSpec, preprocess: Preprocess):
-        super().__init__(spec, preprocess, net.text_projection.shape[1])
-        self.net = net
-        self.tokenizer = tokenizer
-
-    def tokenize(self, texts: list[str]) -> TextBatch:
-        return hf_parts.tokenize(self.tokenizer, texts, self.spec.context_length)
+        super().__init__(net, tokenizer, spec, preprocess, net.text_projection.shape[1])
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net.visual(pixels)

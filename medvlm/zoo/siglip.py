@@ -31,16 +31,11 @@ from medvlm.zoo.base import ClipModel, ModelSpec, Preprocess, TextBatch
 from medvlm.zoo.checkpoints import HF_CLIP_BLOCK, weights_digest
 
 
-class SiglipClipModel(ClipModel):
+class SiglipClipModel(hf_parts.TokenizerClipModel):
     def __init__(self, net, tokenizer, spec: ModelSpec, preprocess: Preprocess):
-        super().__init__(spec, preprocess, net.text_model.head.out_features)
-        self.net = net
-        self.tokenizer = tokenizer
+        super().__init__(net, tokenizer, spec, preprocess, net.text_model.head.out_features)
         # The processor hands the model an attention mask only if its tokenizer produces one.
         self.pass_mask = "attention_mask" in getattr(tokenizer, "model_input_names", [])
-
-    def tokenize(self, texts: list[str]) -> TextBatch:
-        return hf_parts.tokenize(self.tokenizer, texts, self.spec.context_length)
 
     def _text(self, text: TextBatch):
         """The text tower on full-length ids (it pools the last position; without a mask padding is attended)."""
