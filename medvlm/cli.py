@@ -65,8 +65,6 @@ def field_help(name: str, field: FieldInfo) -> str:
     """A flag's help: the schema's description, the zoo's names for `model`, and the default."""
     text = field.description or ""
     if name == "model":
-        from medvlm.zoo.entries import zoo_entries
-
         text += f"; zoo: {', '.join(zoo_entries())}"
     if not field.is_required():
         default = field.get_default(call_default_factory=True)
