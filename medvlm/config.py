@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.fields import FieldInfo
 
 from medvlm.catalog import TASKS
+from medvlm.data.hf_name import is_hf, parse_hf
 from medvlm.errors import ConfigError
 
 Task = Literal["classification", "retrieval", "vqa"]
@@ -53,7 +54,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     model: str = Field(description="zoo name (`medvlm models` lists them), open_clip ARCH@TAG, hf-hub:ID, local-dir:PATH, or a transformers CLIP / LLaVA id (hf:ID) or folder")
-    dataset: str = Field(description="dataset name (e.g. breastmnist), image folder, or CSV/parquet file")
+    dataset: str = Field(description="dataset name (e.g. breastmnist), image folder, CSV/parquet file, or a Hugging Face dataset: hf:ORG/NAME or hf:FOLDER (save_to_disk), optionally ?config=C&revision=R&train=S&val=S&test=S")
     task: Task = Field("classification", description="what the model is evaluated or trained on")
     strategy: Strategy = Field("zeroshot", description="what trains: linear (head on cached features), frozen (VQA head on cached tokens), partial (projections + logit scale), full, lora, mlp (LLaVA projector)", json_schema_extra=TRAINING)
     size: int = Field(224, description="MedMNIST+ image size to read", json_schema_extra={"choices": MEDMNIST_SIZES})
@@ -81,9 +82,11 @@ class RunConfig(BaseModel):
     gradient_checkpointing: bool = Field(False, description="generative models: recompute activations in backward to save memory", json_schema_extra=TRAINING)
     judge: str = Field("", description="generative VQA: a local transformers chat model (folder or hf: id) that scores open answers 1-100; empty = off")
     label_policy: Literal["ones", "zeros", "ignore"] = Field("zeros", description="CheXpert-style uncertain (-1) labels")
-    image_column: str = Field("image", description="CSV/parquet column with image paths")
-    label_columns: CommaList[str] = Field(default_factory=list, description="CSV/parquet label columns (several = multi-label)")
-    caption_column: str = Field("caption", description="retrieval: CSV/parquet column with captions")
+    image_column: str = Field("image", description="CSV/parquet/hf: column with images (paths, or encoded images)")
+    label_columns: CommaList[str] = Field(default_factory=list, description="CSV/parquet/hf: label columns (several = multi-label; hf: default label)")
+    caption_column: str = Field("caption", description="retrieval: CSV/parquet/hf: column with captions")
+    question_column: str = Field("question", description="VQA: CSV/parquet/hf: column with questions")
+    answer_column: str = Field("answer", description="VQA: CSV/parquet/hf: column with answers")
     subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process)")
     compile: bool = Field(False, description="torch.compile the trained module: fewer kernel launches on GPU; the first steps pay the compile time", json_schema_extra=TRAINING)
@@ -115,6 +118,13 @@ class RunConfig(BaseModel):
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+    @field_validator("dataset")
+    @classmethod
+    def _hf_name(cls, value: str) -> str:
+        if is_hf(value):
+            parse_hf(value)
+        return value
 
     @model_validator(mode="after")
     def _strategy_fits_task(self) -> RunConfig:
