@@ -24,6 +24,8 @@ from medvlm.errors import ConfigError
 Task = Literal["classification", "retrieval", "vqa"]
 Strategy = Literal["zeroshot", "linear", "frozen", "partial", "full", "lora", "mlp"]
 LoraParts = Literal["", "v", "l", "m", "vm", "lm", "vml"]
+FigureFormat = Literal["png", "svg"]
+FIGURE_FORMAT_HELP = "file format of the plots: png (200 dpi) or svg (vector, for papers)"
 MEDMNIST_SIZES = (28, 64, 128, 224)
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 ItemT = TypeVar("ItemT")
@@ -90,6 +92,7 @@ class RunConfig(BaseModel):
     subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process)")
     compile: bool = Field(False, description="torch.compile the trained module: fewer kernel launches on GPU; the first steps pay the compile time", json_schema_extra=TRAINING)
+    figure_format: FigureFormat = Field("png", description=FIGURE_FORMAT_HELP)
     experiment: str = Field("", description="MLflow experiment; empty: MLFLOW_EXPERIMENT_NAME, else mlflow run's experiment, else 'Default'")
     run_name: str = Field("", description="MLflow run name; empty = MLFLOW_RUN_NAME, else 'model · dataset · strategy'")
     system_metrics: bool = Field(False, description="log CPU, memory, disk, network (and GPU, with pynvml) use as system/* metrics every 10 s (MLflow system metrics; MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true turns them on everywhere)")

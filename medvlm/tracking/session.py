@@ -136,12 +136,16 @@ def short_name(source: str) -> str:
     return (value.replace("\\", "/").rsplit("/", 1)[-1] or value) if ("/" in value or "\\" in value) else value
 
 
+def describe(cfg: RunConfig) -> str:
+    """`model · dataset · strategy` with short names: the default run name and every run figure's title."""
+    return f"{short_name(cfg.model)} · {short_name(cfg.dataset)} · {cfg.strategy}"
+
+
 def run_name(cfg: RunConfig, tags: dict[str, str] | None = None) -> str:
     """`run_name`, else `MLFLOW_RUN_NAME`, else `model · dataset · strategy`; study trials add their number
     and perturbed values, so children of one parent read apart."""
     tags = tags or {}
-    name = cfg.run_name or os.environ.get("MLFLOW_RUN_NAME") or \
-        f"{short_name(cfg.model)} · {short_name(cfg.dataset)} · {cfg.strategy}"
+    name = cfg.run_name or os.environ.get("MLFLOW_RUN_NAME") or describe(cfg)
     if "medvlm.trial" in tags:
         name += f" · trial {int(tags['medvlm.trial']) + 1}"
         if tags.get("medvlm.perturbed"):
