@@ -153,7 +153,7 @@ def logged_model_name(run_name: str) -> str:
     return "".join("_" if c in "/:.%\"'" else c for c in name)[:200] or "adapter"
 
 
-def describe(meta: dict[str, Any], selection: tuple[str, float, bool], test: tuple[str, float] | None) -> str:
+def version_description(meta: dict[str, Any], selection: tuple[str, float, bool], test: tuple[str, float] | None) -> str:
     """A registered version's description: what it adapts, on which data, and how well it did."""
     pin = ", ".join(f"{k}={str(v)[:16] if k == 'sha256' else v}" for k, v in meta["pin"].items())
     lines = [f"{meta['strategy']} adapter of {meta['model']} (pinned: {pin}) for {meta['task']} on {meta['dataset']}.",

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch.utils.data import Dataset
 
-from medvlm.adapters.base import Adapter, describe, log_adapter, register, registered_name
+from medvlm.adapters.base import Adapter, log_adapter, register, registered_name, version_description
 from medvlm.catalog import TASKS, TaskSpec
 from medvlm.config import RunConfig
 from medvlm.engine.features import model_for_run
@@ -80,7 +80,7 @@ def fit_evaluate_register(cfg: RunConfig, accelerator: Accelerator, pin: dict[st
                 **made.meta}
         test = (task.primary_metric, metrics[task.primary_metric]) if task.primary_metric in metrics else None
         model_id = log_adapter(made, meta, registered_name(cfg.model, cfg.dataset, cfg.task), selection,
-                               describe(meta, selection, test), best_epoch)
+                               version_description(meta, selection, test), best_epoch)
         if not cfg.study:  # a study registers its best trial at its end, if its spec says so (`register_best`)
             register(mlflow.MlflowClient(), model_id, mlflow.active_run().info.run_id)
     if strategy.kind.trains:
