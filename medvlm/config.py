@@ -99,6 +99,7 @@ class RunConfig(BaseModel):
     register_adapter: bool = Field(True, description="log the adapter (lora, mlp) as an MLflow model and register it in the Model Registry; study trials only log it (see register_best)", json_schema_extra=TRAINING)
     resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue", json_schema_extra=TRAINING)
     checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"), description="folder for per-run resume checkpoints (MEDVLM_CHECKPOINTS); a run's folder is removed when it finishes", json_schema_extra=TRAINING)
+    checkpoint_every: float = Field(600.0, ge=0, description="seconds of training between resume checkpoints (weights, optimiser state, RNG); 0 = after every epoch. Ctrl-C finishes the epoch and checkpoints it; a kill loses at most this much training", json_schema_extra=TRAINING)
     study: str = Field("", description="study name when this run is a study trial")
     train_fraction: float = Field(1.0, gt=0, le=1, description="fraction of the train split to use: a label-stratified subsample (data-fraction ablations)", json_schema_extra=TRAINING)
     subsample_val: bool = Field(False, description="subsample the validation split by train_fraction too (the paper's ablation did)", json_schema_extra=TRAINING)

@@ -215,7 +215,7 @@ def test_every_figure_is_drawn_at_200_dpi_or_more():
 
 def test_report_html_embeds_png_and_svg_figures_and_the_markdown_shows_them_as_images(tmp_path):
     labels, probs = binary_case()
-    view = pd.DataFrame({"model": ["a <b>"], "auc": ["0.9"]})
+    view = pd.DataFrame({"model": ["a <b>", "c_d"], "auc": ["**0.9**", "_0.8_"]})
     figures = {"plots/roc.png": roc_figure(labels, probs, "binary", ["a", "b"], TITLE),
                "plots/recall.svg": recall_figure(pd.DataFrame({"direction": ["image_to_text"] * 2, "k": [1, 5],
                                                                "recall": [0.2, 0.6]}), TITLE)}
@@ -227,6 +227,10 @@ def test_report_html_embeds_png_and_svg_figures_and_the_markdown_shows_them_as_i
     assert page.count('src="data:image/png;base64,') == 1
     assert page.count("<svg") == 1 and "<?xml" not in page
     assert "<td>a &lt;b&gt;</td>" in page and "<b>2</b>" in page and "<li>first</li>" in page
+    assert "<td><b>0.9</b></td>" in page and "<td><i>0.8</i></td>" in page  # best bold, second italic, as in markdown
+    assert "<td>c_d</td>" in page
+    width = round(figures["plots/roc.png"].get_size_inches()[0] * 96)
+    assert f'width="{width}"' in page  # shown at its size in inches, not at 200 dpi's pixel count
     assert (tmp_path / "plots" / "recall.svg").read_text().lstrip().startswith("<?xml")
     with Image.open(tmp_path / "plots" / "roc.png") as png:
         assert round(png.info["dpi"][0]) >= 200

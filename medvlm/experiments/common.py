@@ -29,7 +29,7 @@ from medvlm.engine.trainer import Objective, fit, make_accelerator
 from medvlm.strategies import get_strategy
 from medvlm.tracking.figures import figure_path, log_figures
 from medvlm.tracking.plots import learning_curves_figure
-from medvlm.tracking.session import describe, log_epoch, replay_epochs
+from medvlm.tracking.session import describe, log_epoch, note_checkpoint, replay_epochs
 from medvlm.zoo import ClipModel
 
 History = list[dict[str, float]]
@@ -65,7 +65,7 @@ def fit_evaluate_register(cfg: RunConfig, accelerator: Accelerator, pin: dict[st
     selection, best_epoch = None, 0
     if strategy.kind.trains:
         saved = checkpoints(cfg, accelerator, pin)
-        result = fit(objective, train_set, val_set, cfg, accelerator, saved, log_epoch, replay_epochs)
+        result = fit(objective, train_set, val_set, cfg, accelerator, saved, log_epoch, replay_epochs, note_checkpoint)
         history, best_epoch = result.history, result.best_epoch
         mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
                             "epochs_run": result.epochs_run})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from medvlm.report.tables import Table
-from medvlm.tracking.figures import save
+from medvlm.tracking.figures import DPI, save
 
 
 @dataclass
@@ -74,10 +74,11 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:80em;margin:auto;paddi
 
 
 def _inline(text: str) -> str:
-    """Escaped text with the markdown the report writes inline: `code` and **bold**."""
+    """Escaped text with the markdown the report writes inline: `code`, **bold** and _italics_."""
     text = html.escape(text, quote=False)
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"(?<!\w)_([^_]+)_(?!\w)", r"<i>\1</i>", text)
 
 
 def _prose(text: str) -> str:
@@ -93,12 +94,23 @@ def _prose(text: str) -> str:
     return "\n".join(parts)
 
 
+def _html_table(frame: pd.DataFrame) -> str:
+    """An HTML table whose cells keep the markdown marks of the markdown table (best in bold, second in italics)."""
+    head = "".join(f"<th>{_inline(str(c))}</th>" for c in frame.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{_inline(str(v))}</td>" for v in row) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
 def embedded(folder: Path, path: str) -> str:
-    """The figure written at `folder/path`: an SVG inline, a PNG as a base64 data URI."""
+    """The figure written at `folder/path`: an SVG inline, a PNG as a base64 data URI shown at its size in inches
+    (at 96 CSS px an inch, as a browser shows the SVG), not at its 200-dpi pixel count."""
     data = (folder / path).read_bytes()
     if path.endswith(".svg"):
         return data.decode()[data.decode().index("<svg"):]
-    return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+    width = round(int.from_bytes(data[16:20], "big") * 96 / DPI)  # the PNG header's IHDR width
+    return (f'<img alt="{html.escape(Path(path).stem)}" width="{width}" '
+            f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
 
 
 def to_html(report: Report, folder: Path) -> str:
@@ -112,7 +124,7 @@ def to_html(report: Report, folder: Path) -> str:
             if table.text:
                 body.append(_prose(table.text))
             elif len(table.view) and len(table.view.columns):
-                body.append(table.view.to_html(index=False, border=0, escape=True))
+                body.append(_html_table(table.view))
             else:
                 body.append("<p><i>No rows to show here.</i></p>")
             body.append(f"<p>{_inline(_csv_line(table))}</p>")
