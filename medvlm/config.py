@@ -17,11 +17,14 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medvlm.catalog import TASKS
+from medvlm.data.hf_name import is_hf, parse_hf
 from medvlm.errors import ConfigError
 
 Task = Literal["classification", "retrieval", "vqa"]
 Strategy = Literal["zeroshot", "linear", "frozen", "partial", "full", "lora", "mlp"]
 LoraParts = Literal["", "v", "l", "m", "vm", "lm", "vml"]
+FigureFormat = Literal["png", "svg"]
+FIGURE_FORMAT_HELP = "file format of the plots: png (200 dpi) or svg (vector, for papers)"
 MEDMNIST_SIZES = (28, 64, 128, 224)
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 ItemT = TypeVar("ItemT")
@@ -52,7 +55,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     model: str = Field(description="zoo name, open_clip ARCH@TAG, hf-hub:ID, local-dir:PATH, or a transformers CLIP / LLaVA id (hf:ID) or folder")
-    dataset: str = Field(description="dataset name (e.g. breastmnist), image folder, or CSV/parquet file")
+    dataset: str = Field(description="dataset name (e.g. breastmnist), image folder, CSV/parquet file, or a Hugging Face dataset: hf:ORG/NAME or hf:FOLDER (save_to_disk), optionally ?config=C&revision=R&train=S&val=S&test=S")
     task: Task = "classification"
     strategy: Strategy = Field("zeroshot", json_schema_extra=TRAINING)
     size: int = Field(224, description="MedMNIST+ image size to read: 28, 64, 128 or 224")
@@ -80,17 +83,21 @@ class RunConfig(BaseModel):
     gradient_checkpointing: bool = Field(False, description="generative models: recompute activations in backward to save memory", json_schema_extra=TRAINING)
     judge: str = Field("", description="generative VQA: a local transformers chat model (folder or hf: id) that scores open answers 1-100; empty = off")
     label_policy: Literal["ones", "zeros", "ignore"] = Field("zeros", description="CheXpert-style uncertain (-1) labels")
-    image_column: str = Field("image", description="CSV/parquet column with image paths")
-    label_columns: CommaList[str] = Field(default_factory=list, description="CSV/parquet label columns (several = multi-label)")
-    caption_column: str = Field("caption", description="retrieval: CSV/parquet column with captions")
+    image_column: str = Field("image", description="CSV/parquet/hf: column with images (paths, or encoded images)")
+    label_columns: CommaList[str] = Field(default_factory=list, description="CSV/parquet/hf: label columns (several = multi-label; hf: default label)")
+    caption_column: str = Field("caption", description="retrieval: CSV/parquet/hf: column with captions")
+    question_column: str = Field("question", description="VQA: CSV/parquet/hf: column with questions")
+    answer_column: str = Field("answer", description="VQA: CSV/parquet/hf: column with answers")
     subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)")
     num_workers: int = Field(0, ge=0)
     compile: bool = Field(False, description="torch.compile the trained module: fewer kernel launches on GPU; the first steps pay the compile time", json_schema_extra=TRAINING)
+    figure_format: FigureFormat = Field("png", description=FIGURE_FORMAT_HELP)
     experiment: str = Field("", description="MLflow experiment; empty: MLFLOW_EXPERIMENT_NAME, else mlflow run's experiment, else 'Default'")
     run_name: str = Field("", description="MLflow run name; empty = MLFLOW_RUN_NAME, else 'model · dataset · strategy'")
     register_adapter: bool = Field(True, description="register LoRA adapters in the Model Registry", json_schema_extra=TRAINING)
     resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue", json_schema_extra=TRAINING)
     checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"), json_schema_extra=TRAINING)
+    checkpoint_every: float = Field(600.0, ge=0, description="seconds of training between resume checkpoints (weights, optimiser state, RNG); 0 = after every epoch. Ctrl-C finishes the epoch and checkpoints it; a kill loses at most this much training", json_schema_extra=TRAINING)
     study: str = Field("", description="study name when this run is a study trial")
     train_fraction: float = Field(1.0, gt=0, le=1, description="fraction of the train split to use: a label-stratified subsample (data-fraction ablations)", json_schema_extra=TRAINING)
     subsample_val: bool = Field(False, description="subsample the validation split by train_fraction too (the paper's ablation did)", json_schema_extra=TRAINING)
@@ -113,6 +120,13 @@ class RunConfig(BaseModel):
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+    @field_validator("dataset")
+    @classmethod
+    def _hf_name(cls, value: str) -> str:
+        if is_hf(value):
+            parse_hf(value)
+        return value
 
     @model_validator(mode="after")
     def _strategy_fits_task(self) -> RunConfig:

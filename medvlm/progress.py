@@ -31,12 +31,17 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Route medvlm's progress lines to stderr as `medvlm: ...`; idempotent."""
+    """Route medvlm's progress lines to stderr as `medvlm: ...`; idempotent.
+
+    They do not propagate: a library calling `logging.warning()` (open_clip does) installs a root
+    handler, and every line would then appear twice, once as `INFO:medvlm:...`.
+    """
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("medvlm: %(message)s"))
         log.addHandler(handler)
     log.setLevel(level)
+    log.propagate = False
 
 
 def tracked(items: Iterable[T], what: str, total: int, size: Callable[[T], int] | None = None,

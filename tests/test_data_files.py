@@ -34,7 +34,7 @@ def class_folder(root: Path, per_class: int = 10) -> Path:
 
 
 def split_files(data) -> dict[str, list[str]]:
-    return {s: [p.name for p in d.paths] for s, d in data.splits.items()}
+    return {s: [p.name for p in d.sources] for s, d in data.splits.items()}
 
 
 def test_image_folder_stratified_deterministic_split(tmp_path):
@@ -48,7 +48,7 @@ def test_image_folder_stratified_deterministic_split(tmp_path):
     every = [n for s in files for n in files[s]]
     assert sorted(every) == sorted([f"b{i:02d}.png" for i in range(10)] + [f"m{i:02d}.png" for i in range(10)])
     for split, d in data.splits.items():  # each file carries its own folder's label
-        assert all(("b" if y == 0 else "m") == p.name[0] for p, y in zip(d.paths, d.labels.tolist()))
+        assert all(("b" if y == 0 else "m") == p.name[0] for p, y in zip(d.sources, d.labels.tolist()))
     assert split_files(load_image_folder(root, image_size=16, seed=3)) == files
     assert split_files(load_image_folder(root, image_size=16, seed=4)) != files
     assert data.extra["digest"].startswith("sha256:")
@@ -60,7 +60,7 @@ def test_file_items_are_three_channel_uint8(tmp_path):
     assert images.shape == (4, 3, 16, 16) and images.dtype == torch.uint8 and labels.dtype == torch.int64
     gray = next(i for i, y in enumerate(data.splits["train"].labels.tolist()) if y == 0)
     image, _ = data.splits["train"][gray]
-    value = int(data.splits["train"].paths[gray].stem[1:]) * 10
+    value = int(data.splits["train"].sources[gray].stem[1:]) * 10
     assert torch.all(image == value)  # a flat grayscale PNG comes back flat, copied to R, G and B
 
 
@@ -93,7 +93,7 @@ def test_image_folder_uses_split_subfolders(tmp_path):
     data = load_image_folder(tmp_path, image_size=8, seed=0)
     assert data.kind == "multiclass" and data.class_names == ["a", "b", "c"]
     assert {s: len(d) for s, d in data.splits.items()} == {"train": 9, "val": 6, "test": 3}
-    assert all(p.parts[-3] == "val" for p in data.splits["val"].paths)
+    assert all(p.parts[-3] == "val" for p in data.splits["val"].sources)
 
 
 def test_image_folder_without_val_carves_it_from_train(tmp_path):
@@ -103,7 +103,7 @@ def test_image_folder_without_val_carves_it_from_train(tmp_path):
         png(tmp_path / "test" / cls / "t.png")
     data = load_image_folder(tmp_path, image_size=8, seed=0)
     assert {s: len(d) for s, d in data.splits.items()} == {"train": 14, "val": 2, "test": 2}
-    assert not set(data.splits["val"].paths) & set(data.splits["train"].paths)
+    assert not set(data.splits["val"].sources) & set(data.splits["train"].sources)
 
 
 def test_image_folder_errors(tmp_path):
@@ -126,7 +126,7 @@ def test_corrupt_image_names_file(tmp_path):
     bad = root / "benign" / "b00.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     data = load_image_folder(root, image_size=8, seed=0)
-    split, index = next((s, i) for s, d in data.splits.items() for i, p in enumerate(d.paths) if p == bad)
+    split, index = next((s, i) for s, d in data.splits.items() for i, p in enumerate(d.sources) if p == bad)
     with pytest.raises(DataError, match=r"cannot read image .*b00\.png"):
         data.splits[split][index]
 
@@ -167,7 +167,7 @@ def test_multilabel_table_policies(tmp_path, policy, suffix):
     assert got.tolist() == EXPECTED[policy]
     mask = np.concatenate([data.splits[s].mask.numpy() for s in ("train", "val", "test")])
     assert mask.tolist() == (np.array(EXPECTED[policy]) >= 0).tolist()
-    assert data.splits["train"].paths[0] == tmp_path / "img" / "x0.png"  # relative to the table's folder
+    assert data.splits["train"].sources[0] == tmp_path / "img" / "x0.png"  # relative to the table's folder
     image, label = data.splits["test"][0]
     assert image.shape == (3, 8, 8) and label.shape == (2,)
 
@@ -190,7 +190,7 @@ def test_single_label_string_classes_and_auto_split(tmp_path):
     sizes = {s: np.bincount(d.labels.numpy(), minlength=2).tolist() for s, d in data.splits.items()}
     assert sizes == {"train": [14, 7], "val": [2, 1], "test": [4, 2]}
     for d in data.splits.values():
-        assert all(names[int(p.stem)] == data.class_names[y] for p, y in zip(d.paths, d.labels.tolist()))
+        assert all(names[int(p.stem)] == data.class_names[y] for p, y in zip(d.sources, d.labels.tolist()))
 
 
 def test_table_errors(tmp_path):
@@ -227,7 +227,7 @@ def test_registry_dispatch(tmp_path):
     assert by_table.kind == "multilabel" and len(by_table.splits["train"]) == 3
     folder = class_folder(tmp_path / "f")
     assert load_classification(str(folder), data_root=tmp_path, image_size=8).class_names == ["benign", "malignant"]
-    with pytest.raises(DataError, match=r"unknown dataset 'nope': use a MedMNIST name \(.*breastmnist.*\), an image folder or a CSV/parquet file"):
+    with pytest.raises(DataError, match=r"unknown dataset 'nope': use a MedMNIST name \(.*breastmnist.*\), an image folder, a CSV/parquet file or a Hugging Face dataset"):
         load_classification("nope", data_root=tmp_path)
     with pytest.raises(DataError, match="table 'gone.csv' not found"):
         load_classification("gone.csv", data_root=tmp_path)

@@ -39,3 +39,19 @@ def test_finetune_to_a_log_file_has_one_line_per_epoch_and_a_summary(tmp_path, t
     registered = run.data.tags["medvlm.registered_model"]
     assert f"registered {registered.replace('/', ' version ')} (@best is version" in summary[0]
     assert "\r" not in text  # no bar redraws in a file
+
+
+def test_progress_lines_are_not_repeated_by_a_root_handler_a_library_installed(capsys):
+    import logging
+
+    from medvlm.progress import log, setup_logging
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)  # what logging.basicConfig() adds when a library calls logging.warning()
+    root.addHandler(handler)
+    try:
+        setup_logging()
+        log.info("epoch 1/1: train_loss 0.5")
+    finally:
+        root.removeHandler(handler)
+    assert capsys.readouterr().err.count("epoch 1/1: train_loss 0.5") == 1

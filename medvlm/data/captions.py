@@ -15,6 +15,8 @@ Sources:
   `{bytes, path}`, raw bytes or a path relative to the table's folder) and a caption column, such
   as the Hugging Face `eltorio/ROCO-radiology` / `ROCOv2-radiology` parquet files. Missing image
   files are skipped and counted as for ROCO.
+- Hugging Face datasets, `hf:ORG/NAME` or a `save_to_disk` folder `hf:FOLDER` (`medvlm.data.hub`),
+  read as a table with the dataset's own splits.
 
 Subsets: `radiology`, `non-radiology` or `mixed` (both). Tables take a subset from a `subset`
 column; without one only `mixed` (every row) applies.
@@ -45,6 +47,8 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from medvlm.data.content import content_keys
+from medvlm.data.hf_name import is_hf
+from medvlm.data.hub import load_hub
 from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, read_tables,
                                  source_kind, split_values)
 from medvlm.errors import ConfigError, DataError
@@ -172,17 +176,26 @@ def load_captions(dataset: str, *, data_root: str | Path, subset: Subset = "mixe
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
         raise ConfigError(f"splits {unknown or list(splits)} are not among {SPLITS}")
-    kind, path = locate_source(dataset.strip(), Path(data_root).expanduser())
     # A missing validation split is carved from the training images, so it needs those.
     needed = set(splits) | ({"train"} if "val" in splits else set())
-    if kind == "roco":
-        rows, how = _roco_rows(path, subset, needed, seed)
-        name = "roco"
+    if is_hf(dataset):
+        hub = load_hub(dataset, data_root, needed, {image_column: "image_column", caption_column: "caption_column"},
+                       optional=("subset",))
+        rows, how = _table_rows(hub.rows, hub.split, dataset, image_column, caption_column, subset, needed, seed)
+        name, source = hub.name, hub.source
     else:
-        rows, how = _table_rows(path, image_column, caption_column, subset, needed, seed)
-        name = path.stem
-    built = {split: _build_split(rows[rows["split"] == split], split, path) for split in SPLITS if split in splits}
-    return CaptionData(name=name, source=str(path), subset=subset, splits=built, split=how)
+        kind, path = locate_source(dataset.strip(), Path(data_root).expanduser())
+        if kind == "roco":
+            rows, how = _roco_rows(path, subset, needed, seed)
+            name = "roco"
+        else:
+            table, named = read_tables(path, needed)
+            rows, how = _table_rows(table, "file names" if named else None, path, image_column, caption_column, subset,
+                                    needed, seed)
+            name = path.stem
+        source = str(path)
+    built = {split: _build_split(rows[rows["split"] == split], split, source) for split in SPLITS if split in splits}
+    return CaptionData(name=name, source=source, subset=subset, splits=built, split=how)
 
 
 # -- locating -----------------------------------------------------------------------------
@@ -250,9 +263,9 @@ def _roco_captions(folder: Path) -> pd.DataFrame:
     return pd.DataFrame({"image_key": paths, "image_source": paths, "image_name": ids, "caption": captions})
 
 
-def _table_rows(path: Path, image_column: str, caption_column: str, subset: Subset, needed: set[str],
-                seed: int) -> tuple[pd.DataFrame, str]:
-    table, named = read_tables(path, needed)
+def _table_rows(table: pd.DataFrame, split_how: str | None, path: str | Path, image_column: str, caption_column: str,
+                subset: Subset, needed: set[str], seed: int) -> tuple[pd.DataFrame, str]:
+    """Caption rows of a table; `split_how` says how its `split` column (train/val/test) was set, None when it was not."""
     missing = [c for c in (image_column, caption_column) if c not in table.columns]
     if missing:
         raise DataError(f"column(s) {missing} not in {path}; its columns are {list(table.columns)[:12]}: "
@@ -269,10 +282,10 @@ def _table_rows(path: Path, image_column: str, caption_column: str, subset: Subs
                          "caption": table[caption_column].map(lambda c: "" if pd.isna(c) else str(c)).to_numpy(),
                          "subset": table["subset"].astype(str).str.strip().str.lower().to_numpy()
                          if "subset" in table.columns else ""})
-    if named:
-        rows["split"], how = table["split"].to_numpy(), "file names"
+    if split_how:
+        rows["split"], how = table["split"].to_numpy(), split_how
     elif "split" in table.columns:
-        rows["split"], how = split_values(table["split"], path).to_numpy(), "column 'split'"
+        rows["split"], how = split_values(table["split"], Path(path)).to_numpy(), "column 'split'"
     else:
         sets = image_split(rows["image_key"].to_numpy(), seed)
         rows["split"] = rows["image_key"].map({k: s for s, ks in sets.items() for k in ks})
@@ -290,7 +303,7 @@ def _carve_val(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
     return rows
 
 
-def _build_split(rows: pd.DataFrame, split: str, where: Path) -> CaptionSplit:
+def _build_split(rows: pd.DataFrame, split: str, where: str | Path) -> CaptionSplit:
     """Drop (and count) blank captions and rows whose image file is missing; index the distinct images."""
     captions = rows["caption"].str.strip()
     blank = (captions == "").to_numpy()

@@ -1,7 +1,8 @@
 """Classification datasets: one entry point from a `dataset` string to a ClassificationData.
 
-`dataset` is a MedMNIST subset name, an image folder, or a CSV/parquet file; relative paths
-are looked up in the working directory first, then under `data_root`.
+`dataset` is a MedMNIST subset name, an image folder, a CSV/parquet file or a Hugging Face dataset
+(`hf:ORG/NAME`, `hf:FOLDER`); relative paths are looked up in the working directory first, then
+under `data_root`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medvlm.data.base import ClassificationData
-from medvlm.data.files import LabelPolicy, load_image_folder, load_table
+from medvlm.data.files import LabelPolicy, load_hub_table, load_image_folder, load_table
+from medvlm.data.hf_name import is_hf
 from medvlm.data.medmnist import INFO, SUBSETS, load_medmnist, locate_medmnist
 from medvlm.data.sources import TABLE_SUFFIXES, locate
 from medvlm.errors import DataError
@@ -31,6 +33,8 @@ def load_classification(
     name = dataset.strip()
     if name.lower() in INFO:
         return load_medmnist(name.lower(), size, data_root)
+    if is_hf(name):
+        return load_hub_table(name, data_root, image_column, label_columns, label_policy, image_size, seed)
     path = _source(name, data_root)
     if path.is_dir():
         return load_image_folder(path, image_size, seed)
@@ -56,5 +60,5 @@ def _source(name: str, data_root: str | Path) -> Path:
         return path
     raise DataError(
         f"unknown dataset '{name}': use a MedMNIST name ({', '.join(SUBSETS)}), "
-        f"an image folder or a CSV/parquet file"
+        f"an image folder, a CSV/parquet file or a Hugging Face dataset (hf:ORG/NAME)"
     )

@@ -1,4 +1,4 @@
-"""Bring-your-own classification data: an image folder, or a CSV/parquet table of image paths.
+"""Bring-your-own classification data: an image folder, a CSV/parquet table of image paths, or an `hf:` dataset.
 
 Images stay on disk and are decoded per item. File sources always serve 3-channel images:
 one dataset may mix grayscale and RGB files, and a batch needs one channel count; the model's
@@ -14,7 +14,7 @@ Rows whose labels are all ignored carry no supervision and are dropped.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +26,8 @@ from torch.utils.data import Dataset
 from medvlm.data.base import ClassificationData
 from medvlm.data.content import file_digests
 from medvlm.data.prompts import generic_prompts
-from medvlm.data.sources import SPLITS, load_image, read_table, split_values
+from medvlm.data.hub import load_hub
+from medvlm.data.sources import SPLITS, decode_image, image_ref, read_table, split_values
 from medvlm.errors import DataError
 
 FRACTIONS = (0.7, 0.1, 0.2)
@@ -36,18 +37,21 @@ _POLICY_VALUE = {"ones": 1, "zeros": 0, "ignore": -1}
 
 
 class ImageFiles(Dataset):
-    """Image files plus int64 labels; items are (uint8 [3,S,S], label) like `ArrayImages`."""
+    """Encoded images plus int64 labels; items are (uint8 [3,S,S], label) like `ArrayImages`.
 
-    def __init__(self, paths: Sequence[Path], labels: np.ndarray, image_size: int):
-        self.paths = [Path(p) for p in paths]
+    A source is an image file's path or, from a Hugging Face dataset, the image's encoded bytes.
+    """
+
+    def __init__(self, sources: Sequence[Path | bytes], labels: np.ndarray, image_size: int):
+        self.sources = [s if isinstance(s, bytes) else Path(s) for s in sources]
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.image_size = image_size
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.sources)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return load_image(self.paths[index], self.image_size), self.labels[index]
+        return decode_image(self.sources[index], self.image_size), self.labels[index]
 
     @property
     def mask(self) -> torch.Tensor:
@@ -57,13 +61,16 @@ class ImageFiles(Dataset):
     def subset(self, indices: np.ndarray) -> ImageFiles:
         """Some rows (used by data-fraction ablations)."""
         idx = np.asarray(indices)
-        return ImageFiles([self.paths[i] for i in idx], self.labels.numpy()[idx], self.image_size)
+        return ImageFiles([self.sources[i] for i in idx], self.labels.numpy()[idx], self.image_size)
 
     def digest(self) -> str:
         """The images' contents (not just their names) and the labels: a feature-cache key and lineage."""
         h = hashlib.sha256()
-        for path, content in zip(self.paths, file_digests(self.paths)):
-            h.update(f"{path}\t{content}\n".encode())
+        paths = [s for s in self.sources if isinstance(s, Path)]
+        content = dict(zip(paths, file_digests(paths)))
+        for source in self.sources:
+            line = f"{source}\t{content[source]}" if isinstance(source, Path) else f"sha1:{hashlib.sha1(source).hexdigest()}"
+            h.update(f"{line}\n".encode())
         h.update(self.labels.numpy().tobytes())
         return h.hexdigest()[:16]
 
@@ -81,7 +88,7 @@ def stratified_split(strata: np.ndarray, seed: int, fractions: Sequence[float] =
     return {split: np.sort(np.concatenate(p)) for split, p in parts.items()}
 
 
-def _require_rows(source: Path, split: str, n: int, why: str) -> None:
+def _require_rows(source: str | Path, split: str, n: int, why: str) -> None:
     if n == 0:
         raise DataError(f"split '{split}' of {source} is empty: {why}")
 
@@ -177,62 +184,117 @@ def load_table(
     seed: int = 0,
     split_column: str | None = "split",
 ) -> ClassificationData:
-    """A CSV/parquet file of image paths (relative to the file's folder) and labels.
-
-    One label column holds classes (integers or strings; sorted values -> label index);
-    several label columns are multi-label, CheXpert-style (see the module docstring).
-    Rows are split by `split_column` (train/val/test) when the table has it, otherwise
-    stratified 70/10/20 with `seed`.
-    """
+    """A CSV/parquet file of image paths (relative to the file's folder) and labels; see `table_classification`."""
     path = Path(path).expanduser()
     table = read_table(path)
+    data = table_classification(table, path.stem, path, image_column, label_columns, label_policy, image_size, seed,
+                                split_column, lambda column: _image_paths(column, path))
+    every = sorted({p for ds in data.splits.values() for p in ds.sources})
+    data.extra["digest"] = _listing_digest([path, *every], Path(path.anchor))
+    return data
+
+
+def load_hub_table(dataset: str, data_root: str | Path, image_column: str, label_columns: Sequence[str],
+                   label_policy: LabelPolicy = "zeros", image_size: int = 224, seed: int = 0) -> ClassificationData:
+    """An `hf:` dataset (`medvlm.data.hub`): label column `label` unless label_columns says otherwise; a ClassLabel
+    column keeps its label indices and names."""
+    labels = list(label_columns) or ["label"]
+    hub = load_hub(dataset, data_root, SPLITS, {image_column: "image_column", **dict.fromkeys(labels, "label_columns")})
+    data = table_classification(hub.rows, hub.name, dataset, image_column, labels, label_policy, image_size, seed,
+                                "split" if hub.split else None, lambda column: _encoded_sources(column, hub.rows),
+                                hub.class_names.get(labels[0]) if len(labels) == 1 else None)
+    data.source = hub.source
+    data.extra.update(digest=hub.digest, split=hub.split or data.extra["split"])
+    return data
+
+
+def table_classification(
+    table: pd.DataFrame,
+    name: str,
+    where: str | Path,
+    image_column: str,
+    label_columns: Sequence[str],
+    label_policy: LabelPolicy,
+    image_size: int,
+    seed: int,
+    split_column: str | None,
+    images: Callable[[pd.Series], list[Path | bytes]],
+    class_names: list[str] | None = None,
+) -> ClassificationData:
+    """A table of images (`images` turns the image column into sources) and labels, split and checked.
+
+    One label column holds classes (integers or strings; sorted values -> label index, or the given
+    `class_names` for label indices); several label columns are multi-label, CheXpert-style (see the
+    module docstring). Rows are split by `split_column` (train/val/test; without val rows, val = 1/8
+    of train, stratified) when the table has it, otherwise stratified 70/10/20 with `seed`.
+    """
     label_columns = list(label_columns)
     if not label_columns:
-        raise DataError(f"no label column given for {path}: set label_columns (one column = classes, several = multi-label)")
+        raise DataError(f"no label column given for {where}: set label_columns (one column = classes, several = multi-label)")
     if label_policy not in _POLICY_VALUE:
         raise DataError(f"label_policy '{label_policy}' is not one of {list(_POLICY_VALUE)}")
     missing = [c for c in [image_column, *label_columns] if c not in table.columns]
     if missing:
-        raise DataError(f"column(s) {missing} not in {path}; its columns are {list(table.columns)}: set image_column / label_columns")
+        raise DataError(f"column(s) {missing} not in {where}; its columns are {list(table.columns)}: set image_column / label_columns")
 
     if len(label_columns) == 1:
-        labels, names = _class_labels(table[label_columns[0]], path)
+        column = table[label_columns[0]]
+        labels, names = _indexed_labels(column, class_names, where) if class_names else _class_labels(column, where)
         kind = "binary" if len(names) == 2 else "multiclass"
     else:
-        labels, names, kind = _multilabel(table[label_columns], label_policy, path), label_columns, "multilabel"
+        labels, names, kind = _multilabel(table[label_columns], label_policy, where), label_columns, "multilabel"
     keep = labels.reshape(len(labels), -1).max(axis=1) >= 0
     dropped = int((~keep).sum())
     table, labels = table[keep], labels[keep]
     why = f"; {dropped} rows whose labels are all uncertain (-1) were dropped (label_policy=ignore)" if dropped else ""
+    strata = labels if kind != "multilabel" else np.zeros(len(labels))
 
     if split_column and split_column in table.columns:
-        split_of = split_values(table[split_column], path, split_column).to_numpy()
+        split_of = split_values(table[split_column], Path(where), split_column).to_numpy()
         idx = {split: np.flatnonzero(split_of == split) for split in SPLITS}
-        for split in SPLITS:
-            _require_rows(path, split, len(idx[split]), f"no rows with {split_column}='{split}'{why}")
         how = f"column '{split_column}'"
-    else:
-        idx = stratified_split(labels if kind != "multilabel" else np.zeros(len(labels)), seed)
+        if not len(idx["val"]) and len(idx["train"]):
+            carved = stratified_split(strata[idx["train"]], seed, (7 / 8, 1 / 8, 0.0))
+            idx["train"], idx["val"] = idx["train"][carved["train"]], idx["train"][carved["val"]]
+            how += f", val = 1/8 of train (seed {seed})"
         for split in SPLITS:
-            _require_rows(path, split, len(idx[split]), f"too few rows for a 70/10/20 split{why}")
+            _require_rows(where, split, len(idx[split]), f"no rows with {split_column}='{split}'{why}")
+    else:
+        idx = stratified_split(strata, seed)
+        for split in SPLITS:
+            _require_rows(where, split, len(idx[split]), f"too few rows for a 70/10/20 split{why}")
         how = f"stratified 70/10/20 (seed {seed})"
 
-    files = _image_paths(table[image_column], path)
-    every = sorted(set(files))
+    files = images(table[image_column])
     return ClassificationData(
-        name=path.stem,
+        name=name,
         kind=kind,
         class_names=names,
         prompts=generic_prompts(names),
         splits={split: ImageFiles([files[i] for i in idx[split]], labels[idx[split]], image_size) for split in SPLITS},
         modality="medical",
-        source=str(path),
-        extra={"digest": _listing_digest([path, *every], Path(path.anchor)), "split": how,
-               "label_policy": label_policy, "ignored_labels": int((labels < 0).sum())},
+        source=str(where),
+        extra={"split": how, "label_policy": label_policy, "ignored_labels": int((labels < 0).sum())},
     )
 
 
-def _class_labels(column: pd.Series, path: Path) -> tuple[np.ndarray, list[str]]:
+def _indexed_labels(column: pd.Series, names: list[str], where: str | Path) -> tuple[np.ndarray, list[str]]:
+    """A ClassLabel column: its values are already label indices into `names`."""
+    values = column.to_numpy()
+    bad = (values < 0) | (values >= len(names))
+    if bad.any():
+        raise DataError(f"column '{column.name}' of {where} has {int(bad.sum())} label(s) outside its {len(names)} "
+                        f"classes (first at row {int(np.argmax(bad))}, -1 = unlabelled); drop those rows")
+    return values.astype(np.int64), list(names)
+
+
+def _encoded_sources(column: pd.Series, table: pd.DataFrame) -> list[Path | bytes]:
+    """A Hugging Face image column (`{bytes, path}` structs, bytes or paths) as ImageFiles sources."""
+    sources = [image_ref(v, Path(folder))[1] for v, folder in zip(column, table.loc[column.index, "_folder"])]
+    return [s if isinstance(s, bytes) else Path(s) for s in sources]
+
+
+def _class_labels(column: pd.Series, path: str | Path) -> tuple[np.ndarray, list[str]]:
     """Class indices (sorted distinct values -> 0..C-1) and their names."""
     blank = column.isna().to_numpy()
     if blank.any():
@@ -250,7 +312,7 @@ def _class_labels(column: pd.Series, path: Path) -> tuple[np.ndarray, list[str]]
     return labels.astype(np.int64), [str(c) for c in classes]
 
 
-def _multilabel(frame: pd.DataFrame, policy: LabelPolicy, path: Path) -> np.ndarray:
+def _multilabel(frame: pd.DataFrame, policy: LabelPolicy, path: str | Path) -> np.ndarray:
     """(N, L) int64 with 1/0 and, under policy 'ignore', -1 for uncertain entries."""
     numeric = frame.apply(pd.to_numeric, errors="coerce")
     odd = (numeric.isna() & frame.notna()) | ~(numeric.isin([-1, 0, 1]) | numeric.isna())

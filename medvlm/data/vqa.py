@@ -1,4 +1,4 @@
-"""VQA datasets: VQA-RAD (original JSON), SLAKE (native JSON), PathVQA and any parquet/CSV table.
+"""VQA datasets: VQA-RAD (original JSON), SLAKE (native JSON), PathVQA, any parquet/CSV table, `hf:` datasets.
 
 Every source becomes one `VQAData`: a table of QA rows per split, plus every distinct image
 decoded once, at the model's input size, into one uint8 tensor that rows point into by index.
@@ -38,6 +38,8 @@ import torch
 
 from medvlm.data.base import BatchRows
 from medvlm.data.content import content_keys
+from medvlm.data.hf_name import is_hf
+from medvlm.data.hub import load_hub
 from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, read_tables,
                                  source_kind, split_values)
 from medvlm.errors import ConfigError, DataError
@@ -140,25 +142,34 @@ class VQARecords:
     """Every QA row with its split (column `split`) and image reference, before any image is decoded."""
 
     name: str
-    source: Path
+    source: str | Path
     rows: pd.DataFrame
     split: str
 
 
 def read_vqa(dataset: str, *, data_root: str | Path, split: SplitMode = "auto", seed: int = 0,
-             image_column: str = "image", max_rows: int = 0) -> VQARecords:
-    """Read a VQA dataset by name (vqa_rad, slake, pathvqa) or path and split it; see the module docstring.
+             image_column: str = "image", question_column: str = "question", answer_column: str = "answer",
+             max_rows: int = 0) -> VQARecords:
+    """Read a VQA dataset by name (vqa_rad, slake, pathvqa), path or `hf:` name and split it; see the module docstring.
 
     `max_rows` > 0 keeps the first rows of each split in a seeded image order (whole images
     first, so few images are decoded): for smoke tests and quick looks, never for results.
     """
-    kind, path = locate_source(dataset.strip(), Path(data_root).expanduser())
-    if kind == "vqa_rad":
-        rows, official = _vqa_rad_rows(path), "phrase_type test_* = test"
-    elif kind == "slake":
-        rows, official = _slake_rows(path), "SLAKE train/validation/test files (English)"
+    columns = (image_column, question_column, answer_column)
+    if is_hf(dataset):
+        hub = load_hub(dataset, data_root, SPLITS, dict(zip(columns, ("image_column", "question_column", "answer_column"))),
+                       optional=("answer_type", *META_COLUMNS))
+        kind, path, name = "table", hub.source, hub.name
+        rows, official = _table_rows(hub.rows, dataset, *columns), hub.split or "the dataset's own split"
     else:
-        rows, official = _table_rows(path, image_column), "the table's own split"
+        kind, path = locate_source(dataset.strip(), Path(data_root).expanduser())
+        name = kind if kind != "table" else path.stem
+        if kind == "vqa_rad":
+            rows, official = _vqa_rad_rows(path), "phrase_type test_* = test"
+        elif kind == "slake":
+            rows, official = _slake_rows(path), "SLAKE train/validation/test files (English)"
+        else:
+            rows, official = _table_rows(read_tables(path)[0], path, *columns), "the table's own split"
     rows, how = _assign_splits(rows, kind, split, seed, official, path)
     rows = _seeded_image_order(rows, seed)
     if max_rows:
@@ -167,18 +178,19 @@ def read_vqa(dataset: str, *, data_root: str | Path, split: SplitMode = "auto", 
     for name in SPLITS:
         if not (rows["split"] == name).any():
             raise DataError(f"split '{name}' of {path} is empty ({how}); add data or use another split mode")
-    return VQARecords(kind if kind != "table" else path.stem, path, rows, how)
+    return VQARecords(name, path, rows, how)
 
 
 def load_vqa(dataset: str, *, data_root: str | Path, image_size: int, split: SplitMode = "auto", seed: int = 0,
-             image_column: str = "image", max_rows: int = 0, pad: tuple[int, int, int] | None = None) -> VQAData:
+             image_column: str = "image", question_column: str = "question", answer_column: str = "answer",
+             max_rows: int = 0, pad: tuple[int, int, int] | None = None) -> VQAData:
     """`read_vqa`, then every distinct image decoded once at `image_size` (padded to square with `pad`, see `load_image`).
 
     Images are stored in a canonical (sorted) order, so the seed changes the split but not the
     image tensor: cached encoder features are reused across seeds.
     """
     records = read_vqa(dataset, data_root=data_root, split=split, seed=seed, image_column=image_column,
-                       max_rows=max_rows)
+                       question_column=question_column, answer_column=answer_column, max_rows=max_rows)
     rows = records.rows
     keys = sorted(set(rows["image_key"]))
     first = rows.drop_duplicates("image_key").set_index("image_key")["image_source"]
@@ -319,25 +331,26 @@ def _text_column(records: pd.DataFrame, name: str) -> pd.Series:
     return records[name].astype(str).str.strip()
 
 
-def _table_rows(path: Path, image_column: str) -> pd.DataFrame:
-    table, _ = read_tables(path)
-    missing = [c for c in (image_column, "question", "answer") if c not in table.columns]
+def _table_rows(table: pd.DataFrame, path: str | Path, image_column: str, question_column: str,
+                answer_column: str) -> pd.DataFrame:
+    missing = [c for c in (image_column, question_column, answer_column) if c not in table.columns]
     if missing:
         raise DataError(f"column(s) {missing} not in {path}; its columns are {list(table.columns)[:12]}: "
-                        f"a VQA table needs image (set image_column), question and answer")
-    _require_fields(table, (image_column, "question", "answer"), path)
+                        f"a VQA table needs an image, a question and an answer column (set image_column, "
+                        f"question_column, answer_column)")
+    _require_fields(table, (image_column, question_column, answer_column), Path(path))
     keys, sources, names = zip(*(image_ref(v, Path(folder)) for v, folder in zip(table[image_column], table["_folder"])))
-    answers = table["answer"].map(_answer_text)
+    answers = table[answer_column].map(_answer_text)
     out = pd.DataFrame({
         "image_key": keys, "image_source": sources, "image_name": names,
-        "question": table["question"].map(_answer_text), "answer": answers,
-        "closed": _closed_from(table.get("answer_type"), answers, path),
-        "split": split_values(table["split"], path) if "split" in table.columns else None,
+        "question": table[question_column].map(_answer_text), "answer": answers,
+        "closed": _closed_from(table.get("answer_type"), answers, Path(path)),
+        "split": split_values(table["split"], Path(path)) if "split" in table.columns else None,
     })
     for c in META_COLUMNS:
         if c in table.columns:
             out[c] = _text_column(table, c)
-    _require_files(out["image_source"][out["image_source"].map(lambda s: isinstance(s, str))], path, None)
+    _require_files(out["image_source"][out["image_source"].map(lambda s: isinstance(s, str))], Path(path), None)
     return out
 
 
@@ -352,7 +365,7 @@ def _require_files(paths: pd.Series, where: Path, kind: str | None) -> None:
 
 
 def _assign_splits(rows: pd.DataFrame, kind: str, mode: SplitMode, seed: int, official: str,
-                   path: Path) -> tuple[pd.DataFrame, str]:
+                   path: str | Path) -> tuple[pd.DataFrame, str]:
     if mode not in ("auto", "image", "official"):
         raise ConfigError(f"split={mode} is not one of auto, image, official")
     given = bool(rows["split"].notna().all())
@@ -386,7 +399,7 @@ def _seeded_image_order(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
 # -- images -------------------------------------------------------------------------------
 
 
-def _decode_all(sources: list[str | bytes], image_size: int, where: Path,
+def _decode_all(sources: list[str | bytes], image_size: int, where: str | Path,
                 pad: tuple[int, int, int] | None = None) -> torch.Tensor:
     """uint8 [M, 3, S, S]; decoding runs in threads (PIL releases the GIL while decoding)."""
     if not sources:

@@ -27,8 +27,9 @@ from medvlm.engine.features import model_for_run
 from medvlm.engine.checkpoints import Checkpoints
 from medvlm.engine.trainer import Objective, fit, make_accelerator
 from medvlm.strategies import get_strategy
-from medvlm.tracking import plots
-from medvlm.tracking.session import log_epoch, replay_epochs
+from medvlm.tracking.figures import figure_path, log_figures
+from medvlm.tracking.plots import learning_curves_figure
+from medvlm.tracking.session import describe, log_epoch, note_checkpoint, replay_epochs
 from medvlm.zoo import ClipModel
 
 History = list[dict[str, float]]
@@ -64,13 +65,15 @@ def fit_evaluate_register(cfg: RunConfig, accelerator: Accelerator, pin: dict[st
     selection = None
     if strategy.kind.trains:
         saved = checkpoints(cfg, accelerator, pin)
-        result = fit(objective, train_set, val_set, cfg, accelerator, saved, log_epoch, replay_epochs)
+        result = fit(objective, train_set, val_set, cfg, accelerator, saved, log_epoch, replay_epochs, note_checkpoint)
         history = result.history
         mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
                             "epochs_run": result.epochs_run})
         selection = (task.selection_metric, history[result.best_epoch][task.selection_metric], task.selection_higher)
     metrics = evaluate()
-    plots.log_learning_curves(history)
+    if history:
+        log_figures({figure_path("plots/learning_curves", cfg.figure_format): learning_curves_figure(
+            history, result.best_epoch, task.selection_metric, describe(cfg))})
     if strategy.kind.produces_adapter and cfg.register_adapter and adapter is not None:
         made = adapter()
         meta = {"model": cfg.model, "pin": made.pin, "task": cfg.task, "dataset": cfg.dataset, **made.meta}

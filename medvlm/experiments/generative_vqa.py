@@ -87,7 +87,8 @@ def run_generative_vqa(cfg: RunConfig) -> dict[str, float]:
     vlm = load_vlm(cfg.model, device=accelerator.device, dtype=model_dtype(cfg, accelerator.mixed_precision))
     mlflow.set_tags({"medvlm.generative": "true", "medvlm.judge": cfg.judge or "none"})
     data = load_vqa(cfg.dataset, data_root=cfg.data_root, image_size=vlm.preprocess.image_size, split=cfg.split,
-                    seed=cfg.seed, image_column=cfg.image_column, max_rows=cfg.max_rows)
+                    seed=cfg.seed, image_column=cfg.image_column,
+                    question_column=cfg.question_column, answer_column=cfg.answer_column, max_rows=cfg.max_rows)
     data = apply_train_fraction(data, cfg)
     log_lineage(data)
     mlflow.log_metrics({f"n_{s}": len(data.splits[s]) for s in SPLITS})

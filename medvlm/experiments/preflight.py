@@ -36,6 +36,17 @@ DATA_LOCATORS: dict[str, Callable[[RunConfig], str]] = {
     "classification": _classification, "retrieval": _retrieval, "vqa": _vqa}
 
 
+def locate_data(cfg: RunConfig) -> str:
+    """Where a config's dataset will be read from: an `hf:` dataset the same way for every task."""
+    from medvlm.data.hf_name import is_hf
+
+    if is_hf(cfg.dataset):
+        from medvlm.data.hub import locate_hub
+
+        return locate_hub(cfg.dataset, cfg.data_root)
+    return DATA_LOCATORS[cfg.task](cfg)
+
+
 def preflight(configs: Iterable[RunConfig]) -> list[str]:
     """One line per distinct model and dataset saying where it will come from; ConfigError listing every missing one."""
     from medvlm.zoo.factory import locate_weights
@@ -45,7 +56,7 @@ def preflight(configs: Iterable[RunConfig]) -> list[str]:
         checks.setdefault(f"model {cfg.model}", ("model", lambda cfg=cfg: locate_weights(cfg.model)))
         size = f" at size {cfg.size}" if cfg.task == "classification" else ""
         checks.setdefault(f"{cfg.task} data {cfg.dataset}{size} in {cfg.data_root}",
-                          ("data", lambda cfg=cfg: DATA_LOCATORS[cfg.task](cfg)))
+                          ("data", lambda cfg=cfg: locate_data(cfg)))
     found, missing, details = [], [], {}
     for what, (kind, locate) in checks.items():
         try:

@@ -182,7 +182,8 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
     device = accelerator.device
     strategy = get_strategy(cfg.strategy)
     data = load_vqa(cfg.dataset, data_root=cfg.data_root, image_size=clip.preprocess.image_size, split=cfg.split,
-                    seed=cfg.seed, image_column=cfg.image_column, max_rows=cfg.max_rows)
+                    seed=cfg.seed, image_column=cfg.image_column,
+                    question_column=cfg.question_column, answer_column=cfg.answer_column, max_rows=cfg.max_rows)
     data = apply_train_fraction(data, cfg)
     log_lineage(data)
     trainval = pd.concat([data.splits["train"], data.splits["val"]])

@@ -93,7 +93,7 @@ def run_study(command: Kind, run_flags: dict[str, Any], study_flags: dict[str, A
     if not study_cfg.summarize_only:
         cells = list({t.cell.index: t.cell for t in plan}.values())
         work(study, storage, study_cfg, cells, parent)
-    return finish(study, study_cfg, parent)
+    return finish(study, study_cfg, parent, plan[0].config.figure_format)
 
 
 def storage_url(url: str) -> str:
@@ -465,8 +465,9 @@ def _fail(study, trial, message: str, seen: dict[str, int] | None = None) -> str
     return line
 
 
-def finish(study, cfg: StudyConfig, parent: Parent) -> int:
-    """Write the summary when nothing is queued or running (or when asked to); 1 if trials failed for good."""
+def finish(study, cfg: StudyConfig, parent: Parent, figure_format: str) -> int:
+    """Write the summary when nothing is queued or running (or when asked to), its figures in `figure_format`;
+    1 if trials failed for good."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -487,7 +488,7 @@ def finish(study, cfg: StudyConfig, parent: Parent) -> int:
     children = child_runs(client, parent.run_id, status=None)
     children = children[children["run_id"].isin(winners)]  # one child per completed trial: the one that won it
     table = summary_table(children)
-    log_summary(client, parent.run_id, cfg.kind, children, table, counts)
+    log_summary(client, parent.run_id, cfg.kind, children, table, counts, figure_format)
     set_summary_tag(client, parent.run_id, "medvlm.failed_trials", str(len(failed)))
     if not pending:
         client.set_terminated(parent.run_id, "FINISHED")

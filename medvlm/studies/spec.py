@@ -37,7 +37,7 @@ DEFAULT_SPACE = {"lr": {"factor": 2.0}, "seed": {"low": 0, "high": 9999}}
 NAMED_KEYS = ("model", "dataset", "strategy")
 REPLICATE_KEYS = {"seed"}
 # Per-machine and display settings: not part of a study's identity, so workers with other paths can join.
-MACHINE_KEYS = {"data_root", "checkpoint_dir", "num_workers", "run_name"}
+MACHINE_KEYS = {"data_root", "checkpoint_dir", "checkpoint_every", "num_workers", "run_name"}
 
 
 def default_storage() -> str:

@@ -33,6 +33,7 @@ WARNING_TAG_PREFIX = "medvlm.warning."  # a caveat on the run's numbers; reports
 DEFAULT_EXPERIMENT = "Default"  # MLflow's own: where `mlflow run` puts a run when no experiment is named
 SOURCE_PREFIXES = ("local-dir", "hf-hub", "hf", "file")
 CHECKPOINT_TAG = "medvlm.checkpoint_dir"
+CHECKPOINTED_TAG = "medvlm.checkpoint_epoch"  # the last epoch a resume checkpoint was written for (1-based)
 HEALTH_TIMEOUT_S = 5
 # A tracking server that stays down makes each request give up after about 15 s (MLflow's defaults
 # retry for minutes per request, and training logs many); the MLFLOW_HTTP_REQUEST_* variables override.
@@ -111,12 +112,16 @@ def short_name(source: str) -> str:
     return (value.replace("\\", "/").rsplit("/", 1)[-1] or value) if ("/" in value or "\\" in value) else value
 
 
+def describe(cfg: RunConfig) -> str:
+    """`model · dataset · strategy` with short names: the default run name and every run figure's title."""
+    return f"{short_name(cfg.model)} · {short_name(cfg.dataset)} · {cfg.strategy}"
+
+
 def run_name(cfg: RunConfig, tags: dict[str, str] | None = None) -> str:
     """`run_name`, else `MLFLOW_RUN_NAME`, else `model · dataset · strategy`; study trials add their number
     and perturbed values, so children of one parent read apart."""
     tags = tags or {}
-    name = cfg.run_name or os.environ.get("MLFLOW_RUN_NAME") or \
-        f"{short_name(cfg.model)} · {short_name(cfg.dataset)} · {cfg.strategy}"
+    name = cfg.run_name or os.environ.get("MLFLOW_RUN_NAME") or describe(cfg)
     if "medvlm.trial" in tags:
         name += f" · trial {int(tags['medvlm.trial']) + 1}"
         if tags.get("medvlm.perturbed"):
@@ -140,6 +145,7 @@ def check_resumable(cfg: RunConfig) -> None:
 
     Runs before the run is reopened, so a refused resume leaves the run exactly as it was. The
     checkpoint is looked up by run id: in `checkpoint_dir` and where the run recorded it was written.
+    A run stopped before its first checkpoint (`checkpoint_every`) has none, and trains from the start.
     """
     from medvlm.engine.checkpoints import CHECKPOINT_FILE, MACHINE_FIELDS
 
@@ -162,7 +168,7 @@ def check_resumable(cfg: RunConfig) -> None:
     found = next((r for r in roots if os.path.isfile(os.path.join(r, cfg.resume, CHECKPOINT_FILE))), None)
     if found is not None:
         cfg.checkpoint_dir = found
-    elif client.get_metric_history(cfg.resume, "train_loss"):
+    elif run.data.tags.get(CHECKPOINTED_TAG):
         raise MedvlmError(f"resume: no checkpoint of run {cfg.resume} in {' or '.join(roots)}; resume where it was "
                           f"trained, or pass checkpoint_dir=FOLDER holding {cfg.resume}/{CHECKPOINT_FILE}")
 
@@ -289,6 +295,14 @@ def run_summary(run_id: str) -> str:
 def log_epoch(epoch: int, row: dict[str, float]) -> None:
     """Per-epoch metrics, logged asynchronously so training never waits on the store."""
     mlflow.log_metrics(row, step=epoch, synchronous=False)
+
+
+def note_checkpoint(epoch: int) -> None:
+    """Record that a resume checkpoint exists: a later resume that cannot find it refuses instead of starting over.
+
+    Synchronous (one store call per checkpoint): a store that has gone away fails here, in the training
+    loop, with the usual one line and `--resume` command, not later in a background thread."""
+    mlflow.set_tag(CHECKPOINTED_TAG, str(epoch + 1))
 
 
 def replay_epochs(history: list[dict[str, float]]) -> None:

@@ -57,7 +57,7 @@ def test_a_dead_tracking_server_gives_a_bounded_exit_with_the_resume_command(wor
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the product's own bound is ~15 s per request
     args = ["finetune", "--model", f"local-dir:{tiny_model_dir}", "--dataset", "breastmnist", "--size", "28",
             "--data_root", str(BREAST_ROOT), "--strategy", "partial", "--epochs", str(EPOCHS), "--patience",
-            str(EPOCHS), "--lr", "1e-3"]
+            str(EPOCHS), "--lr", "1e-3", "--checkpoint_every", "0"]
     trainer = subprocess.Popen([sys.executable, "-m", "medvlm.cli", *args], cwd=workdir, env=os.environ.copy(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
