@@ -25,10 +25,10 @@ EXTRA = {"lora": ["-P", "head=prompt", "-P", "lora_text=true", "-P", "prompt_set
 
 
 @pytest.fixture(scope="module")
-def project_runs(tmp_path_factory, tiny_model_dir):
+def project_runs(tmp_path_factory, new_mlflow_store, tiny_model_dir):
     """Run `mlflow run . -e …` once per strategy into one SQLite store; return (tracking uri, {strategy: run})."""
     root = tmp_path_factory.mktemp("mlflow-project")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root / "mlflow.db")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # no run/experiment leaked by other tests
     env = {**clean, "MLFLOW_TRACKING_URI": uri, "MEDVLM_CACHE": str(root / "cache"),
            "MEDVLM_CHECKPOINTS": str(root / "ckpt"), "MLFLOW_EXPERIMENT_NAME": "e2e"}
