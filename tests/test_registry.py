@@ -80,7 +80,8 @@ def test_study_trials_register_nothing_and_register_best_registers_exactly_the_b
     flags = [*lora_flags(tiny_model_dir, epochs=1), "--trials", "3"]
     assert main(["stability", *flags, "--study", "plain"]) == 0
     assert client.search_model_versions() == []
-    logged = client.search_logged_models(experiment_ids=["0"])
+    default = client.get_experiment_by_name("Default").experiment_id
+    logged = client.search_logged_models(experiment_ids=[default])
     assert len({m.name for m in logged}) == 3 and all("-trial-" in m.name for m in logged)
 
     assert main(["stability", *flags, "--study", "chosen", "--register_best"]) == 0
@@ -88,8 +89,8 @@ def test_study_trials_register_nothing_and_register_best_registers_exactly_the_b
     assert len(versions) == 1
     version = versions[0]
     assert_complete_version(client, version)
-    parent = client.search_runs(["0"], "tags.`medvlm.study` = 'chosen' and tags.`medvlm.study_role` = 'parent'")[0]
-    children = client.search_runs(["0"], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    parent = client.search_runs([default], "tags.`medvlm.study` = 'chosen' and tags.`medvlm.study_role` = 'parent'")[0]
+    children = client.search_runs([default], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     scores = {c.info.run_id: best_epoch_value(client, c.info.run_id, TASK.selection_metric) for c in children}
     assert len(scores) == 3 and version.tags["run_id"] == max(scores, key=scores.get)
     assert parent.data.tags["medvlm.registered_model"] == f"{version.name}/{version.version}"
