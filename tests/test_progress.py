@@ -15,8 +15,8 @@ EPOCHS = 3
 
 
 @needs_breastmnist
-def test_finetune_to_a_log_file_has_one_line_per_epoch_and_a_summary(tmp_path, tiny_model_dir):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_finetune_to_a_log_file_has_one_line_per_epoch_and_a_summary(tmp_path, tiny_model_dir, new_mlflow_store):
+    uri = new_mlflow_store(tmp_path / "mlflow.db")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "MLFLOW_TRACKING_URI": uri,
            "MEDVLM_CACHE": str(tmp_path / "cache"), "MEDVLM_CHECKPOINTS": str(tmp_path / "ckpt"),
            "PYTHONPATH": str(REPO)}
