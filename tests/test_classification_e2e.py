@@ -9,6 +9,7 @@ import sys
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -109,7 +110,7 @@ def test_registered_adapter_predicts_the_logged_probabilities(project_runs):
     model = mlflow.pyfunc.load_model(f"models:/{name}@best")
     with np.load(BREAST_ROOT / "breastmnist.npz") as npz:
         images = npz["test_images"]
-    predicted = model.predict(images)
+    predicted = model.predict(pd.DataFrame({"image": list(images)}))
     assert list(predicted.columns) == ["malignant", "normal or benign"]
     table = client.load_table(lora_run.info.experiment_id, "predictions.json", run_ids=[lora_run.info.run_id])
     np.testing.assert_allclose(predicted.to_numpy(), table[["prob_0", "prob_1"]].to_numpy(), atol=1e-6)

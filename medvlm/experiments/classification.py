@@ -52,11 +52,26 @@ def load_data(cfg: RunConfig, clip: ClipModel) -> ClassificationData:
     return data
 
 
+def class_counts(data: ClassificationData, labels: torch.Tensor) -> dict[str, int]:
+    """Examples per class; for multi-label data positives per label (uncertain -1 labels count nowhere)."""
+    y = torch.as_tensor(labels)
+    if data.kind == "multilabel":
+        counts = (y == 1).sum(dim=0)
+    else:
+        y = y.reshape(-1)
+        counts = torch.bincount(y[y >= 0].long(), minlength=len(data.class_names))
+    return {name: int(n) for name, n in zip(data.class_names, counts.tolist())}
+
+
 def log_lineage(data: ClassificationData) -> None:
     for split, ds in data.splits.items():
         digest = ds.digest() if hasattr(ds, "digest") else data.extra.get("digest", "")
+        labels = getattr(ds, "labels", None)
+        profile = {"rows": len(ds), "kind": data.kind,
+                   **({"class_counts": class_counts(data, labels)} if labels is not None else {})}
         log_dataset(f"{data.name}/{split}", data.source, digest, context=split,
-                    extra={"n": len(ds), "kind": data.kind, "classes": len(data.class_names)})
+                    extra={"n": len(ds), "kind": data.kind, "classes": len(data.class_names)},
+                    schema={"image": "binary", "label": "long"}, profile=profile)
 
 
 def predictions_table(probs: np.ndarray, targets: np.ndarray, data: ClassificationData) -> pd.DataFrame:

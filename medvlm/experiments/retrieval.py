@@ -56,9 +56,10 @@ def apply_train_fraction(data: CaptionData, cfg: RunConfig) -> CaptionData:
 
 def log_lineage(data: CaptionData) -> None:
     for name, split in data.splits.items():
+        counts = {"images": split.n_images, "captions": len(split.captions), "skipped": split.skipped}
         log_dataset(f"{data.name}/{name}", data.source, split.digest(), context=name,
-                    extra={"images": split.n_images, "captions": len(split.captions), "subset": data.subset,
-                           "split": data.split, "skipped": split.skipped})
+                    extra={**counts, "subset": data.subset, "split": data.split},
+                    schema={"image": "binary", "caption": "string"}, profile={**counts, "subset": data.subset})
 
 
 def log_counts(data: CaptionData, tokens: dict[str, TextBatch]) -> None:

@@ -19,7 +19,7 @@ from medvlm.errors import ConfigError
 from medvlm.report.config import ReportConfig
 from medvlm.report.render import Report, Section, write
 from medvlm.report.select import RunRecord, Selection, select_runs, study_progress
-from medvlm.tracking.session import ensure_tracking, resolve_experiment
+from medvlm.tracking.session import ensure_tracking, provenance_tags, resolve_experiment
 
 REPORT_TAG = "medvlm.report"
 
@@ -139,7 +139,7 @@ def run_report(cfg: ReportConfig) -> str:
         mlflow.set_experiment(experiment)
     name = f"report · {selection.description}"[:250]
     with mlflow.start_run(run_id=project_run, run_name=None if project_run else name) as run:
-        mlflow.set_tags({REPORT_TAG: "true", "mlflow.runName": name})
+        mlflow.set_tags({REPORT_TAG: "true", "mlflow.runName": name, **provenance_tags()})
         _log_params(run.info.run_id, cfg)
         mlflow.log_metrics({"report_runs": len(selection.runs), "report_unfinished_runs": len(selection.unfinished)})
         with tempfile.TemporaryDirectory() as tmp:

@@ -10,15 +10,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -60,6 +63,8 @@ def ensure_tracking() -> str:
         return uri
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
+    if not sys.stderr.isatty():  # MLflow's artifact bars (logging an adapter) would redraw lines in a log file
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if uri.startswith(("http://", "https://")):
         for var, value in HTTP_RETRY_DEFAULTS.items():
             os.environ.setdefault(var, value)
@@ -97,9 +102,29 @@ def resolve_experiment(explicit: str = "") -> tuple[str, str | None]:
     return named, None
 
 
+@functools.cache
+def provenance_tags() -> dict[str, str]:
+    """`medvlm.version`, and the commit of the checkout medvlm runs from (with `medvlm.git_dirty` when it has
+    uncommitted changes); no commit outside a git checkout or without git."""
+    import medvlm
+
+    tags = {"medvlm.version": medvlm.__version__}
+    root = str(Path(medvlm.__file__).resolve().parent.parent)
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return tags
+    if commit.returncode == 0:
+        tags["medvlm.git_commit"] = commit.stdout.strip()
+        tags["medvlm.git_dirty"] = str(bool(dirty.stdout.strip())).lower()
+    return tags
+
+
 def run_tags(cfg: RunConfig, domain: str) -> dict[str, str]:
     tags = {"medvlm.model": cfg.model, "medvlm.domain": domain, "medvlm.dataset": cfg.dataset,
-            "medvlm.task": cfg.task, "medvlm.strategy": cfg.strategy, "medvlm.seed": str(cfg.seed)}
+            "medvlm.task": cfg.task, "medvlm.strategy": cfg.strategy, "medvlm.seed": str(cfg.seed), **provenance_tags()}
     if cfg.study:
         tags["medvlm.study"] = cfg.study
     return tags
@@ -200,10 +225,10 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
     resuming = bool(cfg.resume) and process_rank() == 0
     if resuming:
         check_resumable(cfg)
-        run = mlflow.start_run(run_id=cfg.resume)
+        run = mlflow.start_run(run_id=cfg.resume, log_system_metrics=cfg.system_metrics or None)
     else:
         run = mlflow.start_run(run_id=project_run, run_name=None if project_run else run_name(cfg, extra_tags),
-                               nested=nested)
+                               nested=nested, log_system_metrics=cfg.system_metrics or None)
     try:
         if not resuming:
             log_config(run.info.run_id, cfg)
@@ -314,10 +339,25 @@ def replay_epochs(history: list[dict[str, float]]) -> None:
             mlflow.log_metrics(row, step=epoch)
 
 
-def log_dataset(name: str, source: str, digest: str, context: str, extra: dict[str, Any] | None = None) -> None:
-    """Dataset lineage: `mlflow.log_input` with the data's digest."""
+def log_dataset(name: str, source: str, digest: str, context: str, extra: dict[str, Any] | None = None,
+                schema: dict[str, str] | None = None, profile: dict[str, Any] | None = None) -> None:
+    """Dataset lineage: `mlflow.log_input` with the data's digest, its columns (`{name: MLflow type}`) and a profile
+    (row and class counts) that the run's inputs show; `extra` also goes on the input as tags."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types.schema import ColSpec, Schema
 
-    mlflow.log_input(MetaDataset(resolve_dataset_source(source), name=name, digest=digest), context=context,
+    class ProfiledDataset(MetaDataset):
+        """A MetaDataset (no data loaded) that also carries a profile, as MLflow's pandas and numpy datasets do."""
+
+        @property
+        def profile(self) -> dict[str, Any] | None:
+            return profile
+
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), **({"profile": json.dumps(profile)} if profile else {})}
+
+    columns = Schema([ColSpec(kind, column) for column, kind in schema.items()]) if schema else None
+    mlflow.log_input(ProfiledDataset(resolve_dataset_source(source), name=name, digest=digest, schema=columns),
+                     context=context,
                      tags={k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra or {}).items()} or None)
