@@ -66,13 +66,13 @@ def test_zeroshot_on_the_real_roco_sample(store, tiny_model_dir):
     assert "holds only 5 captions (the image-to-text gallery) and 5 images" in run.data.tags["medvlm.warning.small_gallery"]
 
     # Recomputed by hand: each image decoded and embedded on its own, captions from an independent parse.
-    names = sorted(p.stem for p in (ROCO_ROOT / "test" / "radiology" / "images").glob("*.jpg"))
-    captions = [read_roco_captions(ROCO_ROOT / "test" / "radiology" / "captions.txt")[n] for n in names]
+    stems = sorted(p.stem for p in (ROCO_ROOT / "test" / "radiology" / "images").glob("*.jpg"))
+    captions = [read_roco_captions(ROCO_ROOT / "test" / "radiology" / "captions.txt")[n] for n in stems]
     clip = create_model(model).eval()
     bpe = open_clip.tokenizer.SimpleTokenizer()  # the tiny model uses open_clip's default BPE: start + tokens + end
     assert metrics["test_captions_truncated"] == sum(len(bpe.encode(c)) + 2 > 32 for c in captions) == 1
     with torch.no_grad():
-        images = torch.stack([decode_image(ROCO_ROOT / "test" / "radiology" / "images" / f"{n}.jpg", 32) for n in names])
+        images = torch.stack([decode_image(ROCO_ROOT / "test" / "radiology" / "images" / f"{n}.jpg", 32) for n in stems])
         image_emb = torch.cat([F.normalize(clip.encode_image(to_model_input(x[None], clip.preprocess)), dim=-1)
                                for x in images])
         text_emb = F.normalize(clip.encode_text(clip.tokenize(captions)), dim=-1)
@@ -84,7 +84,7 @@ def test_zeroshot_on_the_real_roco_sample(store, tiny_model_dir):
     assert len(table) == 10 and set(table["direction"]) == {"image_to_text", "text_to_image"}
     i2t = table[table["direction"] == "image_to_text"]
     assert list(i2t["rank"]) == sorted(i2t["rank"], reverse=True)
-    assert all(captions[names.index(n)] == c for n, c in zip(i2t["query"], i2t["best_positive"]))
+    assert all(captions[stems.index(n)] == c for n, c in zip(i2t["query"], i2t["best_positive"]))
     assert {"plots/recall_at_k.png"} <= {a.path for a in client.list_artifacts(run_id, "plots")}
     curve = client.load_table(run.info.experiment_id, "recall_at_k.json", run_ids=[run_id])
     assert curve[curve["k"] == 5]["recall"].tolist() == [1.0, 1.0]

@@ -122,8 +122,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """Only what training changes (views of the live tensors, to be serialised at once, never kept)."""
-    names = {n for n, p in module.named_parameters() if p.requires_grad}
-    return {k: v.detach() for k, v in module.state_dict().items() if k in names}
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    return {k: v.detach() for k, v in module.state_dict().items() if k in trainable}
 
 
 class BestWeights:
