@@ -220,6 +220,12 @@ def test_registry_shows_the_model_at_best_and_its_signature_inputs(store, ui, br
     inputs = signature.inputs.input_names() if signature else []
     assert inputs, "the registered adapter has no signature"
     browser.get(f"{ui}/#/models/{model.name}/versions/{best.version}")
-    visible(browser, text_is(f"Inputs ({len(inputs)})"))
-    for name in inputs:
-        assert visible(browser, text_is(str(name)))
+    inputs_row = visible(browser, f"//*[@role='row'][normalize-space(.)='Inputs ({len(inputs)})']")
+    outputs_row = visible(browser, "//*[@role='row'][starts-with(normalize-space(.), 'Outputs (')]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", inputs_row)
+    inputs_row.click()  # the schema's sections start folded
+    for name in inputs:  # each input's row ("image (required)  binary") between the Inputs and Outputs headers
+        row = visible(browser, f"//*[@role='row'][starts-with(normalize-space(.), '{name} ') or normalize-space(.)='{name}']")
+        assert inputs_row.location["y"] < row.location["y"] < outputs_row.location["y"]
+    close_assistant(browser)
+    screenshot(browser, "version")
