@@ -16,10 +16,10 @@ on CPU and the CUDA allocator's peak on GPU; on GPU MFU is model FLOPs (counted 
 torch's FlopCounterMode) per second over the card's dense bf16 peak.
 
 Then, through the real CLI in subprocesses: `medvlm --help` wall time, time from the command
-to the first training step, and a 5-trial linear stability study against one linear run and
-5 cold runs (each with an empty feature cache).
+to the first training step, and a 5-trial linear stability study against one linear run (run
+just before and just after it) and, without --quick, 5 cold runs (each with an empty feature cache).
 
-    python benchmarks/bench_scale.py --device cpu --quick      # < 10 min on 2 cores
+    python benchmarks/bench_scale.py --device cpu --quick      # < 10 min on 2 cores at moderate load
     python benchmarks/bench_scale.py --device cuda             # batch 256, bf16
 """
 
@@ -133,6 +133,8 @@ class Sizes:
     val: int
     encode: int
     repeats: int
+    ratio_repeats: int  # N for full and LoRA training, whose ratio to bare is an acceptance criterion
+    checkpoint_probe: bool  # also time one resume-checkpoint write per training workload
 
 
 @dataclass
@@ -148,7 +150,10 @@ class Row:
     medvlm_mem: list[float] = field(default_factory=list)
     bare_inc: list[float] = field(default_factory=list)
     medvlm_inc: list[float] = field(default_factory=list)
+    bare_cpu: list[float] = field(default_factory=list)
+    medvlm_cpu: list[float] = field(default_factory=list)
     flops_per_image: float = 0.0
+    checkpoint_s: float | None = None
 
     def summary(self, peak_tflops: float | None) -> dict:
         med_b, med_m = statistics.median(self.bare_s), statistics.median(self.medvlm_s)
@@ -157,9 +162,14 @@ class Row:
                "bare_img_s_median": self.images / med_b, "bare_img_s_best": self.images / min(self.bare_s),
                "medvlm_img_s_median": self.images / med_m, "medvlm_img_s_best": self.images / min(self.medvlm_s),
                "ratio_time_median": med_m / med_b, "ratio_time_best": min(self.medvlm_s) / min(self.bare_s),
+               "ratio_cpu_median": statistics.median(self.medvlm_cpu) / statistics.median(self.bare_cpu),
+               "bare_s": self.bare_s, "medvlm_s": self.medvlm_s,
                "bare_peak_mem_gb": max(self.bare_mem), "medvlm_peak_mem_gb": max(self.medvlm_mem),
                "mem_ratio": max(self.medvlm_mem) / max(self.bare_mem),
-               "bare_peak_increment_gb": max(self.bare_inc), "medvlm_peak_increment_gb": max(self.medvlm_inc)}
+               "bare_peak_increment_gb": max(self.bare_inc), "medvlm_peak_increment_gb": max(self.medvlm_inc),
+               "loadavg_1min": os.getloadavg()[0]}
+        if self.checkpoint_s is not None:
+            out["checkpoint_write_s"] = self.checkpoint_s
         if peak_tflops and self.flops_per_image:
             out["medvlm_mfu"] = self.flops_per_image * out["medvlm_img_s_median"] / (peak_tflops * 1e12)
             out["bare_mfu"] = self.flops_per_image * out["bare_img_s_median"] / (peak_tflops * 1e12)
@@ -183,8 +193,12 @@ def release_memory() -> None:
 
 
 @contextmanager
-def measured(device: torch.device, times: list[float], mems: list[float], incs: list[float]):
-    """Wall time (device synchronised), peak memory of the block and that peak's rise above the floor before it.
+def measured(device: torch.device, times: list[float], mems: list[float], incs: list[float], cpus: list[float]):
+    """Wall time (device synchronised), the process's CPU time, peak memory of the block and that peak's rise
+    above the floor before it.
+
+    On a shared CPU machine the wall time of each side swings with the other users' load; the CPU time
+    (all threads of this process) swings far less, but misses time spent waiting (disk, locks).
 
     The absolute peak includes what this process holds for every measurement (the loaded model and
     the prepared copy both sides start from); the increment is what the measured loop itself added.
@@ -203,13 +217,14 @@ def measured(device: torch.device, times: list[float], mems: list[float], incs: 
         torch.cuda.reset_peak_memory_stats()
     else:
         sampler.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
         stop.set()
         if device.type == "cuda":
             mems.append(torch.cuda.max_memory_allocated() / 1e9)
@@ -223,8 +238,8 @@ def interleaved(row: Row, device: torch.device, bare, ours) -> Row:
     for r in range(row.repeats):
         sides = [("bare", bare), ("medvlm", ours)]
         for side, fn in (sides if r % 2 == 0 else sides[::-1]):
-            lists = ((row.bare_s, row.bare_mem, row.bare_inc) if side == "bare"
-                     else (row.medvlm_s, row.medvlm_mem, row.medvlm_inc))
+            lists = ((row.bare_s, row.bare_mem, row.bare_inc, row.bare_cpu) if side == "bare"
+                     else (row.medvlm_s, row.medvlm_mem, row.medvlm_inc, row.medvlm_cpu))
             work = fn()  # set-up (copies of the module) stays outside the timed block
             with measured(device, *lists):
                 work()
@@ -276,7 +291,9 @@ def medvlm_train_epoch(module, train, val, cfg, tmp: Path):
     """medvlm's engine as a run uses it: fit() with checkpoints, best weights and MLflow epoch logging.
 
     The MLflow run and the Accelerator exist once per run, so they are made here, untimed; the
-    timed part is the epoch as `fit` runs it (train, validation, checkpoint, logging).
+    timed part is the epoch as `fit` runs it (train, validation, logging, and the resume checkpoint
+    when `checkpoint_every`, default 600 s, has passed: an epoch here is shorter, so it writes none;
+    `checkpoint_write_seconds` measures that write, which a long run pays once per interval).
     """
     import mlflow
 
@@ -294,6 +311,22 @@ def medvlm_train_epoch(module, train, val, cfg, tmp: Path):
         mlflow.flush_async_logging()
         checkpoints.clear()
     return work
+
+
+def checkpoint_write_seconds(module, cfg, tmp: Path) -> float:
+    """One resume checkpoint as `fit` writes it: the trainable weights and AdamW's two moments for each."""
+    from medvlm.engine.checkpoints import Checkpoints, checkpoint_identity
+    from medvlm.engine.trainer import trainable_state
+
+    weights = trainable_state(module)
+    moments = {i: {"step": torch.tensor(1.0), "exp_avg": torch.zeros_like(w), "exp_avg_sq": torch.zeros_like(w)}
+               for i, w in enumerate(weights.values())}
+    checkpoints = Checkpoints(tmp / "probe", "probe", checkpoint_identity("probe", cfg.resolved(), {}))
+    t0 = time.perf_counter()
+    checkpoints.save({"trainable": weights, "optimizer": {"state": moments}, "epoch": 0})
+    seconds = time.perf_counter() - t0
+    checkpoints.clear()
+    return seconds
 
 
 def profile_epoch(prepared, train, val, cfg, tmp: Path, device: torch.device, rows: int = 20) -> str:
@@ -319,6 +352,34 @@ def flops_per_image(module, images: torch.Tensor, labels: torch.Tensor, train: b
                 module(images)
     module.zero_grad(set_to_none=True)
     return counter.get_total_flops() / len(images)
+
+
+class Tiny(torch.nn.Module):
+    """A few thousand parameters on the synthetic 28 px images: the engine's paths at no measurable cost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(28 * 28, 2)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.linear(images.float().flatten(1) / 255)
+
+
+def warm_up(device: torch.device, precision: str, tmp: Path) -> None:
+    """One untimed epoch of each side on `Tiny`, before any measurement.
+
+    A process pays some costs once: the first backward starts autograd's threads, the first metrics
+    import scikit-learn, the first async MLflow call starts its logging thread. A run pays them once
+    too (start-up is measured on its own, below); left in, they would land on whichever side of the
+    first training row happens to run first.
+    """
+    from medvlm.config import build_config
+
+    train, val = synthetic(8, 3), synthetic(4, 4)
+    cfg = build_config({"model": "tiny", "dataset": "synthetic", "strategy": "full", "epochs": 1, "batch_size": 4,
+                        "eval_batch_size": 4, "precision": precision})
+    bare_train_epoch(Tiny().to(device), train, val, 4, device, precision, 1e-3)()
+    medvlm_train_epoch(Tiny().to(device), train, val, cfg, tmp)()
 
 
 def bench_model(name: str, sizes: Sizes, device: torch.device, precision: str, tmp: Path, report,
@@ -374,10 +435,14 @@ def bench_model(name: str, sizes: Sizes, device: torch.device, precision: str, t
         run_cfg = build_config({**cfg.model_dump(), "strategy": strategy})
         prepared = ImageClassifier(get_strategy(strategy).prepare(copy.deepcopy(clip), run_cfg),
                                    copy.deepcopy(head).requires_grad_(True))
-        row = Row(name, f"train-{strategy}", sizes.train, sizes.batch, sizes.repeats)
+        repeats = sizes.ratio_repeats if strategy in ("full", "lora") else sizes.repeats
+        row = Row(name, f"train-{strategy}", sizes.train, sizes.batch, repeats)
         interleaved(row, device,
                     lambda: bare_train_epoch(copy.deepcopy(prepared), train, val, sizes.batch, device, amp, run_cfg.lr),
                     lambda: medvlm_train_epoch(copy.deepcopy(prepared), train, val, run_cfg, tmp))
+        if sizes.checkpoint_probe:
+            row.checkpoint_s = checkpoint_write_seconds(prepared, run_cfg, tmp)
+            release_memory()
         if peak:
             module = copy.deepcopy(prepared).train()
             images, labels = next(batches(train, sizes.batch, device))
@@ -392,6 +457,20 @@ def bench_model(name: str, sizes: Sizes, device: torch.device, precision: str, t
         release_memory()
     del clip, zs
     release_memory()
+
+
+def model_sizes(name: str, gpu: bool, quick: bool, repeats: int | None) -> Sizes:
+    """GPU: batch 256 in bf16. CPU --quick: a few images per measurement, N = 3 only where an acceptance
+    ratio needs it (full and LoRA training at ViT-B/32), N = 1 elsewhere; these rows show that every path
+    runs at the real shapes and where memory goes."""
+    if gpu:  # 32 steps per epoch: per-run costs (optimizer set-up, the first step's kernel selection) amortised
+        return Sizes(256, 8192, 1024, 8192, repeats or 3, repeats or 3, checkpoint_probe=False)
+    if not quick:
+        return Sizes(32, 128, 32, 128, repeats or 3, repeats or 3, checkpoint_probe=True)
+    if name == "clip-vit-b32":
+        return Sizes(8, 8, 4, 8, repeats or 1, repeats or 3, checkpoint_probe=True)
+    n = 2 if name in ("clip-vit-b16", "biomedclip") else 4
+    return Sizes(n, n, n, 2 * n, repeats or 1, repeats or 1, checkpoint_probe=False)
 
 
 def peak_tflops(device: torch.device) -> float | None:
@@ -450,17 +529,26 @@ def timed_cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, s
     return time.perf_counter() - t0, out.stderr
 
 
-def study_costs(weights: Path, data_root: Path, tmp: Path, trials: int = 5) -> dict:
-    """A `trials`-trial linear stability study vs one linear run vs `trials` cold linear runs."""
+def study_costs(weights: Path, data_root: Path, tmp: Path, trials: int = 5, cold: bool = True) -> dict:
+    """A `trials`-trial linear stability study against one linear run, and (`cold`) `trials` cold linear runs.
+
+    The load of a shared machine drifts within minutes, so one linear run goes just before the study
+    and one just after it, and the study is compared with their mean.
+    """
     run = ["--model", "clip-vit-b32", "--dataset", "breastmnist", "--size", "28", "--data_root", str(data_root),
            "--strategy", "linear", "--register_adapter", "false"]
-    one, _ = timed_cli(["finetune", *run], cli_env(tmp, weights, tmp / "cache-one", "one"), tmp)
+    before, _ = timed_cli(["finetune", *run], cli_env(tmp, weights, tmp / "cache-before", "before"), tmp)
     study, log = timed_cli(["stability", *run, "--strategies", "linear", "--trials", str(trials), "--study", "bench"],
                            cli_env(tmp, weights, tmp / "cache-study", "study"), tmp)
-    cold = [timed_cli(["finetune", *run], cli_env(tmp, weights, tmp / f"cache-cold{i}", f"cold{i}"), tmp)[0]
-            for i in range(trials)]
-    return {"one_linear_run_s": one, "study_s": study, "cold_runs_s": sum(cold), "study_over_one": study / one,
-            "encoding_lines": [line for line in log.splitlines() if "images (image_embedding)" in line]}
+    after, _ = timed_cli(["finetune", *run], cli_env(tmp, weights, tmp / "cache-after", "after"), tmp)
+    one = (before + after) / 2
+    out = {"linear_run_before_s": before, "linear_run_after_s": after, "one_linear_run_s": one, "study_s": study,
+           "study_over_one": study / one,
+           "encoding_lines": [line for line in log.splitlines() if "images (image_embedding)" in line]}
+    if cold:
+        out["cold_runs_s"] = sum(timed_cli(["finetune", *run], cli_env(tmp, weights, tmp / f"cache-cold{i}", f"cold{i}"),
+                                           tmp)[0] for i in range(trials))
+    return out
 
 
 def write_breast_subset(src: Path, dst: Path, per_split: dict[str, int]) -> None:
@@ -474,25 +562,32 @@ def write_breast_subset(src: Path, dst: Path, per_split: dict[str, int]) -> None
 # ---------------------------------------------------------------- main
 
 def print_table(rows: list[dict], header: bool = True) -> None:
-    head = (f"{'model':13} {'workload':16} {'imgs':>5} {'bs':>4} {'medvlm img/s':>13} {'bare img/s':>11} "
-            f"{'time ratio':>10} {'medvlm GB':>10} {'bare GB':>8} {'mem ratio':>9} {'+GB medvlm':>10} {'+GB bare':>8} {'MFU':>6}")
+    """Medians of N (wall time; the best-of-N ratio in brackets; CPU time), the resume-checkpoint write, the
+    1-minute load average when the row finished."""
+    head = (f"{'model':13} {'workload':16} {'imgs':>5} {'bs':>4} {'N':>2} {'medvlm img/s':>13} {'bare img/s':>11} "
+            f"{'time ratio (best)':>18} {'cpu ratio':>9} {'medvlm GB':>10} {'bare GB':>8} {'mem ratio':>9} {'+GB medvlm':>10} "
+            f"{'+GB bare':>8} {'ckpt s':>7} {'load':>5} {'MFU':>6}")
     if header:
         print(head)
         print("-" * len(head))
     for r in rows:
         mfu = f"{r['medvlm_mfu']:.1%}" if "medvlm_mfu" in r else "-"
-        print(f"{r['model']:13} {r['workload']:16} {r['images']:5d} {r['batch']:4d} {r['medvlm_img_s_median']:13.2f} "
-              f"{r['bare_img_s_median']:11.2f} {r['ratio_time_median']:10.3f} {r['medvlm_peak_mem_gb']:10.2f} "
-              f"{r['bare_peak_mem_gb']:8.2f} {r['mem_ratio']:9.3f} {r['medvlm_peak_increment_gb']:10.2f} "
-              f"{r['bare_peak_increment_gb']:8.2f} {mfu:>6}", flush=True)
+        ckpt = f"{r['checkpoint_write_s']:.1f}" if "checkpoint_write_s" in r else "-"
+        ratio = f"{r['ratio_time_median']:.3f} ({r['ratio_time_best']:.3f})"
+        print(f"{r['model']:13} {r['workload']:16} {r['images']:5d} {r['batch']:4d} {r['repeats']:2d} "
+              f"{r['medvlm_img_s_median']:13.2f} {r['bare_img_s_median']:11.2f} {ratio:>18} {r['ratio_cpu_median']:9.3f} "
+              f"{r['medvlm_peak_mem_gb']:10.2f} {r['bare_peak_mem_gb']:8.2f} {r['mem_ratio']:9.3f} "
+              f"{r['medvlm_peak_increment_gb']:10.2f} {r['bare_peak_increment_gb']:8.2f} {ckpt:>7} "
+              f"{r.get('loadavg_1min', 0):5.1f} {mfu:>6}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--quick", action="store_true", help="CPU-sized: a few images per measurement, N=3 only at ViT-B/32")
+    parser.add_argument("--quick", action="store_true", help="CPU-sized: a few images per measurement, N=3 only for full and LoRA training at "
+                                                              "ViT-B/32, no cold linear runs")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--repeats", type=int, default=None, help="N for best/median (default 3; quick: 3 at ViT-B/32, else 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="N for best/median (default 3; quick: see model_sizes)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: models,startup,study")
     parser.add_argument("--profile", default="", help="comma list of MODEL:STRATEGY epochs to profile, e.g. clip-vit-b16:lora")
     parser.add_argument("--json", default="bench_scale.json", help="where the JSON results go")
@@ -528,20 +623,12 @@ def main() -> None:
     models = [m for m in args.models.split(",") if m]
     if "models" not in skip:
         precision = "bf16" if gpu else "fp32"
+        warm_up(device, precision, tmp)
         for name in models:
             t0 = time.perf_counter()
             WRITERS[name](weights)
             print(f"[{name}] random weights written in its real format in {time.perf_counter() - t0:.0f} s", flush=True)
-            if gpu:
-                # 32 steps per epoch: per-run costs (optimizer set-up, the first step's kernel
-                # selection) are amortised as on a real training set
-                sizes = Sizes(batch=256, train=8192, val=1024, encode=8192, repeats=args.repeats or 3)
-            elif args.quick:
-                big = name in ("clip-vit-b16", "biomedclip")
-                sizes = Sizes(batch=4 if big else 8, train=4 if big else 16, val=4 if big else 8,
-                              encode=8 if big else 16, repeats=args.repeats or (3 if name == "clip-vit-b32" else 1))
-            else:
-                sizes = Sizes(batch=32, train=128, val=32, encode=128, repeats=args.repeats or 3)
+            sizes = model_sizes(name, gpu, args.quick, args.repeats)
             bench_model(name, sizes, device, precision, tmp, report, frozenset(filter(None, args.profile.split(","))))
             for f in (weights / name).glob("*"):
                 if name != "clip-vit-b32" and f.suffix in (".bin", ".pt", ".safetensors"):
@@ -564,15 +651,19 @@ def main() -> None:
             WRITERS["clip-vit-b32"](weights)
         data_root = tmp / "study-data"
         if args.quick and not gpu:
-            write_breast_subset(BREAST, data_root, {"train": 64, "val": 16, "test": 32})
+            write_breast_subset(BREAST, data_root, {"train": 32, "val": 8, "test": 16})
         else:
             data_root.mkdir()
             (data_root / "breastmnist.npz").symlink_to(BREAST)
-        results["study"] = study_costs(weights, data_root, tmp)
+        load = os.getloadavg()[0]
+        results["study"] = study_costs(weights, data_root, tmp, cold=not args.quick)
         s = results["study"]
+        s["loadavg_1min"] = [load, os.getloadavg()[0]]
+        cold = f"; 5 cold runs {s['cold_runs_s']:.0f} s" if "cold_runs_s" in s else ""
         print(f"5-trial linear stability study {s['study_s']:.0f} s = {s['study_over_one']:.2f}x one linear run "
-              f"({s['one_linear_run_s']:.0f} s); 5 cold runs {s['cold_runs_s']:.0f} s; "
-              f"encoding passes in the study's log: {len(s['encoding_lines'])} line(s): {s['encoding_lines']}", flush=True)
+              f"({s['linear_run_before_s']:.0f} s before it, {s['linear_run_after_s']:.0f} s after it){cold}; "
+              f"load {load:.1f} -> {os.getloadavg()[0]:.1f}; encoding passes in the study's log: "
+              f"{len(s['encoding_lines'])} line(s): {s['encoding_lines']}", flush=True)
 
     results["loadavg_end"] = os.getloadavg()
     print()

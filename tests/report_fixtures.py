@@ -29,7 +29,7 @@ def log_classification_run(model: str, strategy: str, probs: np.ndarray, labels:
     names = [f"class {i}" for i in range(probs.shape[1])]
     data = ClassificationData(dataset, "binary" if probs.shape[1] == 2 else "multiclass", names, [[n] for n in names], {})
     with tracked_run(cfg, extra_tags=extra_tags) as run:
-        log_test_results(torch.as_tensor(np.log(probs)), torch.as_tensor(labels), data)
+        log_test_results(torch.as_tensor(np.log(probs)), torch.as_tensor(labels), data, cfg)
     return run.info.run_id
 
 

@@ -79,7 +79,8 @@ def test_zeroshot_head_is_logit_scale_times_cosine(workdir, tiny_model_dir):
 def test_resume_continues_a_killed_run_in_the_same_mlflow_run(workdir, tiny_model_dir):
     epochs = 12
     args = ["finetune", "--model", f"local-dir:{tiny_model_dir}", *BREAST, "--strategy", "partial",
-            "--epochs", str(epochs), "--patience", str(epochs), "--lr", "1e-3", "--seed", "1"]
+            "--epochs", str(epochs), "--patience", str(epochs), "--lr", "1e-3", "--seed", "1",
+            "--checkpoint_every", "0"]  # a checkpoint every epoch: the kill below must find one
     env = {**os.environ}
     proc = subprocess.Popen([sys.executable, "-m", "medvlm.cli", *args], env=env, cwd=workdir,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -229,7 +229,8 @@ def test_resume_continues_lora_training_exactly(llava_family, tmp_path):
 
     def train(epochs: int, run: str, on_resume=None):
         cfg = build_config({"task": "vqa", "model": llava_family["hf"], "dataset": "vqa_rad", "strategy": "lora",
-                            "epochs": epochs, "patience": 5, "batch_size": 3, "lr": 1e-2, "seed": 3})
+                            "epochs": epochs, "patience": 5, "batch_size": 3, "lr": 1e-2, "seed": 3,
+                            "checkpoint_every": 0})
         torch.manual_seed(0)
         vlm = get_strategy("lora").prepare(load_vlm(llava_family["hf"]), cfg)
         data = load_vqa("vqa_rad", data_root=SHARED_DATA, image_size=32, max_rows=6)

@@ -24,9 +24,9 @@ GENERATIVE = {"test_closed_acc", "test_closed_unparsed", "test_open_exact", "tes
 
 
 @pytest.fixture(scope="module")
-def runs(llava_family, tmp_path_factory):
+def runs(llava_family, tmp_path_factory, new_mlflow_store):
     root = tmp_path_factory.mktemp("llava-e2e")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root / "mlflow.db")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MEDVLM_CHECKPOINTS": str(root / "ckpt"),
            "MLFLOW_EXPERIMENT_NAME": "llava"}
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):

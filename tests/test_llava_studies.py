@@ -20,10 +20,10 @@ EXPERIMENT = "llava-study"
 
 
 @pytest.fixture(scope="module")
-def report(llava_family, tmp_path_factory):
+def report(llava_family, tmp_path_factory, new_mlflow_store):
     root = tmp_path_factory.mktemp("llava-study")
     (llava_family["root"] / "llava-1.5-7b").symlink_to(llava_family["hf"])
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root / "mlflow.db")
     spec = root / "stability.yaml"
     spec.write_text(yaml.safe_dump({
         "kind": "stability", "name": "llava-stab", "trials": 2, "grid": {"model": ["llava-1.5-7b", "llava-med"]},

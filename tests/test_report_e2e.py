@@ -4,6 +4,7 @@ produces the tables and PNGs in the report run and prints the markdown."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -47,9 +48,9 @@ def report_project(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def studies_and_report(tmp_path_factory):
+def studies_and_report(tmp_path_factory, new_mlflow_store):
     root = tmp_path_factory.mktemp("report-e2e")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root / "mlflow.db")
     save_tiny_open_clip(root / "weights" / "clip-vit-b32", seed=0)
     save_tiny_open_clip(root / "weights" / "biomedclip", seed=1)
     env = {"MLFLOW_TRACKING_URI": uri, "MEDVLM_WEIGHTS": str(root / "weights"), "MEDVLM_CACHE": str(root / "cache"),
@@ -94,9 +95,11 @@ def test_the_report_is_the_project_run_and_holds_tables_and_plots(studies_and_re
     for section in ("## Recommendation", "## Models × strategies", "## Medical minus general",
                     "## Training-data ablation", "## Stability", "## Missing"):
         assert section in markdown
+    page = (folder / "report.html").read_text()  # the same report, one page that MLflow's artifact view renders
     for png in ("ablation_curve.png", "stability_std_auc.png", "gap_classification_linear_vs_linear.png"):
         assert (folder / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f"](plots/{png})" in markdown
+        assert f"![{png[:-4]}](plots/{png})" in markdown
+        assert f'src="data:image/png;base64,{base64.b64encode((folder / "plots" / png).read_bytes()).decode()}"' in page
     assert {p.name for p in (folder / "tables").glob("*.csv")} >= {"ablation.csv", "stability.csv", "gaps.csv",
                                                                   "recommendations.csv", "comparisons.csv"}
 

@@ -48,11 +48,11 @@ def interval(values: np.ndarray) -> tuple[float, float]:
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory):
+def tracked(tmp_path_factory, new_mlflow_store):
     """Runs of three zoo models on one synthetic BreastMNIST-sized test set, a stability study's
     children, an ablation fraction, a retrieval run, two VQA runs and one failed run; then the report."""
     root = tmp_path_factory.mktemp("report")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root / "mlflow.db")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", uri)

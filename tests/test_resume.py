@@ -30,7 +30,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "
 
 def task_args(task: str, root: Path, model: Path) -> list[str]:
     common = ["finetune", "--model", f"local-dir:{model}", "--epochs", str(EPOCHS), "--patience", str(EPOCHS),
-              "--lr", "1e-3", "--seed", "1", "--batch_size", "4"]
+              "--lr", "1e-3", "--seed", "1", "--batch_size", "4", "--checkpoint_every", "0"]
     if task == "retrieval":
         data = write_roco(root / "roco", sizes={"train": 6, "validation": 2, "test": 3})
         return [*common, "--task", "retrieval", "--strategy", "partial", "--dataset", str(data)]

@@ -23,9 +23,11 @@ RECALL_KEYS = {f"test_{d}_R{k}" for d in ("image_to_text", "text_to_image") for 
 
 
 @pytest.fixture(scope="module")
-def store_root(tmp_path_factory):
-    """One MLflow store for the module (creating one costs seconds); each test logs to its own experiment."""
-    return tmp_path_factory.mktemp("retrieval-e2e")
+def store_root(tmp_path_factory, new_mlflow_store):
+    """One MLflow store for the module; each test logs to its own experiment."""
+    root = tmp_path_factory.mktemp("retrieval-e2e")
+    new_mlflow_store(root / "mlflow.db")
+    return root
 
 
 @pytest.fixture

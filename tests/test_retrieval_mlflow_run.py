@@ -29,10 +29,10 @@ ADAPTER = "medvlm-tiny-clip-roco-retrieval"
 
 
 @pytest.fixture(scope="module")
-def project_runs(tmp_path_factory, tiny_model_dir):
+def project_runs(tmp_path_factory, new_mlflow_store, tiny_model_dir):
     root = tmp_path_factory.mktemp("retrieval-project")
     fixture = write_roco(root / "data" / "roco")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root / "mlflow.db")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MEDVLM_CACHE": str(root / "cache"),
            "MEDVLM_CHECKPOINTS": str(root / "ckpt"), "MLFLOW_EXPERIMENT_NAME": "retrieval"}
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):

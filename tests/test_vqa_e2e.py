@@ -27,12 +27,12 @@ EXAMPLE_COLUMNS = {"image", "question", "answer", "prediction", "correct", "answ
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One working directory and MLflow store for the module (a fresh SQLite store costs seconds of migrations)."""
+def store(tmp_path_factory, new_mlflow_store):
+    """One working directory and MLflow store for the module."""
     root = tmp_path_factory.mktemp("vqa-e2e")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLFLOW_TRACKING_URI", new_mlflow_store(root / "mlflow.db"))
         mp.setenv("MEDVLM_CACHE", str(root / "cache"))
         mp.setenv("MEDVLM_CHECKPOINTS", str(root / "checkpoints"))
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):

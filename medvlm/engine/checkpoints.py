@@ -22,10 +22,10 @@ from medvlm.config import RunConfig
 from medvlm.errors import TrainingError, one_line
 
 CHECKPOINT_FILE = "last.safetensors"
-BEST_FILE = "best.safetensors"  # the best epoch's trainable weights, beside the checkpoint (see trainer.BestWeights)
+BEST_FILES = "best-*.safetensors"  # best epochs' trainable weights, beside the checkpoint (see trainer.BestWeights)
 # Where a run trains, not what it trains: these may differ between the original run and its resume.
-MACHINE_FIELDS = frozenset({"resume", "checkpoint_dir", "data_root", "num_workers", "eval_batch_size", "experiment",
-                            "run_name"})
+MACHINE_FIELDS = frozenset({"resume", "checkpoint_dir", "checkpoint_every", "data_root", "num_workers",
+                            "eval_batch_size", "experiment", "run_name"})
 
 
 def config_hash(resolved: dict[str, Any]) -> str:
@@ -103,7 +103,7 @@ def load_trainable(path: Path) -> dict[str, torch.Tensor]:
 
 
 class Checkpoints:
-    """The checkpoint of one run: `<root>/<run_id>/last.safetensors`, written atomically each epoch."""
+    """The checkpoint of one run: `<root>/<run_id>/last.safetensors`, written atomically at an epoch's end."""
 
     def __init__(self, root: str | os.PathLike, run_id: str, identity: dict[str, str]):
         self.path = Path(root) / run_id / CHECKPOINT_FILE
@@ -154,5 +154,11 @@ class Checkpoints:
         return payload
 
     def clear(self) -> None:
+        """Delete the checkpoint, the best weights and the run's folder, which only they live in."""
         self.path.unlink(missing_ok=True)
-        (self.path.parent / BEST_FILE).unlink(missing_ok=True)
+        for best in self.path.parent.glob(BEST_FILES):
+            best.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:  # gone already, or another file (not ours) still lives there
+            pass

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from tqdm.auto import tqdm
 
 from medvlm.config import RunConfig
 from medvlm.data.base import collate_batch
-from medvlm.engine.checkpoints import BEST_FILE, Checkpoints, load_trainable, unshared
+from medvlm.engine.checkpoints import BEST_FILES, Checkpoints, load_trainable, unshared
 from medvlm.errors import ConfigError, TrainingError
 from medvlm.progress import log
 
@@ -124,27 +126,30 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
 class BestWeights:
     """The best epoch's trainable weights, kept on disk rather than as a second copy in memory.
 
-    For full fine-tuning that copy is as large as the model (+600 MB RSS at ViT-B/32 on CPU,
-    the bulk of medvlm's excess over a bare loop). With a resume checkpoint the best epoch's
-    checkpoint file is simply kept, as a hard link, so its weights are never written twice;
-    without one they are saved to a temporary folder. In multi-process runs the main process
-    writes beside the checkpoint for every rank; without a checkpoint folder each process keeps
-    its own.
+    For full fine-tuning that copy is as large as the model (+600 MB RSS at ViT-B/32 on CPU, the
+    bulk of medvlm's excess over a bare loop). An epoch's weights are written only once training
+    goes on past it (its next step would change them), so a best last epoch costs nothing, and an
+    epoch whose resume checkpoint holds them keeps that file as a hard link instead. One file per
+    epoch, `best-<epoch>.safetensors`: the one the last checkpoint names stays until a newer
+    checkpoint names another, so a resume finds its own best weights even when a later best epoch
+    was written after that checkpoint. In multi-process runs the main process writes beside the
+    checkpoint for every rank; without a checkpoint folder each process keeps its own.
     """
-
-    FILE = BEST_FILE
 
     def __init__(self, folder: Path | None):
         self._tmp = tempfile.TemporaryDirectory(prefix="medvlm-best-") if folder is None else None
         self.shared = folder is not None
-        self.path = Path(self._tmp.name if self._tmp else folder) / self.FILE
+        self.folder = Path(self._tmp.name if self._tmp else folder)
 
-    def save(self, module: nn.Module, checkpoint: Path | None) -> None:
-        """Keep `checkpoint` (just written for this epoch) as the best, or save the module's trainable weights."""
+    def path(self, epoch: int) -> Path:
+        return self.folder / BEST_FILES.replace("*", str(epoch + 1))
+
+    def save(self, module: nn.Module, epoch: int, checkpoint: Path | None = None) -> None:
+        """Keep `checkpoint` (just written for `epoch`) as its best weights, or save the module's trainable weights."""
         from safetensors.torch import save_file
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.path(epoch).with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
         if checkpoint is None:
             save_file(unshared(trainable_state(module)), str(tmp))
@@ -153,12 +158,56 @@ class BestWeights:
                 os.link(checkpoint, tmp)
             except OSError:  # a filesystem without hard links
                 shutil.copyfile(checkpoint, tmp)
-        os.replace(tmp, self.path)
+        os.replace(tmp, self.path(epoch))
 
-    def restore(self, module: nn.Module) -> None:
+    def keep(self, *epochs: int | None) -> None:
+        """Delete every best-weights file but those of `epochs`."""
+        wanted = {self.path(e) for e in epochs if e is not None}
+        for path in self.folder.glob(BEST_FILES):
+            if path not in wanted:
+                path.unlink(missing_ok=True)
+
+    def restore(self, module: nn.Module, epoch: int) -> None:
         """Tensors only (safetensors): a planted file can at worst hold wrong numbers, never run code."""
-        if self.path.is_file():
-            module.load_state_dict(load_trainable(self.path), strict=False)
+        if self.path(epoch).is_file():
+            module.load_state_dict(load_trainable(self.path(epoch)), strict=False)
+
+
+class DeferredInterrupt:
+    """Ctrl-C during training finishes the epoch, checkpoints it, then stops; a second Ctrl-C stops at once.
+
+    Checkpoints come every `checkpoint_every` seconds, so an immediate stop would lose the work since
+    the last one. Only Python's own Ctrl-C handler is replaced, and only in the main thread (the one
+    that takes signals): an ignored SIGINT (a background job) or another handler stays as it was.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+
+    def __enter__(self) -> DeferredInterrupt:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this epoch, once it is checkpointed; Ctrl-C again stops now and "
+                    "loses the training since the last checkpoint")
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """Whether any process was interrupted: every rank must stop at the same epoch."""
+        if accelerator.num_processes == 1:
+            return self.requested
+        return bool(accelerator.reduce(torch.tensor(float(self.requested), device=accelerator.device), "max"))
 
 
 def count_trainable(module: nn.Module) -> int:
@@ -236,11 +285,15 @@ def epoch_line(epoch: int, epochs: int, row: dict[str, float], best_epoch: int, 
 
 def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConfig, accelerator: Accelerator,
         checkpoints: Checkpoints | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        on_resume: Callable[[list[dict[str, float]]], None] | None = None) -> FitResult:
+        on_resume: Callable[[list[dict[str, float]]], None] | None = None,
+        on_checkpoint: Callable[[int], None] | None = None) -> FitResult:
     """Train `objective.module` with early stopping on validation loss; leaves the best weights loaded.
 
-    The checkpoint is written before an epoch's metrics are reported, and `on_resume` receives the
-    restored history, so a tracker can re-log epochs a kill cut off between the two.
+    The resume checkpoint is written at the end of an epoch once `cfg.checkpoint_every` seconds have
+    passed since the last one (every epoch when 0) and when Ctrl-C stops training; at full fine-tuning
+    it holds the weights and both AdamW moments (1.8 GB at ViT-B/32), too costly for every epoch. It
+    is written before the epoch's metrics are reported (`on_checkpoint` hears of it), and `on_resume`
+    receives the restored history, so a tracker can re-log epochs a kill cut off between the two.
     """
     set_seed(cfg.seed)
     params = [p for p in objective.module.parameters() if p.requires_grad]
@@ -252,9 +305,13 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
     module, optimizer, train_loader = accelerator.prepare(
         objective.module, optimizer, _loader(train_set, cfg.batch_size, cfg, EpochShuffle(len(train_set), cfg.seed)))
     val_loader = accelerator.prepare(_loader(val_set, cfg.eval_batch_size, cfg))
+    main = accelerator.is_main_process
 
     start, best_val, best_epoch, bad_epochs, history = 0, float("inf"), -1, 0, []
     best = BestWeights(checkpoints.path.parent if checkpoints else None)
+    writes_best = main or not best.shared
+    unsaved_best = False  # the live weights are the best epoch's, and no file holds them yet
+    checkpointed_best = None  # the best epoch named by the last checkpoint: its weights file must stay
     seen, train_time = 0, 0.0
     state = checkpoints.load() if checkpoints else None
     if state is not None:
@@ -263,74 +320,94 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
         _set_rng_state(state["rng"])
         start, best_val, best_epoch = state["epoch"] + 1, state["best_val"], state["best_epoch"]
         bad_epochs, history = state["bad_epochs"], state["history"]
-        if best_epoch == state["epoch"] and accelerator.is_main_process:  # a kill may have come before the link
-            best.save(accelerator.unwrap_model(module), checkpoints.path)
+        checkpointed_best = best_epoch
+        if main:
+            if best_epoch == state["epoch"]:  # a kill may have come before the link
+                best.save(accelerator.unwrap_model(module), best_epoch, checkpoints.path)
+            best.keep(best_epoch)  # later best epochs belong to the training this resume replays
         seen, train_time = state["seen"], state["train_time"]
-        if on_resume is not None and accelerator.is_main_process:
+        if on_resume is not None and main:
             on_resume(history)
 
-    if accelerator.is_main_process:
+    if main:
         log.info("training starts: %d trainable parameters, %d images per epoch, batch %d on %s",
                  sum(p.numel() for p in params), len(train_set), cfg.batch_size, accelerator.device)
-    for epoch in range(start, cfg.epochs):
-        if bad_epochs >= cfg.patience:
-            if accelerator.is_main_process:
-                log.info("early stop after epoch %d: val_loss has not improved for %d epochs; best epoch %d "
-                         "(val_loss %.4f)", epoch, bad_epochs, best_epoch + 1, best_val)
-            break
-        module.train()
-        train_loader.set_epoch(epoch)  # Accelerate's loader re-sets the sampler from its own counter otherwise
-        running, steps, t0 = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not accelerator.is_local_main_process or None)
-        for inputs, targets in bar:
-            with accelerator.accumulate(module):
-                with accelerator.autocast():
-                    loss = objective.loss(module(inputs), targets)
-                if seen == 0 and not bool(torch.isfinite(loss)):  # before any update: the weights are the suspect
-                    _require_finite_weights(module)
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running += loss.detach()
-            steps += 1
-            seen += int(targets.shape[0]) * accelerator.num_processes
-            if steps % NAN_CHECK_EVERY == 0 and not torch.isfinite(running):
+    checkpointed_at = time.monotonic()
+    with DeferredInterrupt() as interrupt:
+        for epoch in range(start, cfg.epochs):
+            if bad_epochs >= cfg.patience:
+                if main:
+                    log.info("early stop after epoch %d: val_loss has not improved for %d epochs; best epoch %d "
+                             "(val_loss %.4f)", epoch, bad_epochs, best_epoch + 1, best_val)
                 break
-        if accelerator.device.type == "cuda":
-            torch.cuda.synchronize()
-        train_time += time.perf_counter() - t0
-        train_loss = float(accelerator.reduce(running, "mean")) / max(steps, 1)
-        if not np.isfinite(train_loss):
-            raise TrainingError(f"training loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr}); "
-                                f"lower lr or use precision=fp32")
-        outputs, val_targets = predict(accelerator, module, val_loader)
-        val_loss = float(objective.loss(outputs, val_targets))
-        if not np.isfinite(val_loss):
-            raise TrainingError(f"validation loss became {val_loss} in epoch {epoch + 1} (lr={cfg.lr}); "
-                                f"lower lr or use precision=fp32")
-        row = {"train_loss": train_loss, "val_loss": val_loss,
-               **{f"val_{k}": v for k, v in objective.metrics(outputs, val_targets).items()}}
-        history.append(row)
-        improved = val_loss < best_val
-        if improved:
-            best_val, best_epoch, bad_epochs = val_loss, epoch, 0
-        else:
-            bad_epochs += 1
-        if checkpoints is not None and accelerator.is_main_process:
-            checkpoints.save({"trainable": trainable_state(accelerator.unwrap_model(module)),
-                              "optimizer": optimizer.state_dict(), "rng": _rng_state(), "epoch": epoch,
-                              "best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                              "history": history, "seen": seen, "train_time": train_time})
-        if improved and (accelerator.is_main_process or not best.shared):
-            best.save(accelerator.unwrap_model(module), checkpoints.path if checkpoints is not None else None)
-        if accelerator.is_main_process:
-            log.info(epoch_line(epoch, cfg.epochs, row, best_epoch, best_val))
-        if on_epoch is not None and accelerator.is_main_process:
-            on_epoch(epoch, row)
+            if unsaved_best and writes_best:  # this epoch's steps would overwrite the best weights
+                best.save(accelerator.unwrap_model(module), best_epoch)
+                best.keep(best_epoch, checkpointed_best)
+            unsaved_best = False
+            module.train()
+            train_loader.set_epoch(epoch)  # Accelerate's loader re-sets the sampler from its own counter otherwise
+            running, steps, t0 = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=not accelerator.is_local_main_process or None)
+            for inputs, targets in bar:
+                with accelerator.accumulate(module):
+                    with accelerator.autocast():
+                        loss = objective.loss(module(inputs), targets)
+                    if seen == 0 and not bool(torch.isfinite(loss)):  # before any update: the weights are the suspect
+                        _require_finite_weights(module)
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                running += loss.detach()
+                steps += 1
+                seen += int(targets.shape[0]) * accelerator.num_processes
+                if steps % NAN_CHECK_EVERY == 0 and not torch.isfinite(running):
+                    break
+            if accelerator.device.type == "cuda":
+                torch.cuda.synchronize()
+            train_time += time.perf_counter() - t0
+            train_loss = float(accelerator.reduce(running, "mean")) / max(steps, 1)
+            if not np.isfinite(train_loss):
+                raise TrainingError(f"training loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr}); "
+                                    f"lower lr or use precision=fp32")
+            outputs, val_targets = predict(accelerator, module, val_loader)
+            val_loss = float(objective.loss(outputs, val_targets))
+            if not np.isfinite(val_loss):
+                raise TrainingError(f"validation loss became {val_loss} in epoch {epoch + 1} (lr={cfg.lr}); "
+                                    f"lower lr or use precision=fp32")
+            row = {"train_loss": train_loss, "val_loss": val_loss,
+                   **{f"val_{k}": v for k, v in objective.metrics(outputs, val_targets).items()}}
+            history.append(row)
+            improved = val_loss < best_val
+            if improved:
+                best_val, best_epoch, bad_epochs = val_loss, epoch, 0
+            else:
+                bad_epochs += 1
+            stop = interrupt.agreed(accelerator)
+            due = checkpoints is not None and (
+                stop or cfg.checkpoint_every == 0 or time.monotonic() - checkpointed_at >= cfg.checkpoint_every)
+            if due and main:
+                checkpoints.save({"trainable": trainable_state(accelerator.unwrap_model(module)),
+                                  "optimizer": optimizer.state_dict(), "rng": _rng_state(), "epoch": epoch,
+                                  "best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                                  "history": history, "seen": seen, "train_time": train_time})
+                if improved:
+                    best.save(accelerator.unwrap_model(module), epoch, checkpoints.path)
+                best.keep(best_epoch)
+                if on_checkpoint is not None:
+                    on_checkpoint(epoch)
+            if due:
+                checkpointed_at, checkpointed_best = time.monotonic(), best_epoch
+            unsaved_best = improved and not due
+            if main:
+                log.info(epoch_line(epoch, cfg.epochs, row, best_epoch, best_val))
+            if on_epoch is not None and main:
+                on_epoch(epoch, row)
+            if stop:
+                raise KeyboardInterrupt
     accelerator.wait_for_everyone()
     if best_epoch != len(history) - 1:  # when the last epoch was the best, its weights are already in place
-        best.restore(accelerator.unwrap_model(module))
+        best.restore(accelerator.unwrap_model(module), best_epoch)
     objective.module = module
     return FitResult(best_epoch=best_epoch, best_val_loss=best_val, epochs_run=len(history),
                      images_per_s=seen / train_time if train_time > 0 else 0.0, history=history)

@@ -31,7 +31,8 @@ from medvlm.tasks.classification import (
     zero_shot_head,
 )
 from medvlm.tracking import plots
-from medvlm.tracking.session import log_dataset
+from medvlm.tracking.figures import figure_path, log_figures
+from medvlm.tracking.session import describe, log_dataset
 from medvlm.zoo import ClipModel
 
 
@@ -51,11 +52,26 @@ def load_data(cfg: RunConfig, clip: ClipModel) -> ClassificationData:
     return data
 
 
+def class_counts(data: ClassificationData, labels: torch.Tensor) -> dict[str, int]:
+    """Examples per class; for multi-label data positives per label (uncertain -1 labels count nowhere)."""
+    y = torch.as_tensor(labels)
+    if data.kind == "multilabel":
+        counts = (y == 1).sum(dim=0)
+    else:
+        y = y.reshape(-1)
+        counts = torch.bincount(y[y >= 0].long(), minlength=len(data.class_names))
+    return {name: int(n) for name, n in zip(data.class_names, counts.tolist())}
+
+
 def log_lineage(data: ClassificationData) -> None:
     for split, ds in data.splits.items():
         digest = ds.digest() if hasattr(ds, "digest") else data.extra.get("digest", "")
+        labels = getattr(ds, "labels", None)
+        profile = {"rows": len(ds), "kind": data.kind,
+                   **({"class_counts": class_counts(data, labels)} if labels is not None else {})}
         log_dataset(f"{data.name}/{split}", data.source, digest, context=split,
-                    extra={"n": len(ds), "kind": data.kind, "classes": len(data.class_names)})
+                    extra={"n": len(ds), "kind": data.kind, "classes": len(data.class_names)},
+                    schema={"image": "binary", "label": "long"}, profile=profile)
 
 
 def predictions_table(probs: np.ndarray, targets: np.ndarray, data: ClassificationData) -> pd.DataFrame:
@@ -72,17 +88,20 @@ def predictions_table(probs: np.ndarray, targets: np.ndarray, data: Classificati
     return table
 
 
-def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: ClassificationData) -> dict[str, float]:
+def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: ClassificationData,
+                     cfg: RunConfig) -> dict[str, float]:
     probs = probabilities(logits, data.kind)
     y = targets.numpy()
     metrics = {f"test_{k}": v for k, v in classification_metrics(y, probs, data.kind).items()}
     mlflow.log_metrics(metrics)
     table = predictions_table(probs, y, data)
     mlflow.log_table(table, "predictions.json")
-    figures = {"plots/roc.png": plots.roc_figure(y, probs, data.kind, data.class_names)}
+    title = describe(cfg)
+    figures = {figure_path("plots/roc", cfg.figure_format): plots.roc_figure(y, probs, data.kind, data.class_names, title)}
     if data.kind != "multilabel":
-        figures["plots/confusion_matrix.png"] = plots.confusion_figure(y, table["pred"].to_numpy(), data.class_names)
-    plots.log_figures(figures)
+        figures[figure_path("plots/confusion_matrix", cfg.figure_format)] = plots.confusion_figure(
+            y, table["pred"].to_numpy(), data.class_names, title)
+    log_figures(figures)
     return metrics
 
 
@@ -137,7 +156,7 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
 
     def test() -> dict[str, float]:
         _, _, logits, targets = evaluate(accelerator, objective, test_set, cfg)
-        return log_test_results(logits, targets, data)
+        return log_test_results(logits, targets, data, cfg)
 
     return fit_evaluate_register(cfg, accelerator, clip.spec.pin, objective, train_set, val_set, test, lambda: Adapter(
         ClassifierAdapterModel(), clip.spec.pin, clip.net, {"head": head} if head else {},

@@ -23,7 +23,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
 
 from medvlm.adapters.base import Adapter
 from medvlm.adapters.retrieval import RetrievalAdapterModel
@@ -35,7 +34,9 @@ from medvlm.experiments.common import fit_evaluate_register, start
 from medvlm.metrics.retrieval import RetrievalResult, retrieval_metrics, small_gallery_warning
 from medvlm.strategies import get_strategy
 from medvlm.tasks.retrieval import DIRECTIONS, DualEncoder, RetrievalObjective, TokenizedPairs, embed_gallery, summary
-from medvlm.tracking.session import WARNING_TAG_PREFIX, log_dataset
+from medvlm.tracking.figures import figure_path, log_figures
+from medvlm.tracking.plots import recall_figure
+from medvlm.tracking.session import WARNING_TAG_PREFIX, describe, log_dataset
 from medvlm.zoo.base import TextBatch
 
 CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
@@ -55,9 +56,10 @@ def apply_train_fraction(data: CaptionData, cfg: RunConfig) -> CaptionData:
 
 def log_lineage(data: CaptionData) -> None:
     for name, split in data.splits.items():
+        counts = {"images": split.n_images, "captions": len(split.captions), "skipped": split.skipped}
         log_dataset(f"{data.name}/{name}", data.source, split.digest(), context=name,
-                    extra={"images": split.n_images, "captions": len(split.captions), "subset": data.subset,
-                           "split": data.split, "skipped": split.skipped})
+                    extra={**counts, "subset": data.subset, "split": data.split},
+                    schema={"image": "binary", "caption": "string"}, profile={**counts, "subset": data.subset})
 
 
 def log_counts(data: CaptionData, tokens: dict[str, TextBatch]) -> None:
@@ -113,19 +115,8 @@ def recall_curve(result: RetrievalResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def recall_figure(curve: pd.DataFrame) -> Figure:
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    for direction, part in curve.groupby("direction"):
-        ax.plot(part["k"], part["recall"], marker="o", label=direction.replace("_", " "))
-    ax.set(xscale="log", xlabel="k", ylabel="recall@k", ylim=(0, 1.02), title="recall@k (test)")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
 def log_test_results(result: RetrievalResult, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                     split: CaptionSplit) -> dict[str, float]:
+                     split: CaptionSplit, cfg: RunConfig) -> dict[str, float]:
     metrics = {f"test_{k}": v for k, v in summary(result).items()}
     mlflow.log_metrics(metrics)
     warning = small_gallery_warning(len(image_emb), len(text_emb))
@@ -135,7 +126,7 @@ def log_test_results(result: RetrievalResult, image_emb: torch.Tensor, text_emb:
     mlflow.log_table(worst_queries(result, image_emb, text_emb, split), "worst_queries.json")
     curve = recall_curve(result)
     mlflow.log_table(curve, "recall_at_k.json")
-    mlflow.log_figure(recall_figure(curve), "plots/recall_at_k.png")
+    log_figures({figure_path("plots/recall_at_k", cfg.figure_format): recall_figure(curve, describe(cfg))})
     return metrics
 
 
@@ -166,7 +157,7 @@ def run_retrieval(cfg: RunConfig) -> dict[str, float]:
         mlflow.log_metric("embed_gallery_s", time.perf_counter() - t0)
         image_emb, text_emb = image_emb.to(device), text_emb.to(device)
         result = retrieval_metrics(image_emb, text_emb, split.text_to_image.to(device))
-        return log_test_results(result, image_emb, text_emb, split)
+        return log_test_results(result, image_emb, text_emb, split, cfg)
 
     return fit_evaluate_register(cfg, accelerator, clip.spec.pin, RetrievalObjective(encoder, cfg.batch_size), sets.get("train"),
                                  sets.get("val"), test, lambda: Adapter(RetrievalAdapterModel(), encoder.clip.spec.pin,

@@ -144,8 +144,13 @@ def zero_shot_logits(clip: ClipModel, data: VQAData, vocab: AnswerVocab, cfg: Ru
 
 def log_lineage(data: VQAData) -> None:
     for split, rows in data.splits.items():
+        images = int(rows["image_index"].nunique())
+        profile = {"rows": len(rows), "images": images, "closed": int(rows["closed"].sum()),
+                   "open": int((~rows["closed"]).sum()), "distinct_answers": int(rows["answer"].nunique())}
         log_dataset(f"{data.name}/{split}", data.source, data.split_digest(split), context=split,
-                    extra={"n": len(rows), "images": int(rows["image_index"].nunique()), "split": data.split})
+                    extra={"n": len(rows), "images": images, "split": data.split},
+                    schema={"image": "binary", "question": "string", "answer": "string", "closed": "boolean"},
+                    profile=profile)
 
 
 def examples_table(data: VQAData, vocab: AnswerVocab, y: np.ndarray, pred: np.ndarray) -> pd.DataFrame:

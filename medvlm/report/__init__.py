@@ -19,7 +19,7 @@ from medvlm.errors import ConfigError
 from medvlm.report.config import ReportConfig
 from medvlm.report.render import Report, Section, write
 from medvlm.report.select import RunRecord, Selection, select_runs, study_progress
-from medvlm.tracking.session import ensure_tracking, resolve_experiment
+from medvlm.tracking.session import ensure_tracking, provenance_tags, resolve_experiment
 
 REPORT_TAG = "medvlm.report"
 
@@ -51,6 +51,7 @@ def build_report(client: MlflowClient, selection: Selection, cfg: ReportConfig) 
     from medvlm.report import plots  # lazy, like the imports below: matplotlib and the tables load only to build a report
     from medvlm.report.cells import RunSamples, Uncertainty, build_cells
     from medvlm.report.recommend import recommendations
+    from medvlm.tracking.figures import figure_path
     from medvlm.report.tables import (Grid, Missing, ablation_table, comparisons_table, finetune_tables, gap_data,
                                       gap_table, stability_table, stds, zero_shot_tables)
 
@@ -68,22 +69,23 @@ def build_report(client: MlflowClient, selection: Selection, cfg: ReportConfig) 
         Section("Paired comparisons", [t for t in [comparisons_table(grid, unc)] if t]),
     ]
     gaps = gap_data(grid, unc)
-    heatmaps = plots.gap_heatmaps(gaps)
+    heatmaps = plots.gap_heatmaps(gaps, cfg.figure_format)
     figures.update(heatmaps)
     sections.append(Section("Medical minus general", [t for t in [gap_table(gaps)] if t], list(heatmaps),
                             [] if heatmaps else ["No gap: it needs runs of a medical and a general zoo model on the "
                                                  "same test set (local-dir models have no domain)."]))
     ablation = ablation_table(build_cells([r for r in runs if r.study_kind == "ablation"] or runs), unc, missing)
     if ablation is not None:
-        figures["plots/ablation_curve.png"] = plots.ablation_curve(ablation.data)
-        sections.append(Section("Training-data ablation", [ablation], ["plots/ablation_curve.png"]))
+        curve = figure_path("plots/ablation_curve", cfg.figure_format)
+        figures[curve] = plots.ablation_curve(ablation.data)
+        sections.append(Section("Training-data ablation", [ablation], [curve]))
     stability_cells = build_cells([r for r in runs if r.study_kind == "stability"])
     stability = stability_table(stability_cells, unc)
     if stability is not None:
         spread = stds(stability_cells)
         names = []
         for metric, part in spread.groupby("metric"):
-            names.append(f"plots/stability_std_{metric.removeprefix('test_')}.png")
+            names.append(figure_path(f"plots/stability_std_{metric.removeprefix('test_')}", cfg.figure_format))
             figures[names[-1]] = plots.stability_plot(part)
         sections.append(Section("Stability", [stability], names))
     sections.append(Section("Warnings", lines=[f"- {r.name} ({r.run_id}): {w}" for r in runs for w in r.warnings]))
@@ -137,7 +139,7 @@ def run_report(cfg: ReportConfig) -> str:
         mlflow.set_experiment(experiment)
     name = f"report · {selection.description}"[:250]
     with mlflow.start_run(run_id=project_run, run_name=None if project_run else name) as run:
-        mlflow.set_tags({REPORT_TAG: "true", "mlflow.runName": name})
+        mlflow.set_tags({REPORT_TAG: "true", "mlflow.runName": name, **provenance_tags()})
         _log_params(run.info.run_id, cfg)
         mlflow.log_metrics({"report_runs": len(selection.runs), "report_unfinished_runs": len(selection.unfinished)})
         with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from medvlm.config import CommaList, split_commas, validated
+from medvlm.config import FIGURE_FORMAT_HELP, CommaList, FigureFormat, split_commas, validated
 
 
 class ReportConfig(BaseModel):
@@ -28,7 +28,8 @@ class ReportConfig(BaseModel):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="confidence level of the percentile intervals")
     seed: int = Field(0, description="bootstrap seed (same seed, same intervals)")
     workers: int = Field(0, ge=0, description="processes for the bootstrap (0 = one per CPU)")
-    output: str = Field("", description="also write the report (markdown, CSV, PNG) into this folder")
+    output: str = Field("", description="also write the report (markdown, HTML, CSV, figures) into this folder")
+    figure_format: FigureFormat = Field("png", description=FIGURE_FORMAT_HELP)
 
     @field_validator("tags", mode="before")
     @classmethod

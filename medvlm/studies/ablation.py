@@ -21,20 +21,18 @@ def fraction_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def fraction_figure(table: pd.DataFrame, metric: str):
     """`metric` against the training fraction (log x), one line per model and strategy, one panel per dataset."""
-    from medvlm.tracking.plots import plt  # lazy: matplotlib loads only when a figure is drawn
+    from medvlm.tracking.figures import fraction_axis, new_figure, wrap  # lazy: matplotlib loads only when drawn
 
     rows = table[table["metric"] == metric].sort_values("train_fraction")
     datasets = sorted(rows["dataset"].unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
+    fig, axes = new_figure(5.5 * len(datasets), 4.2, 1, len(datasets), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         part = rows[rows["dataset"] == dataset]
         for (model, strategy), line in part.groupby(["model", "strategy"]):
             ax.errorbar(line["train_fraction"], line["mean"], yerr=np.nan_to_num(line["std"]), marker="o",
-                        capsize=3, label=f"{model[-24:]} · {strategy}")
-        ax.set_xscale("log")
-        fractions = sorted(part["train_fraction"].unique())
-        ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
-        ax.set(title=dataset, xlabel="training data", ylabel=metric)
+                        capsize=3, label=wrap(f"{model} · {strategy}", 40))
+        fraction_axis(ax, sorted(part["train_fraction"].unique()))
+        ax.set(title=dataset, ylabel=metric)
         ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.suptitle(f"{metric} against training data (mean ± std across runs)")
     return fig

@@ -74,23 +74,27 @@ def perturbed_trials(study: StudyConfig, cells: list[Cell], cell_dist: Any) -> l
 
 
 def std_figure(table: pd.DataFrame, metric: str):
-    """The paper's Figure 2: std of `metric` across runs, per model (x) and strategy (bars), one panel per dataset."""
-    from medvlm.tracking.plots import plt  # lazy: matplotlib loads only when a figure is drawn
+    """The paper's Figure 2: std of `metric` across runs, per model (x) and strategy (bars), one panel per dataset.
+    Model names are wrapped whole, so two models that share a long prefix or suffix still read apart."""
+    from medvlm.tracking.figures import new_figure, wrap  # lazy: matplotlib loads only when a figure is drawn
 
     rows = table[table["metric"] == metric]
     datasets = sorted(rows["dataset"].unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
     strategies = sorted(rows["strategy"].unique())
+    widest = max(rows["model"].nunique(), 1)
+    fig, axes = new_figure(max(5.0, 1.0 + 1.3 * widest) * len(datasets), 4.2, 1, len(datasets), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         part = rows[rows["dataset"] == dataset]
         models = sorted(part["model"].unique())
-        width = 0.8 / max(len(strategies), 1)
+        width = min(0.8 / max(len(strategies), 1), 0.4)
         for j, strategy in enumerate(strategies):
             std = [part[(part["model"] == m) & (part["strategy"] == strategy)]["std"].mean() for m in models]
-            ax.bar(np.arange(len(models)) + j * width, np.nan_to_num(std), width, label=strategy)
-        ax.set_xticks(np.arange(len(models)) + width * (len(strategies) - 1) / 2,
-                      [m[-24:] for m in models], rotation=20, ha="right", fontsize=7)
+            bars = ax.bar(np.arange(len(models)) + j * width, np.nan_to_num(std), width, label=strategy)
+            ax.bar_label(bars, fmt="%.3f", fontsize=6)
+        ax.set_xlim(-0.7, len(models) - 0.3 + width * (len(strategies) - 1))  # one bar is a bar, not the whole panel
+        ax.set_xticks(np.arange(len(models)) + width * (len(strategies) - 1) / 2, [wrap(m, 18) for m in models],
+                      fontsize=7)
         ax.set(title=dataset, ylabel=f"std of {metric}")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    axes[0][0].legend(fontsize=7, title="strategy", title_fontsize=7)
+    fig.suptitle(f"std of {metric} across the runs of each model and strategy")
     return fig

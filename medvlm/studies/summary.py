@@ -80,12 +80,11 @@ def metric_key(group: str, name: str) -> str:
 
 def box_figure(children: pd.DataFrame, metric: str):
     """Per-run values of `metric` per group: a box plot with every run drawn as a point."""
-    from medvlm.tracking.plots import plt  # lazy: matplotlib loads only when a figure is drawn
+    from medvlm.tracking.figures import new_figure, wrap  # lazy: matplotlib loads only when a figure is drawn
 
     runs = children.dropna(subset=[metric])
     datasets = sorted(runs["dataset"].unique())
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(max(5.0, 0.9 * runs["group"].nunique()), 3.4 * len(datasets)),
-                             squeeze=False)
+    fig, axes = new_figure(max(5.0, 1.3 * runs["group"].nunique()), 4.0 * len(datasets), len(datasets), 1, squeeze=False)
     rng = np.random.default_rng(0)
     for ax, dataset in zip(axes[:, 0], datasets):
         part = runs[runs["dataset"] == dataset]
@@ -94,17 +93,16 @@ def box_figure(children: pd.DataFrame, metric: str):
         ax.boxplot(values, showfliers=False)
         for i, v in enumerate(values, 1):
             ax.plot(i + rng.uniform(-0.12, 0.12, len(v)), v, "o", ms=3, alpha=0.7)
-        ax.set_xticks(range(1, len(groups) + 1), [g.replace(f" · {dataset}", "")[-40:] for g in groups],
-                      rotation=25, ha="right", fontsize=7)
+        ax.set_xticks(range(1, len(groups) + 1), [wrap(g.replace(f" · {dataset}", ""), 18) for g in groups], fontsize=7)
         ax.set(title=dataset, ylabel=metric)
-    fig.tight_layout()
+    fig.suptitle(f"{metric} of every run (points) per model · strategy")
     return fig
 
 
 def log_summary(client: MlflowClient, parent_id: str, kind: str, children: pd.DataFrame, table: pd.DataFrame,
-                counts: dict[str, int]) -> None:
+                counts: dict[str, int], figure_format: str) -> None:
     """Metrics, tables and plots of the summary on the parent run (overwriting an earlier summary)."""
-    from medvlm.tracking.plots import close  # lazy: matplotlib loads only when a figure is drawn
+    from medvlm.tracking.figures import figure_path, log_figures  # lazy: matplotlib loads only when a figure is drawn
 
     now = int(time.time() * 1000)
     metrics = [Metric(f"trials_{state}", float(n), now, 0) for state, n in counts.items()]
@@ -119,15 +117,13 @@ def log_summary(client: MlflowClient, parent_id: str, kind: str, children: pd.Da
     figures = {}
     for suffix, rows in by_task(table):
         metric = primary_metric(rows)
-        figures[f"summary/runs_box{suffix}.png"] = box_figure(children[children["task"] == rows["task"].iloc[0]], metric)
+        figures[figure_path(f"summary/runs_box{suffix}", figure_format)] = box_figure(children[children["task"] == rows["task"].iloc[0]], metric)
         if kind == "stability":
-            figures[f"summary/std_per_model_strategy{suffix}.png"] = std_figure(rows, metric)
+            figures[figure_path(f"summary/std_per_model_strategy{suffix}", figure_format)] = std_figure(rows, metric)
         if kind == "ablation":
             log_frame(client, parent_id, fraction_table(rows, metric), f"summary/fraction_table{suffix}")
-            figures[f"summary/metric_vs_fraction{suffix}.png"] = fraction_figure(rows, metric)
-    for path, fig in figures.items():
-        client.log_figure(parent_id, fig, path)
-        close(fig)
+            figures[figure_path(f"summary/metric_vs_fraction{suffix}", figure_format)] = fraction_figure(rows, metric)
+    log_figures(figures, client, parent_id)
 
 
 def log_frame(client: MlflowClient, run_id: str, frame: pd.DataFrame, stem: str) -> None:

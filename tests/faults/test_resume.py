@@ -19,7 +19,7 @@ from medvlm.cli import main
 from medvlm.config import build_config
 from medvlm.engine.checkpoints import CHECKPOINT_FILE, Checkpoints, checkpoint_identity
 from medvlm.errors import TrainingError
-from medvlm.tracking.session import check_resumable, tracked_run
+from medvlm.tracking.session import CHECKPOINTED_TAG, check_resumable, tracked_run
 from tests.conftest import BREAST_ROOT, needs_breastmnist
 from tests.test_errors import assert_one_line
 
@@ -101,7 +101,7 @@ def test_checkpoints_are_found_by_run_id_or_the_places_looked_are_named(workdir,
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # resumed from another folder, with another checkpoint_dir
     moved = build_config({**cfg.resolved(), "resume": run_id, "checkpoint_dir": "ckpts"})
-    MlflowClient().log_metric(run_id, "train_loss", 0.5, step=0)  # the run had trained an epoch
+    MlflowClient().set_tag(run_id, CHECKPOINTED_TAG, "1")  # the run had written a checkpoint
     from medvlm.errors import MedvlmError
 
     with pytest.raises(MedvlmError) as refused:
@@ -113,9 +113,17 @@ def test_checkpoints_are_found_by_run_id_or_the_places_looked_are_named(workdir,
     assert moved.checkpoint_dir == str(written_in)
 
 
+def test_a_run_stopped_before_its_first_checkpoint_trains_again_from_the_start(workdir, tiny_model_dir):
+    cfg, run_id = interrupted_run(tiny_model_dir)
+    MlflowClient().log_metric(run_id, "train_loss", 0.5, step=0)  # an epoch trained, no checkpoint due yet
+    assert main(["finetune", "--model", f"local-dir:{tiny_model_dir}", *BREAST, "--strategy", "linear",
+                 "--epochs", "1", "--resume", run_id]) == 0
+    assert MlflowClient().get_run(run_id).info.status == "FINISHED"
+
+
 def test_ctrl_c_ends_the_run_killed_keeps_the_checkpoint_and_prints_the_resume_command(workdir, tiny_model_dir):
-    args = ["finetune", "--model", f"local-dir:{tiny_model_dir}", *BREAST, "--strategy", "partial", "--epochs", "6",
-            "--patience", "6", "--lr", "1e-3", "--seed", "1"]
+    args = ["finetune", "--model", f"local-dir:{tiny_model_dir}", *BREAST, "--strategy", "partial", "--epochs", "3",
+            "--patience", "3", "--lr", "1e-3", "--seed", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "medvlm.cli", *args], cwd=workdir, env=os.environ.copy(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     client, deadline = MlflowClient(), time.monotonic() + 600
@@ -140,7 +148,7 @@ def test_ctrl_c_ends_the_run_killed_keeps_the_checkpoint_and_prints_the_resume_c
     assert main(shlex.split(command)[1:]) == 0
     resumed = client.get_run(run.info.run_id)
     assert resumed.info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == list(range(6))
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == list(range(3))
 
 
 def test_a_parameter_longer_than_mlflow_keeps_does_not_block_resume(workdir, tiny_model_dir):

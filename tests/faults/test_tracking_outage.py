@@ -47,15 +47,17 @@ def stop_server(server: subprocess.Popen) -> None:
     server.wait()
 
 
-def test_a_dead_tracking_server_gives_a_bounded_exit_with_the_resume_command(workdir, tiny_model_dir, monkeypatch):
+def test_a_dead_tracking_server_gives_a_bounded_exit_with_the_resume_command(workdir, tiny_model_dir, monkeypatch,
+                                                                           new_mlflow_store):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
+    new_mlflow_store(workdir / "server.db")  # the server's own store, its tables made already
     server = start_server(workdir, port)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the product's own bound is ~15 s per request
     args = ["finetune", "--model", f"local-dir:{tiny_model_dir}", "--dataset", "breastmnist", "--size", "28",
             "--data_root", str(BREAST_ROOT), "--strategy", "partial", "--epochs", str(EPOCHS), "--patience",
-            str(EPOCHS), "--lr", "1e-3"]
+            str(EPOCHS), "--lr", "1e-3", "--checkpoint_every", "0"]
     trainer = subprocess.Popen([sys.executable, "-m", "medvlm.cli", *args], cwd=workdir, env=os.environ.copy(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
