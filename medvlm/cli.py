@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from medvlm import __version__
 from medvlm.catalog import STRATEGY_KINDS, TASKS
-from medvlm.config import RunConfig, build_config, entry_point_fields
+from medvlm.config import RunConfig, build_config, entry_point_fields, field_choices
 from medvlm.errors import ConfigError, MedvlmError, TrackingError, one_line
 from medvlm.progress import setup_logging
 from medvlm.studies.spec import STUDY_FLAGS, StudyConfig
@@ -60,13 +61,28 @@ class Switch(argparse.Action):
         setattr(namespace, self.dest, "true" if value is None else value)
 
 
+def field_help(name: str, field: FieldInfo) -> str:
+    """A flag's help: the schema's description, the zoo's names for `model`, and the default."""
+    text = field.description or ""
+    if name == "model":
+        text += f"; zoo: {', '.join(zoo_entries())}"
+    if not field.is_required():
+        default = field.get_default(call_default_factory=True)
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        text += f" (default: {shown if shown not in ('', None) else 'none'})"
+    return text.replace("%", "%%")
+
+
 def add_field_flag(parser: argparse.ArgumentParser, name: str, field: FieldInfo) -> None:
-    """`--name` (and `--na-me`) for one schema field; a bool field becomes a `Switch`."""
+    """`--name` (and `--na-me`) for one schema field; a bool field becomes a `Switch`. A field with choices
+    shows them (`{a,b}`); the schema, not argparse, checks the value, so every entry point words errors alike."""
     flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
     if field.annotation is bool:
-        parser.add_argument(*flags, dest=name, default=None, action=Switch, help=field.description)
+        parser.add_argument(*flags, dest=name, default=None, action=Switch, help=field_help(name, field))
     else:
-        parser.add_argument(*flags, dest=name, default=None, metavar="VALUE", help=field.description)
+        choices = field_choices(field)
+        parser.add_argument(*flags, dest=name, default=None, metavar="{%s}" % ",".join(choices) if choices else "VALUE",
+                            help=field_help(name, field))
 
 
 def add_config_flags(parser: argparse.ArgumentParser, entry_point: str) -> None:
@@ -188,6 +204,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     building them only for the command actually run keeps `medvlm --help` and `medvlm models` light.
     """
     parser = OneLineParser(prog="medvlm", allow_abbrev=False, description="General or medical CLIP? Evaluate and adapt, tracked in MLflow.")
+    parser.add_argument("--version", action="version", version=f"medvlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, (func, help_text, takes_config) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sqlite3
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
 
 from medvlm.testing import save_tiny_open_clip
 
@@ -27,9 +32,39 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_open_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store file with every table created but no experiment yet, made once per session.
+
+    Creating a store runs all of MLflow's schema migrations (about 10 s per store on a busy two-core
+    machine, once per test otherwise). A copy of this file is that new store: MLflow adds the Default experiment when it first
+    opens it, with the artifact location of the copy's working directory, as it does in a store it creates.
+    """
+    folder = tmp_path_factory.mktemp("mlflow-store")
+    path = folder / "mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        MlflowClient(f"sqlite:///{path}").search_experiments()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("DELETE FROM experiments WHERE experiment_id = 0")
+    return path
+
+
+@pytest.fixture(scope="session")
+def new_mlflow_store(empty_mlflow_store) -> Callable[[Path], str]:
+    """`new_mlflow_store(path)`: the tracking URI of a new SQLite store at `path` (a copy of the empty store)."""
+
+    def make(path: Path) -> str:
+        shutil.copyfile(empty_mlflow_store, path)
+        return f"sqlite:///{path}"
+
+    return make
+
+
 @pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    """An isolated working directory with its own MLflow SQLite store, feature cache and checkpoints."""
+def bare_workdir(tmp_path, monkeypatch) -> Path:
+    """An isolated working directory with its own MLflow SQLite store (not created yet: for tests that show a
+    command never opens it), feature cache and checkpoints."""
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -39,6 +74,13 @@ def workdir(tmp_path, monkeypatch) -> Path:
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def workdir(bare_workdir, new_mlflow_store) -> Path:
+    """`bare_workdir` with its MLflow store created (a copy of the session's empty store)."""
+    new_mlflow_store(bare_workdir / "mlflow.db")
+    return bare_workdir
 
 
 @pytest.fixture

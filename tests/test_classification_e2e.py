@@ -9,6 +9,7 @@ import sys
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -24,10 +25,10 @@ EXTRA = {"lora": ["-P", "head=prompt", "-P", "lora_text=true", "-P", "prompt_set
 
 
 @pytest.fixture(scope="module")
-def project_runs(tmp_path_factory, tiny_model_dir):
+def project_runs(tmp_path_factory, new_mlflow_store, tiny_model_dir):
     """Run `mlflow run . -e …` once per strategy into one SQLite store; return (tracking uri, {strategy: run})."""
     root = tmp_path_factory.mktemp("mlflow-project")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root / "mlflow.db")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # no run/experiment leaked by other tests
     env = {**clean, "MLFLOW_TRACKING_URI": uri, "MEDVLM_CACHE": str(root / "cache"),
            "MEDVLM_CHECKPOINTS": str(root / "ckpt"), "MLFLOW_EXPERIMENT_NAME": "e2e"}
@@ -88,7 +89,7 @@ def test_run_has_spec_tracking(project_runs, strategy):
     assert metrics["train_images_per_s"] > 0 and metrics["trainable_params"] > 0
     for key in ("train_loss", "val_loss", "val_auc"):
         history = client.get_metric_history(run.info.run_id, key)
-        assert sorted(m.step for m in history) == list(range(EPOCHS)), key
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), key
 
 
 def test_trainable_params_follow_the_strategy(project_runs):
@@ -109,7 +110,7 @@ def test_registered_adapter_predicts_the_logged_probabilities(project_runs):
     model = mlflow.pyfunc.load_model(f"models:/{name}@best")
     with np.load(BREAST_ROOT / "breastmnist.npz") as npz:
         images = npz["test_images"]
-    predicted = model.predict(images)
+    predicted = model.predict(pd.DataFrame({"image": list(images)}))
     assert list(predicted.columns) == ["malignant", "normal or benign"]
     table = client.load_table(lora_run.info.experiment_id, "predictions.json", run_ids=[lora_run.info.run_id])
     np.testing.assert_allclose(predicted.to_numpy(), table[["prob_0", "prob_1"]].to_numpy(), atol=1e-6)

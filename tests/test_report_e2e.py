@@ -48,9 +48,9 @@ def report_project(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def studies_and_report(tmp_path_factory):
+def studies_and_report(tmp_path_factory, new_mlflow_store):
     root = tmp_path_factory.mktemp("report-e2e")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root / "mlflow.db")
     save_tiny_open_clip(root / "weights" / "clip-vit-b32", seed=0)
     save_tiny_open_clip(root / "weights" / "biomedclip", seed=1)
     env = {"MLFLOW_TRACKING_URI": uri, "MEDVLM_WEIGHTS": str(root / "weights"), "MEDVLM_CACHE": str(root / "cache"),

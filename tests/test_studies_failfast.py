@@ -20,7 +20,7 @@ def stability(model: str, *extra: str) -> list[str]:
             "--strategies", "linear", "--trials", "4", "--epochs", "1", "--study", "ff", *extra]
 
 
-def test_dry_run_and_run_report_a_missing_model_before_any_trial(workdir, capsys, offline, monkeypatch):
+def test_dry_run_and_run_report_a_missing_model_before_any_trial(bare_workdir, capsys, offline, monkeypatch):
     monkeypatch.delenv("MEDVLM_WEIGHTS", raising=False)
     assert main(stability("biomedclip", "--dry-run")) == 2
     out, err = capsys.readouterr()
@@ -30,7 +30,7 @@ def test_dry_run_and_run_report_a_missing_model_before_any_trial(workdir, capsys
     assert "$MEDVLM_WEIGHTS/biomedclip/" in line and "save_tiny_open_clip" in line
     assert main(stability("biomedclip")) == 2
     assert "model biomedclip" in capsys.readouterr().err
-    assert not (workdir / "optuna.db").exists() and not (workdir / "mlflow.db").exists()
+    assert not (bare_workdir / "optuna.db").exists() and not (bare_workdir / "mlflow.db").exists()
 
 
 def test_dry_run_lists_where_each_model_and_dataset_comes_from(workdir, capsys, tiny_model_dir):

@@ -33,7 +33,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_midl2026_spec_is_the_whole_paper_grid_and_dry_runs(workdir, capsys, offline, monkeypatch):
+def test_midl2026_spec_is_the_whole_paper_grid_and_dry_runs(bare_workdir, capsys, offline, monkeypatch):
     monkeypatch.delenv("MEDVLM_WEIGHTS", raising=False)
     spec = yaml.safe_load((SWEEPS / "midl2026.yaml").read_text())
     models = spec["grid"][0]["model"]
@@ -59,7 +59,7 @@ def test_midl2026_spec_is_the_whole_paper_grid_and_dry_runs(workdir, capsys, off
         model, dataset, strategy, *extra = rest.split("  |  ")[0].split(" · ")
         listed.add((task, model, " · ".join([dataset, *extra]), strategy))
     assert listed == expected
-    assert not (workdir / "optuna.db").exists() and not (workdir / "mlflow.db").exists()  # a dry run starts nothing
+    assert not (bare_workdir / "optuna.db").exists() and not (bare_workdir / "mlflow.db").exists()  # a dry run starts nothing
 
 
 @pytest.mark.parametrize("name", ["stability-classification"])
@@ -96,13 +96,13 @@ BAD_SPECS = [
 
 
 @pytest.mark.parametrize("spec,message", BAD_SPECS)
-def test_bad_spec_is_rejected_in_one_line_before_anything_starts(spec, message, tmp_path, workdir, capsys):
+def test_bad_spec_is_rejected_in_one_line_before_anything_starts(spec, message, tmp_path, bare_workdir, capsys):
     path = spec_file(tmp_path, spec)
     code, out, err = run_cli(["sweep", "--spec", path], capsys)
     assert code == 2
     assert err.startswith(f"medvlm: error: spec {path}: ") and message in err
     assert len(err.strip().splitlines()) == 1
-    assert not (workdir / "optuna.db").exists() and not (workdir / "mlflow.db").exists()
+    assert not (bare_workdir / "optuna.db").exists() and not (bare_workdir / "mlflow.db").exists()
 
 
 def test_study_kind_and_flag_clashes_are_named(tmp_path, workdir, capsys):

@@ -17,6 +17,7 @@ from medvlm.config import build_config
 from medvlm.data.vqa import VQA_RAD_IMAGES
 from medvlm.errors import ConfigError
 from medvlm.metrics.vqa_taxonomy import TAGS
+from medvlm.tracking import names
 from tests.conftest import SHARED_DATA
 from tests.vqa_fixtures import write_slake
 
@@ -27,12 +28,12 @@ EXAMPLE_COLUMNS = {"image", "question", "answer", "prediction", "correct", "answ
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One working directory and MLflow store for the module (a fresh SQLite store costs seconds of migrations)."""
+def store(tmp_path_factory, new_mlflow_store):
+    """One working directory and MLflow store for the module."""
     root = tmp_path_factory.mktemp("vqa-e2e")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLFLOW_TRACKING_URI", new_mlflow_store(root / "mlflow.db"))
         mp.setenv("MEDVLM_CACHE", str(root / "cache"))
         mp.setenv("MEDVLM_CHECKPOINTS", str(root / "checkpoints"))
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
@@ -57,7 +58,7 @@ def check_test_results(client: MlflowClient, run) -> pd.DataFrame:
     assert run.info.status == "FINISHED" and run.data.tags["medvlm.task"] == "vqa"
     assert {f"test_{k}" for k in CORE} <= set(metrics)
     table = examples(client, run)
-    assert EXAMPLE_COLUMNS <= set(table.columns) and len(table) == metrics["n_test"]
+    assert EXAMPLE_COLUMNS <= set(table.columns) and len(table) == metrics[names.examples("test")]
     assert metrics["test_acc"] == pytest.approx(table["correct"].mean())
     closed = table["answer_type"] == "closed"
     assert metrics["test_acc_closed"] == pytest.approx(table.loc[closed, "correct"].mean())

@@ -21,7 +21,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.entities import Metric
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -33,6 +36,14 @@ from medvlm.tasks.classification import ImageClassifier, LinearHead, PromptClass
 from medvlm.zoo import create_model
 
 ALIAS = "best"
+# Tags: on a logged adapter, what registering it needs; on a version, the study that registered it;
+# on a run, its logged adapter and the version made from it.
+NAME_TAG, METRIC_TAG, VALUE_TAG, HIGHER_TAG, DESCRIPTION_TAG = (
+    "medvlm.registered_name", "medvlm.selection_metric", "medvlm.selection_value", "medvlm.selection_higher",
+    "medvlm.description")
+STUDY_TAG, MODEL_TAG, REGISTERED_TAG = "medvlm.study_parent", "medvlm.logged_model", "medvlm.registered_model"
+QUESTION_INPUTS = [ColSpec("binary", "image"), ColSpec("string", "question")]  # what the VQA adapters answer
+EXAMPLE_QUESTION = "is there an abnormality?"
 
 
 @dataclass
@@ -47,14 +58,19 @@ class Adapter:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _images_from(model_input: Any) -> torch.Tensor:
-    """uint8 [B,C,H,W] from an array (N,H,W[,C]) or a DataFrame column `image` of bytes or paths."""
-    if isinstance(model_input, pd.DataFrame):
-        col = model_input["image"]
-        arrays = [np.asarray(Image.open(io.BytesIO(v) if isinstance(v, (bytes, bytearray)) else v).convert("RGB"))
-                  for v in col]
-        model_input = np.stack(arrays)
-    arr = np.asarray(model_input)
+def _pixels(cell: Any) -> np.ndarray:
+    """One image cell: encoded bytes, a file path, or a pixel array (H,W[,C]) as it stands."""
+    if isinstance(cell, np.ndarray):
+        return cell
+    return np.asarray(Image.open(io.BytesIO(cell) if isinstance(cell, (bytes, bytearray)) else cell).convert("RGB"))
+
+
+def _images_from(model_input: pd.DataFrame) -> torch.Tensor:
+    """uint8 [B,C,H,W] from the DataFrame column `image` (encoded bytes, paths or uint8 pixel arrays of one size)."""
+    if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
+        raise ModelError("input must be a DataFrame with an 'image' column of encoded image bytes, file paths or "
+                         "uint8 pixel arrays, e.g. pd.DataFrame({'image': list(images)})")
+    arr = np.stack([_pixels(cell) for cell in model_input["image"]])
     if arr.dtype != np.uint8:
         raise ModelError(f"images must be uint8 (got {arr.dtype}); pass raw pixel arrays or encoded image bytes")
     if arr.ndim == 3:
@@ -101,7 +117,13 @@ class ClassifierAdapterModel(AdapterModel):
         head.load_state_dict(state)
         self.classifier = ImageClassifier(self.clip, head).eval()
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def serving(self, meta: dict[str, Any]) -> tuple[ModelSignature, pd.DataFrame]:
+        """Input `image` (encoded bytes, a path or a uint8 pixel array); one probability column per class."""
+        outputs = [ColSpec("double", name) for name in meta["class_names"]]
+        return (serving_signature([ColSpec("binary", "image")], outputs, batch_size=64),
+                pd.DataFrame({"image": [example_png()]}))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         images = _images_from(model_input)
         batch = int((params or {}).get("batch_size", 64))
         with torch.no_grad():
@@ -110,36 +132,116 @@ class ClassifierAdapterModel(AdapterModel):
         return pd.DataFrame(probs, columns=self.meta["class_names"])
 
 
-def log_adapter(python_model: AdapterModel, peft_net, heads: dict[str, torch.nn.Module], meta: dict[str, Any],
-                registered_name: str, selection: tuple[str, float, bool]) -> str:
-    """Log the adapter as an MLflow model, register it, and point the `best` alias at the best version.
+def example_png() -> bytes:
+    """A small grey-gradient PNG: the input example every image-taking adapter is logged with."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))).save(buffer, format="PNG")
+    return buffer.getvalue()
 
-    `selection` is (validation metric name, value, higher_is_better). Returns the registered version.
+
+def serving_signature(inputs: list[ColSpec], outputs: list[ColSpec], **params: int) -> ModelSignature:
+    """Named input and output columns, and `predict`'s integer params with their defaults (MLflow drops
+    params that the signature does not declare)."""
+    return ModelSignature(Schema(inputs), Schema(outputs),
+                          ParamSchema([ParamSpec(name, "long", value) for name, value in params.items()]))
+
+
+def logged_model_name(run_name: str) -> str:
+    """The run's name as a logged-model name (`tiny-clip-breastmnist-lora-trial-3-lr=2e-05`): MLflow refuses
+    `/ : . % " '` in it, and six models all named "adapter" cannot be told apart."""
+    name = run_name.replace(" · ", "-").replace(" ", "-")
+    return "".join("_" if c in "/:.%\"'" else c for c in name)[:200] or "adapter"
+
+
+def version_description(meta: dict[str, Any], selection: tuple[str, float, bool], test: tuple[str, float] | None) -> str:
+    """A registered version's description: what it adapts, on which data, and how well it did."""
+    pin = ", ".join(f"{k}={str(v)[:16] if k == 'sha256' else v}" for k, v in meta["pin"].items())
+    lines = [f"{meta['strategy']} adapter of {meta['model']} (pinned: {pin}) for {meta['task']} on {meta['dataset']}.",
+             f"Validation {selection[0]} = {selection[1]:.4f} (the best epoch, which these weights are)."]
+    if test is not None:
+        lines.append(f"Test {test[0]} = {test[1]:.4f}.")
+    return "\n".join(lines)
+
+
+def log_adapter(made: Adapter, meta: dict[str, Any], registered: str, selection: tuple[str, float, bool],
+                description: str, best_epoch: int) -> str:
+    """Log the adapter as an MLflow model named after its run, with its signature, input example and final
+    metrics; returns its model id. What `register` needs later (name, selection, description) rides on its tags.
+
+    `selection` is (validation metric name, value, higher_is_better) and `best_epoch` the index of the epoch
+    whose weights these are: MLflow links the run's metrics at that epoch's step to the model, so its page
+    shows the best epoch's numbers, and `attach_final_metrics` adds the single-valued ones (test, cost).
     """
+    signature, example = made.python_model.serving(meta)
+    metric, value, higher = selection
+    tags = {NAME_TAG: registered, METRIC_TAG: metric, VALUE_TAG: repr(value), HIGHER_TAG: str(higher),
+            DESCRIPTION_TAG: description}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         artifacts = {"meta": str(root / "medvlm.json")}
-        if peft_net is not None:  # projector-only adapters have no LoRA part
-            save_adapter(peft_net, root / "adapter")
+        if made.peft_net is not None:  # projector-only adapters have no LoRA part
+            save_adapter(made.peft_net, root / "adapter")
             artifacts["adapter"] = str(root / "adapter")
         (root / "medvlm.json").write_text(json.dumps(meta, indent=2))
-        for key, head in heads.items():
+        for key, head in made.heads.items():
             save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(root / f"{key}.safetensors"))
             artifacts[key] = str(root / f"{key}.safetensors")
+        mlflow.flush_async_logging()  # the epochs' metrics must be in the store before MLflow links them
+        run = mlflow.active_run().info
+        client = MlflowClient()
+        step = sorted({m.step for m in client.get_metric_history(run.run_id, metric)})[best_epoch]
+        # MLflow serves the input example once through the logged model (rebuilding the base model), so a
+        # version whose example does not predict is caught here, as a warning in the log
         info = mlflow.pyfunc.log_model(
-            name="adapter", python_model=python_model, artifacts=artifacts,
-            code_paths=[str(Path(medvlm.__file__).parent)],
+            name=logged_model_name(mlflow.get_run(run.run_id).info.run_name),
+            python_model=made.python_model, artifacts=artifacts, code_paths=[str(Path(medvlm.__file__).parent)],
             pip_requirements=["torch", "torchvision", "open_clip_torch", "timm", "transformers", "peft",
                               "safetensors", "pandas", "numpy", "pillow", "scikit-learn", "pyyaml", "pydantic"],
+            signature=signature, input_example=example, tags=tags, step=step,
         )
-    version = mlflow.register_model(info.model_uri, registered_name)
-    client = MlflowClient()
-    metric, value, higher = selection
-    client.set_model_version_tag(registered_name, version.version, metric, str(value))
-    client.set_model_version_tag(registered_name, version.version, "run_id", mlflow.active_run().info.run_id)
-    point_best_alias(client, registered_name, metric, higher)
-    mlflow.set_tag("medvlm.registered_model", f"{registered_name}/{version.version}")
-    return str(version.version)
+    attach_final_metrics(client, run.run_id, info.model_id, step)
+    mlflow.set_tag(MODEL_TAG, info.model_id)
+    return info.model_id
+
+
+def attach_final_metrics(client: MlflowClient, run_id: str, model_id: str, step: int) -> None:
+    """Link the run's single-valued metrics (test, cost) to the model; those logged at `step` already are.
+
+    The same metric records are logged again with the model id: the store keeps one copy in the run's
+    history (an identical record is a duplicate) and adds the link, as MLflow's own linking at `step` does.
+    """
+    records = []
+    for key in client.get_run(run_id).data.metrics:
+        history = client.get_metric_history(run_id, key)
+        if history and all(m.step != step for m in history):
+            last = max(history, key=lambda m: (m.step, m.timestamp))
+            records.append(Metric(last.key, last.value, last.timestamp, last.step, model_id=model_id, run_id=run_id))
+    if records:
+        client.log_batch(run_id, metrics=records)
+
+
+def register(client: MlflowClient, model_id: str, run_id: str, study_parent: str | None = None) -> str:
+    """Register a logged adapter as a new version with its description, point `best` at the best version, and
+    tag the run with it; returns the version.
+
+    A study registers its best trial once, from whichever worker summarises last; two summarising together
+    both register, so each keeps its version only if it is the study's first and otherwise deletes it.
+    """
+    tags = client.get_logged_model(model_id).tags
+    name, metric, higher = tags[NAME_TAG], tags[METRIC_TAG], tags[HIGHER_TAG] == "True"
+    version_tags = {metric: tags[VALUE_TAG], "run_id": run_id, **({STUDY_TAG: study_parent} if study_parent else {})}
+    version = mlflow.register_model(f"models:/{model_id}", name, tags=version_tags).version
+    client.update_model_version(name, version, description=tags[DESCRIPTION_TAG])
+    if study_parent:
+        ours = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'")
+                      if v.tags.get(STUDY_TAG) == study_parent)
+        if ours[0] != int(version):
+            client.delete_model_version(name, version)
+            version = str(ours[0])
+    point_best_alias(client, name, metric, higher)
+    for run in filter(None, (run_id, study_parent)):
+        client.set_tag(run, REGISTERED_TAG, f"{name}/{version}")
+    return str(version)
 
 
 def best_version(client: MlflowClient, name: str, metric: str, higher: bool) -> str | None:

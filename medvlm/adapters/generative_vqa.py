@@ -13,9 +13,12 @@ from typing import Any
 import mlflow
 import pandas as pd
 import torch
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec
 from safetensors.torch import load_file
 
-from medvlm.adapters.base import Adapter, check_pin, read_meta
+from medvlm.adapters.base import (EXAMPLE_QUESTION, QUESTION_INPUTS, Adapter, check_pin, example_png, read_meta,
+                                  serving_signature)
 from medvlm.catalog import STRATEGY_KINDS
 from medvlm.config import RunConfig
 from medvlm.data.sources import decode_image
@@ -39,7 +42,12 @@ class GenerativeVQAModel(mlflow.pyfunc.PythonModel):
             vlm.llava.get_submodule(PROJECTOR).load_state_dict(load_file(context.artifacts["projector"]))
         self.vlm = vlm.eval()
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def serving(self, meta: dict[str, Any]) -> tuple[ModelSignature, pd.DataFrame]:
+        return (serving_signature(QUESTION_INPUTS, [ColSpec("string", "answer")], batch_size=8,
+                                  max_new_tokens=meta["max_new_tokens"]),
+                pd.DataFrame({"image": [example_png()], "question": [EXAMPLE_QUESTION]}))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or not {"image", "question"} <= set(model_input.columns):
             raise ModelError("VQA input must be a DataFrame with columns 'image' (bytes or path) and 'question'")
         size = self.vlm.preprocess.image_size

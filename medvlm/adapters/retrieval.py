@@ -12,8 +12,10 @@ from typing import Any
 
 import pandas as pd
 import torch
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Array, ColSpec
 
-from medvlm.adapters.base import AdapterModel
+from medvlm.adapters.base import AdapterModel, example_png, serving_signature
 from medvlm.data.sources import decode_image
 from medvlm.errors import ModelError
 from medvlm.tasks.retrieval import DualEncoder
@@ -30,7 +32,14 @@ class RetrievalAdapterModel(AdapterModel):
         self.load_base(context)
         self.encoder = DualEncoder(self.clip).eval()
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def serving(self, meta: dict[str, Any]) -> tuple[ModelSignature, pd.DataFrame]:
+        """Both columns optional: images alone, texts alone, or both."""
+        inputs = [ColSpec("binary", "image", required=False), ColSpec("string", "text", required=False)]
+        outputs = [ColSpec(Array("double"), f"{c}_embedding", required=False) for c in INPUT_COLUMNS]
+        return (serving_signature(inputs, outputs, batch_size=64),
+                pd.DataFrame({"image": [example_png()], "text": ["chest x-ray"]}))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or not set(INPUT_COLUMNS) & set(model_input.columns):
             raise ModelError("retrieval input must be a DataFrame with an 'image' column (bytes or path), "
                              "a 'text' column, or both")

@@ -11,9 +11,11 @@ from typing import Any
 
 import pandas as pd
 import torch
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec
 from safetensors.torch import load_file
 
-from medvlm.adapters.base import AdapterModel
+from medvlm.adapters.base import EXAMPLE_QUESTION, QUESTION_INPUTS, AdapterModel, example_png, serving_signature
 from medvlm.data.sources import decode_image
 from medvlm.errors import ModelError
 from medvlm.tasks.vqa import AnswerVocab, BANHead, VQAModel
@@ -30,7 +32,11 @@ class VQAAdapterModel(AdapterModel):
         self.model = VQAModel(self.clip, head).eval()
         self.vocab = AnswerVocab(**self.meta["vocab"])
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def serving(self, meta: dict[str, Any]) -> tuple[ModelSignature, pd.DataFrame]:
+        return (serving_signature(QUESTION_INPUTS, [ColSpec("string", "answer"), ColSpec("double", "score")], batch_size=64),
+                pd.DataFrame({"image": [example_png()], "question": [EXAMPLE_QUESTION]}))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or not {"image", "question"} <= set(model_input.columns):
             raise ModelError("VQA input must be a DataFrame with columns 'image' (bytes or path) and 'question'")
         size = self.clip.preprocess.image_size

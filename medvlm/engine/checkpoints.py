@@ -154,6 +154,11 @@ class Checkpoints:
         return payload
 
     def clear(self) -> None:
+        """Delete the checkpoint, the best weights and the run's folder, which only they live in."""
         self.path.unlink(missing_ok=True)
         for best in self.path.parent.glob(BEST_FILES):
             best.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:  # gone already, or another file (not ours) still lives there
+            pass

@@ -30,7 +30,7 @@ from medvlm.tasks.classification import (
     model_device,
     zero_shot_head,
 )
-from medvlm.tracking import plots
+from medvlm.tracking import names, plots
 from medvlm.tracking.figures import figure_path, log_figures
 from medvlm.tracking.session import describe, log_dataset
 from medvlm.zoo import ClipModel
@@ -52,11 +52,26 @@ def load_data(cfg: RunConfig, clip: ClipModel) -> ClassificationData:
     return data
 
 
+def class_counts(data: ClassificationData, labels: torch.Tensor) -> dict[str, int]:
+    """Examples per class; for multi-label data positives per label (uncertain -1 labels count nowhere)."""
+    y = torch.as_tensor(labels)
+    if data.kind == "multilabel":
+        counts = (y == 1).sum(dim=0)
+    else:
+        y = y.reshape(-1)
+        counts = torch.bincount(y[y >= 0].long(), minlength=len(data.class_names))
+    return {name: int(n) for name, n in zip(data.class_names, counts.tolist())}
+
+
 def log_lineage(data: ClassificationData) -> None:
     for split, ds in data.splits.items():
         digest = ds.digest() if hasattr(ds, "digest") else data.extra.get("digest", "")
+        labels = getattr(ds, "labels", None)
+        profile = {"rows": len(ds), "kind": data.kind,
+                   **({"class_counts": class_counts(data, labels)} if labels is not None else {})}
         log_dataset(f"{data.name}/{split}", data.source, digest, context=split,
-                    extra={"n": len(ds), "kind": data.kind, "classes": len(data.class_names)})
+                    extra={"n": len(ds), "kind": data.kind, "classes": len(data.class_names)},
+                    schema={"image": "binary", "label": "long"}, profile=profile)
 
 
 def predictions_table(probs: np.ndarray, targets: np.ndarray, data: ClassificationData) -> pd.DataFrame:
@@ -77,7 +92,7 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: Classifi
                      cfg: RunConfig) -> dict[str, float]:
     probs = probabilities(logits, data.kind)
     y = targets.numpy()
-    metrics = {f"test_{k}": v for k, v in classification_metrics(y, probs, data.kind).items()}
+    metrics = {names.test(k): v for k, v in classification_metrics(y, probs, data.kind).items()}
     mlflow.log_metrics(metrics)
     table = predictions_table(probs, y, data)
     mlflow.log_table(table, "predictions.json")
@@ -133,11 +148,11 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
         t0 = time.perf_counter()
         feats = {s: TensorRows(*cached_features(clip, data.splits[s], cfg.eval_batch_size, device, cfg.precision))
                  for s in (("train", "val", "test") if strategy.kind.trains else ("test",))}
-        mlflow.log_metric("encode_images_per_s", sum(len(f) for f in feats.values()) / (time.perf_counter() - t0))
+        mlflow.log_metric(names.COST_ENCODE_IMAGES_PER_S, sum(len(f) for f in feats.values()) / (time.perf_counter() - t0))
         objective = ClassificationObjective(head, data.kind)
         train_set, val_set, test_set = feats.get("train"), feats.get("val"), feats["test"]
 
-    mlflow.log_metric("trainable_params", count_trainable(objective.module))
+    mlflow.log_metric(names.TRAINABLE_PARAMS, count_trainable(objective.module))
 
     def test() -> dict[str, float]:
         _, _, logits, targets = evaluate(accelerator, objective, test_set, cfg)

@@ -20,13 +20,14 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch.utils.data import Dataset
 
-from medvlm.adapters.base import Adapter, log_adapter, registered_name
+from medvlm.adapters.base import Adapter, log_adapter, register, registered_name, version_description
 from medvlm.catalog import TASKS, TaskSpec
 from medvlm.config import RunConfig
 from medvlm.engine.features import model_for_run
 from medvlm.engine.checkpoints import Checkpoints
 from medvlm.engine.trainer import Objective, fit, make_accelerator
 from medvlm.strategies import get_strategy
+from medvlm.tracking import names
 from medvlm.tracking.figures import figure_path, log_figures
 from medvlm.tracking.plots import learning_curves_figure
 from medvlm.tracking.session import describe, log_epoch, note_checkpoint, replay_epochs
@@ -62,13 +63,14 @@ def fit_evaluate_register(cfg: RunConfig, accelerator: Accelerator, pin: dict[st
     model (the generative row for LLaVA-family models); by default the task's own."""
     strategy, task = get_strategy(cfg.strategy), task or TASKS[cfg.task]
     history: History = []
-    selection = None
+    selection, best_epoch = None, 0
     if strategy.kind.trains:
         saved = checkpoints(cfg, accelerator, pin)
         result = fit(objective, train_set, val_set, cfg, accelerator, saved, log_epoch, replay_epochs, note_checkpoint)
-        history = result.history
-        mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
-                            "epochs_run": result.epochs_run})
+        history, best_epoch = result.history, result.best_epoch
+        mlflow.log_metrics({names.TRAIN_IMAGES_PER_S: result.images_per_s,
+                            names.TRAIN_BEST_EPOCH: names.epoch_number(result.best_epoch),
+                            names.TRAIN_EPOCHS_RUN: result.epochs_run})
         selection = (task.selection_metric, history[result.best_epoch][task.selection_metric], task.selection_higher)
     metrics = evaluate()
     if history:
@@ -76,9 +78,13 @@ def fit_evaluate_register(cfg: RunConfig, accelerator: Accelerator, pin: dict[st
             history, result.best_epoch, task.selection_metric, describe(cfg))})
     if strategy.kind.produces_adapter and cfg.register_adapter and adapter is not None:
         made = adapter()
-        meta = {"model": cfg.model, "pin": made.pin, "task": cfg.task, "dataset": cfg.dataset, **made.meta}
-        log_adapter(made.python_model, made.peft_net, made.heads, meta, registered_name(cfg.model, cfg.dataset, cfg.task),
-                    selection)
+        meta = {"model": cfg.model, "pin": made.pin, "task": cfg.task, "dataset": cfg.dataset, "strategy": cfg.strategy,
+                **made.meta}
+        test = (task.primary_metric, metrics[task.primary_metric]) if task.primary_metric in metrics else None
+        model_id = log_adapter(made, meta, registered_name(cfg.model, cfg.dataset, cfg.task), selection,
+                               version_description(meta, selection, test), best_epoch)
+        if not cfg.study:  # a study registers its best trial at its end, if its spec says so (`register_best`)
+            register(mlflow.MlflowClient(), model_id, mlflow.active_run().info.run_id)
     if strategy.kind.trains:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:

@@ -33,7 +33,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -48,7 +48,7 @@ from medvlm.progress import log
 from medvlm.studies.plan import build_plan, describe, plan_digest, trial_config
 from medvlm.studies.spec import Kind, PlannedTrial, StudyConfig, load_study_config, perturbed
 from medvlm.studies.summary import PRIMARY_METRIC, child_runs, format_summary, log_summary, summary_table
-from medvlm.tracking.session import ensure_tracking, resolve_experiment
+from medvlm.tracking.session import ensure_tracking, provenance_tags, resolve_experiment
 
 PARENT_ATTR, EXPERIMENT_ATTR, DIGEST_ATTR, KIND_ATTR, READY_ATTR = (
     "mlflow_parent_run_id", "mlflow_experiment_id", "plan_digest", "kind", "ready")
@@ -228,7 +228,8 @@ def create_parent(cfg: StudyConfig, plan: list[PlannedTrial], experiment: str, p
         run = client.create_run(_experiment_id(client, experiment), run_name=name)
     run_id = run.info.run_id
     client.set_tag(run_id, "mlflow.runName", name)
-    for key, value in {"medvlm.study": cfg.name, "medvlm.study_kind": cfg.kind, "medvlm.study_role": "parent"}.items():
+    for key, value in {"medvlm.study": cfg.name, "medvlm.study_kind": cfg.kind, "medvlm.study_role": "parent",
+                       **provenance_tags()}.items():
         client.set_tag(run_id, key, value)
     for key, value in {"study.kind": cfg.kind, "study.trials_planned": len(plan), "study.plan_digest": plan_digest(plan),
                        "study.storage": redacted(cfg.storage)}.items():
@@ -465,6 +466,30 @@ def _fail(study, trial, message: str, seen: dict[str, int] | None = None) -> str
     return line
 
 
+def register_best(client: MlflowClient, parent: Parent, run_ids: Iterable[str]) -> None:
+    """Register the adapter of the best completed trial (validation metric), once per registered model name.
+
+    Trials log their adapters without registering them, so the registry holds only what a study chose.
+    Reruns (`summarize_only`, the next worker) find the study's version by its tag and register nothing.
+    """
+    from medvlm.adapters.base import HIGHER_TAG, MODEL_TAG, NAME_TAG, STUDY_TAG, VALUE_TAG, register
+
+    best: dict[str, tuple[float, str, str]] = {}
+    for run_id in run_ids:
+        model_id = client.get_run(run_id).data.tags.get(MODEL_TAG)
+        if model_id is None:
+            continue
+        tags = client.get_logged_model(model_id).tags
+        score = float(tags[VALUE_TAG]) * (1 if tags[HIGHER_TAG] == "True" else -1)
+        if math.isfinite(score) and score >= best.get(tags[NAME_TAG], (-math.inf,))[0]:
+            best[tags[NAME_TAG]] = (score, model_id, run_id)
+    for name, (_, model_id, run_id) in best.items():
+        if any(v.tags.get(STUDY_TAG) == parent.run_id for v in client.search_model_versions(f"name='{name}'")):
+            continue
+        version = register(client, model_id, run_id, study_parent=parent.run_id)
+        log.info("registered the best trial's adapter: %s version %s", name, version)
+
+
 def finish(study, cfg: StudyConfig, parent: Parent, figure_format: str) -> int:
     """Write the summary when nothing is queued or running (or when asked to), its figures in `figure_format`;
     1 if trials failed for good."""
@@ -490,6 +515,8 @@ def finish(study, cfg: StudyConfig, parent: Parent, figure_format: str) -> int:
     table = summary_table(children)
     log_summary(client, parent.run_id, cfg.kind, children, table, counts, figure_format)
     set_summary_tag(client, parent.run_id, "medvlm.failed_trials", str(len(failed)))
+    if cfg.register_best and not pending:
+        register_best(client, parent, children["run_id"])
     if not pending:
         client.set_terminated(parent.run_id, "FINISHED")
     print(format_summary(cfg.kind, table))

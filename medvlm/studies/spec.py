@@ -139,6 +139,9 @@ class StudyConfig(BaseModel):
     max_retry: int = Field(3, ge=0, description="retries of a killed trial")
     max_same_failures: int = Field(3, ge=0, description="stop the study when this many trials in a row fail with the same "
                                    "error, leaving the rest queued (0 = never stop)")
+    register_best: bool = Field(False, description="at the end, register the adapter of the best trial (by validation "
+                                "metric) as one Model Registry version per model x dataset x task; trials themselves "
+                                "never register")
     dry_run: bool = Field(False, description="print the experiments the study would run, and their count; run nothing")
     summarize_only: bool = Field(False, description="only (re)write the parent run's summary from the finished child runs")
 
@@ -158,7 +161,7 @@ class StudyConfig(BaseModel):
 
 
 STUDY_FLAGS = ("trials", "fractions", "strategies", "sampler_seed", "storage", "heartbeat_interval", "grace_period",
-               "max_retry", "max_same_failures", "dry_run", "summarize_only")
+               "max_retry", "max_same_failures", "register_best", "dry_run", "summarize_only")
 SPEC_KEYS = "valid spec keys: " + ", ".join(StudyConfig.model_fields)
 
 
@@ -334,6 +337,10 @@ def _check_cells(study: StudyConfig, cells: list[Cell]) -> None:
     """What a RunConfig cannot know alone: zoo names, and strategies the study kind cannot use."""
     from medvlm.zoo.factory import resolve  # lazy: the zoo loads torch; a spec without models never needs it
 
+    if study.register_best and not any(STRATEGY_KINDS[c.config.strategy].produces_adapter and c.config.register_adapter
+                                       for c in cells):
+        raise ConfigError("register_best registers a trial's adapter, and no cell of this study makes one (strategy "
+                          "lora or mlp, with register_adapter true); add such a cell or drop register_best")
     checked: set[str] = set()
     for cell in cells:
         cfg = cell.config

@@ -10,15 +10,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -26,6 +29,7 @@ import mlflow
 from medvlm.config import RunConfig
 from medvlm.errors import MedvlmError, Superseded, TrackingError, one_line
 from medvlm.progress import log
+from medvlm.tracking import names
 from medvlm.zoo.entries import zoo_entries
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -35,6 +39,11 @@ SOURCE_PREFIXES = ("local-dir", "hf-hub", "hf", "file")
 CHECKPOINT_TAG = "medvlm.checkpoint_dir"
 CHECKPOINTED_TAG = "medvlm.checkpoint_epoch"  # the last epoch a resume checkpoint was written for (1-based)
 HEALTH_TIMEOUT_S = 5
+# MLflow's async logger otherwise polls its queue with a 1 s timeout, and every flush (end of a run,
+# before an adapter is logged) waits that poll out: +1.0 s per run, measured on an H200 in every
+# training row of bench_scale. Buffering makes the logger wait on its stop event instead, so a flush
+# returns at once; metrics still reach the store within this many seconds. A user's value wins.
+os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
 # A tracking server that stays down makes each request give up after about 15 s (MLflow's defaults
 # retry for minutes per request, and training logs many); the MLFLOW_HTTP_REQUEST_* variables override.
 HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -60,6 +69,8 @@ def ensure_tracking() -> str:
         return uri
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
+    if not sys.stderr.isatty():  # MLflow's artifact bars (logging an adapter) would redraw lines in a log file
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if uri.startswith(("http://", "https://")):
         for var, value in HTTP_RETRY_DEFAULTS.items():
             os.environ.setdefault(var, value)
@@ -97,9 +108,29 @@ def resolve_experiment(explicit: str = "") -> tuple[str, str | None]:
     return named, None
 
 
+@functools.cache
+def provenance_tags() -> dict[str, str]:
+    """`medvlm.version`, and the commit of the checkout medvlm runs from (with `medvlm.git_dirty` when it has
+    uncommitted changes); no commit outside a git checkout or without git."""
+    import medvlm
+
+    tags = {"medvlm.version": medvlm.__version__}
+    root = str(Path(medvlm.__file__).resolve().parent.parent)
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return tags
+    if commit.returncode == 0:
+        tags["medvlm.git_commit"] = commit.stdout.strip()
+        tags["medvlm.git_dirty"] = str(bool(dirty.stdout.strip())).lower()
+    return tags
+
+
 def run_tags(cfg: RunConfig, domain: str) -> dict[str, str]:
     tags = {"medvlm.model": cfg.model, "medvlm.domain": domain, "medvlm.dataset": cfg.dataset,
-            "medvlm.task": cfg.task, "medvlm.strategy": cfg.strategy, "medvlm.seed": str(cfg.seed)}
+            "medvlm.task": cfg.task, "medvlm.strategy": cfg.strategy, "medvlm.seed": str(cfg.seed), **provenance_tags()}
     if cfg.study:
         tags["medvlm.study"] = cfg.study
     return tags
@@ -130,7 +161,8 @@ def run_name(cfg: RunConfig, tags: dict[str, str] | None = None) -> str:
 
 
 def flat_params(cfg: RunConfig) -> dict[str, str]:
-    return {k: (",".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in cfg.resolved().items()}
+    """The run's params: every parameter that applies to it (`RunConfig.applicable`), lists joined by commas."""
+    return {k: (",".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in cfg.applicable().items()}
 
 
 def _same_param(logged: str, given: str) -> bool:
@@ -174,7 +206,7 @@ def check_resumable(cfg: RunConfig) -> None:
 
 
 def log_config(run_id: str, cfg: RunConfig) -> None:
-    """The resolved config as params and `config.json`.
+    """The parameters that apply to the run as params, and every resolved value in `config.json`.
 
     Under `mlflow run` the -P values are already logged ("" = not given) and MLflow params are
     immutable, so only the keys it did not log are added; `config.json` always holds every resolved value.
@@ -200,10 +232,10 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
     resuming = bool(cfg.resume) and process_rank() == 0
     if resuming:
         check_resumable(cfg)
-        run = mlflow.start_run(run_id=cfg.resume)
+        run = mlflow.start_run(run_id=cfg.resume, log_system_metrics=cfg.system_metrics or None)
     else:
         run = mlflow.start_run(run_id=project_run, run_name=None if project_run else run_name(cfg, extra_tags),
-                               nested=nested)
+                               nested=nested, log_system_metrics=cfg.system_metrics or None)
     try:
         if not resuming:
             log_config(run.info.run_id, cfg)
@@ -292,32 +324,48 @@ def run_summary(run_id: str) -> str:
     return line
 
 
-def log_epoch(epoch: int, row: dict[str, float]) -> None:
-    """Per-epoch metrics, logged asynchronously so training never waits on the store."""
-    mlflow.log_metrics(row, step=epoch, synchronous=False)
+def log_epoch(number: int, row: dict[str, float]) -> None:
+    """Per-epoch metrics at step = the epoch's number, logged asynchronously so training never waits on the store."""
+    mlflow.log_metrics(row, step=number, synchronous=False)
 
 
-def note_checkpoint(epoch: int) -> None:
+def note_checkpoint(number: int) -> None:
     """Record that a resume checkpoint exists: a later resume that cannot find it refuses instead of starting over.
 
     Synchronous (one store call per checkpoint): a store that has gone away fails here, in the training
-    loop, with the usual one line and `--resume` command, not later in a background thread."""
-    mlflow.set_tag(CHECKPOINTED_TAG, str(epoch + 1))
+    loop, with the usual one line and `--resume` command, not later in a background thread. `number` is the
+    epoch's number (`names.epoch_number`)."""
+    mlflow.set_tag(CHECKPOINTED_TAG, str(number))
 
 
 def replay_epochs(history: list[dict[str, float]]) -> None:
-    """After a resume, log the checkpointed epochs whose metrics never reached the store."""
+    """After a resume, log the checkpointed epochs whose metrics never reached the store (same steps as `log_epoch`)."""
     run_id = mlflow.active_run().info.run_id
-    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train_loss")}
-    for epoch, row in enumerate(history):
-        if epoch not in logged:
-            mlflow.log_metrics(row, step=epoch)
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, names.TRAIN_LOSS)}
+    for number, row in enumerate(history, start=names.FIRST_EPOCH):
+        if number not in logged:
+            mlflow.log_metrics(row, step=number)
 
 
-def log_dataset(name: str, source: str, digest: str, context: str, extra: dict[str, Any] | None = None) -> None:
-    """Dataset lineage: `mlflow.log_input` with the data's digest."""
+def log_dataset(name: str, source: str, digest: str, context: str, extra: dict[str, Any] | None = None,
+                schema: dict[str, str] | None = None, profile: dict[str, Any] | None = None) -> None:
+    """Dataset lineage: `mlflow.log_input` with the data's digest, its columns (`{name: MLflow type}`) and a profile
+    (row and class counts) that the run's inputs show; `extra` also goes on the input as tags."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types.schema import ColSpec, Schema
 
-    mlflow.log_input(MetaDataset(resolve_dataset_source(source), name=name, digest=digest), context=context,
+    class ProfiledDataset(MetaDataset):
+        """A MetaDataset (no data loaded) that also carries a profile, as MLflow's pandas and numpy datasets do."""
+
+        @property
+        def profile(self) -> dict[str, Any] | None:
+            return profile
+
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), **({"profile": json.dumps(profile)} if profile else {})}
+
+    columns = Schema([ColSpec(kind, column) for column, kind in schema.items()]) if schema else None
+    mlflow.log_input(ProfiledDataset(resolve_dataset_source(source), name=name, digest=digest, schema=columns),
+                     context=context,
                      tags={k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra or {}).items()} or None)

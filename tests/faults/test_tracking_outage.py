@@ -47,9 +47,11 @@ def stop_server(server: subprocess.Popen) -> None:
     server.wait()
 
 
-def test_a_dead_tracking_server_gives_a_bounded_exit_with_the_resume_command(workdir, tiny_model_dir, monkeypatch):
+def test_a_dead_tracking_server_gives_a_bounded_exit_with_the_resume_command(workdir, tiny_model_dir, monkeypatch,
+                                                                           new_mlflow_store):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
+    new_mlflow_store(workdir / "server.db")  # the server's own store, its tables made already
     server = start_server(workdir, port)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the product's own bound is ~15 s per request
@@ -87,6 +89,6 @@ def test_a_dead_tracking_server_gives_a_bounded_exit_with_the_resume_command(wor
         assert main(shlex.split(command)[1:]) == 0
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and "test_auc" in run.data.metrics
-        assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(range(EPOCHS))
+        assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(range(1, EPOCHS + 1))
     finally:
         stop_server(server)
