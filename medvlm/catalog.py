@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medvlm.tracking.names import test, val
+
 
 @dataclass(frozen=True)
 class StrategyKind:
@@ -95,32 +97,32 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
         name="classification", title="classification",
         runner="medvlm.experiments.classification:run_classification",
         strategies=("zeroshot", "linear", "partial", "full", "lora"),
-        primary_metric="test_auc", selection_metric="val_auc",
-        zero_shot_metrics=("test_auc", "test_acc", "test_f1", "test_auc_hard"),
-        headline_metrics=("test_auc", "test_acc", "test_f1", "test_auc_hard"),
+        primary_metric=test("auc"), selection_metric=val("auc"),
+        zero_shot_metrics=(test("auc"), test("acc"), test("f1"), test("auc_hard")),
+        headline_metrics=(test("auc"), test("acc"), test("f1"), test("auc_hard")),
         test_set_params=("size",), samples_table="predictions.json"),
     TaskSpec(
         name="retrieval", title="image-text retrieval",
         runner="medvlm.experiments.retrieval:run_retrieval",
         strategies=("zeroshot", "partial", "full", "lora"),
-        primary_metric="test_image_to_text_R1", selection_metric="val_mean_recall",
-        zero_shot_metrics=("test_image_to_text_R1", "test_image_to_text_R5", "test_image_to_text_R10",
-                           "test_text_to_image_R1", "test_text_to_image_R5", "test_text_to_image_R10"),
-        headline_metrics=("test_image_to_text_R1", "test_image_to_text_R5", "test_image_to_text_R10"),
+        primary_metric=test("image_to_text_R1"), selection_metric=val("mean_recall"),
+        zero_shot_metrics=(test("image_to_text_R1"), test("image_to_text_R5"), test("image_to_text_R10"),
+                           test("text_to_image_R1"), test("text_to_image_R5"), test("text_to_image_R10")),
+        headline_metrics=(test("image_to_text_R1"), test("image_to_text_R5"), test("image_to_text_R10")),
         test_set_params=("subset",), samples_table=None, no_samples="retrieval runs log no per-query ranks"),
     TaskSpec(
         name="vqa", title="VQA",
         runner="medvlm.experiments.vqa:run_vqa",
         strategies=("zeroshot", "frozen", "partial", "full", "lora"),
-        primary_metric="test_acc", selection_metric="val_acc",
+        primary_metric=test("acc"), selection_metric=val("acc"),
         zero_shot_metrics=(),
-        headline_metrics=("test_acc", "test_acc_open", "test_acc_closed"),
+        headline_metrics=(test("acc"), test("acc_open"), test("acc_closed")),
         test_set_params=("split", "max_rows"), samples_table="examples.json",
         generative=TaskSpec(
             name="vqa", title="VQA (generated answers)", models="generative (LLaVA)",
             runner="medvlm.experiments.generative_vqa:run_generative_vqa",
             strategies=("zeroshot", "mlp", "lora", "full"),
-            primary_metric="test_acc", selection_metric="val_loss", selection_higher=False,
-            zero_shot_metrics=(), headline_metrics=("test_acc", "test_closed_acc", "test_open_recall"),
+            primary_metric=test("acc"), selection_metric=val("loss"), selection_higher=False,
+            zero_shot_metrics=(), headline_metrics=(test("acc"), test("closed_acc"), test("open_recall")),
             test_set_params=("split", "max_rows"), samples_table="examples.json")),
 )}

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from medvlm.catalog import TASKS
+from medvlm.catalog import STRATEGY_KINDS, TASKS
 from medvlm.data.hf_name import is_hf, parse_hf
 from medvlm.errors import ConfigError
 
@@ -41,8 +41,17 @@ def split_commas(value: Any) -> Any:
 # A list parameter written "a,b,c" on the command line (every schema's list fields use it).
 CommaList = Annotated[list[ItemT], BeforeValidator(split_commas)]
 RUN_ENTRY_POINTS = ("zeroshot", "finetune", "ablation", "stability", "sweep")
-# Field metadata: a parameter that only means something when a model trains; `zeroshot` does not take it.
-TRAINING = {"entry_points": ("finetune", "ablation", "stability", "sweep")}
+# Field metadata says where a parameter means something. `entry_points`: the commands that take it (`zeroshot`
+# takes no training parameter). `trains`: only for a strategy that trains; `strategies` / `tasks`: only for
+# those. A run logs the parameters that apply to it (`RunConfig.applicable`), so a linear run has no LoRA rank.
+TRAINING_ENTRY_POINTS = {"entry_points": ("finetune", "ablation", "stability", "sweep")}
+TRAINING = {**TRAINING_ENTRY_POINTS, "trains": True}
+LORA = {**TRAINING, "strategies": ("lora",)}
+ADAPTER = {**TRAINING, "strategies": tuple(k.name for k in STRATEGY_KINDS.values() if k.produces_adapter)}
+HEAD = {**TRAINING, "tasks": ("classification",), "strategies": ("partial", "full", "lora")}
+CLASSIFICATION = {"tasks": ("classification",)}
+RETRIEVAL = {"tasks": ("retrieval",)}
+VQA = {"tasks": ("vqa",)}
 
 
 def default_data_root() -> str:
@@ -58,8 +67,8 @@ class RunConfig(BaseModel):
     model: str = Field(description="zoo name (`medvlm models` lists them), open_clip ARCH@TAG, hf-hub:ID, local-dir:PATH, or a transformers CLIP / LLaVA id (hf:ID) or folder")
     dataset: str = Field(description="dataset name (e.g. breastmnist), image folder, CSV/parquet file, or a Hugging Face dataset: hf:ORG/NAME or hf:FOLDER (save_to_disk), optionally ?config=C&revision=R&train=S&val=S&test=S")
     task: Task = Field("classification", description="what the model is evaluated or trained on")
-    strategy: Strategy = Field("zeroshot", description="what trains: linear (head on cached features), frozen (VQA head on cached tokens), partial (projections + logit scale), full, lora, mlp (LLaVA projector)", json_schema_extra=TRAINING)
-    size: int = Field(224, description="MedMNIST+ image size to read", json_schema_extra={"choices": MEDMNIST_SIZES})
+    strategy: Strategy = Field("zeroshot", description="what trains: linear (head on cached features), frozen (VQA head on cached tokens), partial (projections + logit scale), full, lora, mlp (LLaVA projector)", json_schema_extra=TRAINING_ENTRY_POINTS)
+    size: int = Field(224, description="MedMNIST+ image size to read", json_schema_extra={"choices": MEDMNIST_SIZES, **CLASSIFICATION})
     data_root: str = Field(default_factory=default_data_root, description="root folder for datasets")
     epochs: int = Field(10, ge=1, description="most training epochs (early stopping may end sooner)", json_schema_extra=TRAINING)
     batch_size: int = Field(64, ge=1, description="training batch size per process", json_schema_extra=TRAINING)
@@ -71,32 +80,32 @@ class RunConfig(BaseModel):
     patience: int = Field(3, ge=1, description="early-stopping patience in epochs (validation loss)", json_schema_extra=TRAINING)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on GPU, fp32 on CPU")
     seed: int = Field(0, description="seed of weights initialisation, data order and dropout")
-    head: Literal["prompt", "linear"] = Field("prompt", description="classification head for partial/full/lora: prompt (logit_scale * cos with the class prompts' text embeddings, text tower in the graph, no extra layer, as the MIDL paper) or linear (a linear layer on image embeddings); strategy=linear always uses a linear head", json_schema_extra=TRAINING)
-    head_init: Literal["random", "zeroshot"] = Field("random", description="head=linear: start from a random layer or from the zero-shot prompt embeddings", json_schema_extra=TRAINING)
+    head: Literal["prompt", "linear"] = Field("prompt", description="classification head for partial/full/lora: prompt (logit_scale * cos with the class prompts' text embeddings, text tower in the graph, no extra layer, as the MIDL paper) or linear (a linear layer on image embeddings); strategy=linear always uses a linear head", json_schema_extra=HEAD)
+    head_init: Literal["random", "zeroshot"] = Field("random", description="head=linear: start from a random layer or from the zero-shot prompt embeddings", json_schema_extra={**TRAINING, **CLASSIFICATION})
     prompt_set: Literal["ensemble", "paper"] = Field("ensemble", description="class prompts: ensemble (CLIP_benchmark-style templates, averaged) or paper (the MIDL code's single 'this is a photo of {label}')")
-    lora_r: int = Field(8, ge=1, description="LoRA rank", json_schema_extra=TRAINING)
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA alpha: the update is scaled by alpha / r", json_schema_extra=TRAINING)
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input", json_schema_extra=TRAINING)
-    lora_targets: CommaList[str] = Field(default_factory=list, description="module-name suffixes to adapt; empty = the zoo entry's defaults", json_schema_extra=TRAINING)
-    lora_text: bool = Field(False, description="also adapt the text tower", json_schema_extra=TRAINING)
-    lora_parts: LoraParts = Field("", description="generative (LLaVA) models: LoRA on v (vision tower), l (language model), m (projector) or vm/lm/vml; empty = l", json_schema_extra=TRAINING)
-    max_new_tokens: int = Field(32, ge=1, description="generative VQA: greedy decoding stops after this many new tokens (or at EOS)")
+    lora_r: int = Field(8, ge=1, description="LoRA rank", json_schema_extra=LORA)
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA alpha: the update is scaled by alpha / r", json_schema_extra=LORA)
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input", json_schema_extra=LORA)
+    lora_targets: CommaList[str] = Field(default_factory=list, description="module-name suffixes to adapt; empty = the zoo entry's defaults", json_schema_extra=LORA)
+    lora_text: bool = Field(False, description="also adapt the text tower", json_schema_extra=LORA)
+    lora_parts: LoraParts = Field("", description="generative (LLaVA) models: LoRA on v (vision tower), l (language model), m (projector) or vm/lm/vml; empty = l", json_schema_extra={**LORA, **VQA})
+    max_new_tokens: int = Field(32, ge=1, description="generative VQA: greedy decoding stops after this many new tokens (or at EOS)", json_schema_extra=VQA)
     gradient_checkpointing: bool = Field(False, description="generative models: recompute activations in backward to save memory", json_schema_extra=TRAINING)
-    judge: str = Field("", description="generative VQA: a local transformers chat model (folder or hf: id) that scores open answers 1-100; empty = off")
-    label_policy: Literal["ones", "zeros", "ignore"] = Field("zeros", description="CheXpert-style uncertain (-1) labels")
+    judge: str = Field("", description="generative VQA: a local transformers chat model (folder or hf: id) that scores open answers 1-100; empty = off", json_schema_extra=VQA)
+    label_policy: Literal["ones", "zeros", "ignore"] = Field("zeros", description="CheXpert-style uncertain (-1) labels", json_schema_extra=CLASSIFICATION)
     image_column: str = Field("image", description="CSV/parquet/hf: column with images (paths, or encoded images)")
-    label_columns: CommaList[str] = Field(default_factory=list, description="CSV/parquet/hf: label columns (several = multi-label; hf: default label)")
-    caption_column: str = Field("caption", description="retrieval: CSV/parquet/hf: column with captions")
-    question_column: str = Field("question", description="VQA: CSV/parquet/hf: column with questions")
-    answer_column: str = Field("answer", description="VQA: CSV/parquet/hf: column with answers")
-    subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)")
+    label_columns: CommaList[str] = Field(default_factory=list, description="CSV/parquet/hf: label columns (several = multi-label; hf: default label)", json_schema_extra=CLASSIFICATION)
+    caption_column: str = Field("caption", description="retrieval: CSV/parquet/hf: column with captions", json_schema_extra=RETRIEVAL)
+    question_column: str = Field("question", description="VQA: CSV/parquet/hf: column with questions", json_schema_extra=VQA)
+    answer_column: str = Field("answer", description="VQA: CSV/parquet/hf: column with answers", json_schema_extra=VQA)
+    subset: Literal["radiology", "non-radiology", "mixed"] = Field("mixed", description="retrieval: ROCO subset (mixed = both; tables need a 'subset' column otherwise)", json_schema_extra=RETRIEVAL)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process)")
     compile: bool = Field(False, description="torch.compile the trained module: fewer kernel launches on GPU; the first steps pay the compile time", json_schema_extra=TRAINING)
     figure_format: FigureFormat = Field("png", description=FIGURE_FORMAT_HELP)
     experiment: str = Field("", description="MLflow experiment; empty: MLFLOW_EXPERIMENT_NAME, else mlflow run's experiment, else 'Default'")
     run_name: str = Field("", description="MLflow run name; empty = MLFLOW_RUN_NAME, else 'model · dataset · strategy'")
     system_metrics: bool = Field(False, description="log CPU, memory, disk, network (and GPU, with pynvml) use as system/* metrics every 10 s (MLflow system metrics; MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true turns them on everywhere)")
-    register_adapter: bool = Field(True, description="log the adapter (lora, mlp) as an MLflow model and register it in the Model Registry; study trials only log it (see register_best)", json_schema_extra=TRAINING)
+    register_adapter: bool = Field(True, description="log the adapter (lora, mlp) as an MLflow model and register it in the Model Registry; study trials only log it (see register_best)", json_schema_extra=ADAPTER)
     resume: str = Field("", description="MLflow run id of an interrupted finetune run to continue", json_schema_extra=TRAINING)
     checkpoint_dir: str = Field(default_factory=lambda: os.environ.get("MEDVLM_CHECKPOINTS", ".medvlm/checkpoints"), description="folder for per-run resume checkpoints (MEDVLM_CHECKPOINTS); a run's folder is removed when it finishes", json_schema_extra=TRAINING)
     checkpoint_every: float = Field(600.0, ge=0, description="seconds of training between resume checkpoints (weights, optimiser state, RNG); 0 = after every epoch. Ctrl-C finishes the epoch and checkpoints it; a kill loses at most this much training", json_schema_extra=TRAINING)
@@ -104,10 +113,10 @@ class RunConfig(BaseModel):
     train_fraction: float = Field(1.0, gt=0, le=1, description="fraction of the train split to use: a label-stratified subsample (data-fraction ablations)", json_schema_extra=TRAINING)
     subsample_val: bool = Field(False, description="subsample the validation split by train_fraction too (the paper's ablation did)", json_schema_extra=TRAINING)
     subsample_seed: int = Field(0, description="seed of the train_fraction subsample; fixed apart from seed so seeds vary training, not data", json_schema_extra=TRAINING)
-    split: Literal["auto", "image", "official"] = Field("auto", description="VQA split: auto (VQA-RAD by image, else the source's own), image (seeded, no image in two splits) or official")
-    max_rows: int = Field(0, ge=0, description="VQA: keep the first N QA rows of each split (0 = all; smoke tests)")
-    vqa_hidden: int = Field(512, ge=1, description="VQA BAN head hidden size", json_schema_extra=TRAINING)
-    vqa_glimpses: int = Field(2, ge=1, description="VQA BAN head attention glimpses", json_schema_extra=TRAINING)
+    split: Literal["auto", "image", "official"] = Field("auto", description="VQA split: auto (VQA-RAD by image, else the source's own), image (seeded, no image in two splits) or official", json_schema_extra=VQA)
+    max_rows: int = Field(0, ge=0, description="VQA: keep the first N QA rows of each split (0 = all; smoke tests)", json_schema_extra=VQA)
+    vqa_hidden: int = Field(512, ge=1, description="VQA BAN head hidden size", json_schema_extra={**TRAINING, **VQA})
+    vqa_glimpses: int = Field(2, ge=1, description="VQA BAN head attention glimpses", json_schema_extra={**TRAINING, **VQA})
 
     @field_validator("size")
     @classmethod
@@ -145,6 +154,17 @@ class RunConfig(BaseModel):
     def resolved(self) -> dict[str, Any]:
         """A JSON-safe dict of every field, defaults included."""
         return json.loads(self.model_dump_json())
+
+    def applies(self, name: str) -> bool:
+        """Whether parameter `name` means something for this run (its field metadata against the strategy and task)."""
+        extra = RunConfig.model_fields[name].json_schema_extra or {}
+        return ((not extra.get("trains") or STRATEGY_KINDS[self.strategy].trains)
+                and self.strategy in extra.get("strategies", (self.strategy,))
+                and self.task in extra.get("tasks", (self.task,)))
+
+    def applicable(self) -> dict[str, Any]:
+        """`resolved()` without the parameters that do not apply: what a run logs as its params."""
+        return {k: v for k, v in self.resolved().items() if self.applies(k)}
 
 
 def field_choices(field: FieldInfo) -> tuple[str, ...]:

@@ -89,7 +89,7 @@ def test_run_has_spec_tracking(project_runs, strategy):
     assert metrics["train_images_per_s"] > 0 and metrics["trainable_params"] > 0
     for key in ("train_loss", "val_loss", "val_auc"):
         history = client.get_metric_history(run.info.run_id, key)
-        assert sorted(m.step for m in history) == list(range(EPOCHS)), key
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), key
 
 
 def test_trainable_params_follow_the_strategy(project_runs):

@@ -100,13 +100,13 @@ def test_resume_continues_a_killed_run_in_the_same_mlflow_run(workdir, tiny_mode
     assert run.info.status == "RUNNING"
     assert list((workdir / "checkpoints" / run.info.run_id).glob("last.safetensors"))
     done_before = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
-    assert done_before == list(range(len(done_before))) and len(done_before) < epochs
+    assert done_before == list(range(1, len(done_before) + 1)) and len(done_before) < epochs
 
     assert main([*args, "--resume", run.info.run_id]) == 0
     (resumed,) = all_runs()
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     history = MlflowClient().get_metric_history(run.info.run_id, "train_loss")
-    assert sorted(m.step for m in history) == list(range(epochs))  # each epoch exactly once
+    assert sorted(m.step for m in history) == list(range(1, epochs + 1))  # each epoch exactly once, numbered from 1
 
     assert main([*args, "--experiment", "uninterrupted"]) == 0
     fresh = next(r for r in all_runs() if r.info.run_id != run.info.run_id)

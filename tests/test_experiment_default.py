@@ -11,6 +11,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
+from medvlm.tracking import names
 from medvlm.tracking.session import DEFAULT_EXPERIMENT, resolve_experiment
 from tests.conftest import BREAST_ROOT, REPO, SHARED_DATA, needs_breastmnist
 
@@ -57,7 +58,7 @@ def test_mlflow_run_medvlm_and_report_share_the_default_experiment(workdir, tiny
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert {r.info.experiment_id for r in runs} == {client.get_experiment_by_name("Default").experiment_id}
     (report,) = [r for r in runs if r.data.tags.get("medvlm.report") == "true"]
-    assert report.data.metrics["report_runs"] == 2 and len(runs) == 3
+    assert report.data.metrics[names.REPORT_RUNS] == 2 and len(runs) == 3
     assert {r.data.params.get("data_root") for r in runs if r.info.run_id != report.info.run_id} == {str(BREAST_ROOT), str(SHARED_DATA)}
     assert f"report run {report.info.run_id} in experiment 'Default'" in err and report.info.artifact_uri in err
     assert mlflow.get_experiment_by_name("medvlm") is None

@@ -15,12 +15,13 @@ from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
 from medvlm.data.vqa import VQA_RAD_IMAGES
+from medvlm.tracking import names
 from tests.conftest import REPO, SHARED_DATA
 from tests.llava_tiny import VQA_RAD, llava_family  # noqa: F401  (fixture)
 
 ROWS = ["-P", "max_rows=6", "-P", "epochs=1", "-P", "batch_size=3", "-P", "eval_batch_size=6", "-P", "max_new_tokens=4"]
 GENERATIVE = {"test_closed_acc", "test_closed_unparsed", "test_open_exact", "test_open_recall", "test_open_f1",
-              "test_open_bleu1", "test_acc", "trainable_params", "n_test"}
+              "test_open_bleu1", "test_acc", "trainable_params", names.examples("test")}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_every_strategy_finishes_with_generative_metrics_and_examples(runs):
         assert run.info.status == "FINISHED" and run.data.tags["medvlm.task"] == "vqa", strategy
         assert GENERATIVE <= set(metrics) and run.data.tags["medvlm.judge"] == "none"
         table = client.load_table(run.info.experiment_id, "examples.json", run_ids=[run.info.run_id])
-        assert len(table) == metrics["n_test"] == 6 and table["prediction"].map(type).eq(str).all()
+        assert len(table) == metrics[names.examples("test")] == 6 and table["prediction"].map(type).eq(str).all()
         closed = table["answer_type"] == "closed"
         assert metrics["test_closed_acc"] == pytest.approx(table.loc[closed, "correct"].mean())
         assert metrics["test_closed_unparsed"] == (~table.loc[closed, "yes_no_read"]).sum()
@@ -71,7 +72,7 @@ def test_every_strategy_finishes_with_generative_metrics_and_examples(runs):
         assert (metrics["trainable_params"] > 0) == (strategy != "zeroshot")
     for strategy in ("lora", "mlp"):
         run_id = by_strategy[strategy].info.run_id
-        assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [0]
+        assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1]
         assert by_strategy[strategy].data.tags["medvlm.registered_model"].startswith("medvlm-")
     assert by_strategy["mlp"].data.tags["medvlm.domain"] == "medical"
 

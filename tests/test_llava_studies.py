@@ -13,6 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
+from medvlm.tracking import names
 from tests.conftest import SHARED_DATA
 from tests.llava_tiny import llava_family  # noqa: F401  (fixture)
 
@@ -76,7 +77,7 @@ def test_report_shows_the_llava_med_minus_llava_gap_with_id_ood(report):
 
 def test_ablation_trains_on_each_fraction_of_the_training_rows(report):
     folder, _, ablation = report
-    assert sorted((r.data.params["train_fraction"], r.data.metrics["n_train"]) for r in ablation) == [("0.5", 3), ("1.0", 6)]
+    assert sorted((r.data.params["train_fraction"], r.data.metrics[names.examples("train")]) for r in ablation) == [("0.5", 3), ("1.0", 6)]
     assert all(r.info.status == "FINISHED" and r.data.tags["medvlm.model"] == "llava-med" for r in ablation)
     table = pd.read_csv(folder / "tables" / "ablation.csv")
     assert sorted(table["train_fraction"]) == [0.5, 1.0]

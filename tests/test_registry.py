@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from medvlm.adapters.base import ALIAS, registered_name
 from medvlm.catalog import TASKS
 from medvlm.cli import main
+from medvlm.tracking import names
 from tests.conftest import BREAST_ROOT, needs_breastmnist
 
 TASK = TASKS["classification"]
@@ -25,9 +26,9 @@ def lora_flags(model_dir, epochs: int) -> list[str]:
 
 
 def best_epoch_value(client: MlflowClient, run_id: str, metric: str) -> float:
-    """`metric` at the run's best epoch (`best_epoch` counts from 1), read from its per-epoch history."""
-    history = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
-    return history[int(client.get_run(run_id).data.metrics["best_epoch"]) - 1].value
+    """`metric` at the run's best epoch, read from its per-epoch history (the step is the epoch number)."""
+    best = int(client.get_run(run_id).data.metrics[names.TRAIN_BEST_EPOCH])
+    return next(m.value for m in client.get_metric_history(run_id, metric) if m.step == best)
 
 
 def assert_complete_version(client: MlflowClient, version) -> None:

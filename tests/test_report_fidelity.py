@@ -21,6 +21,7 @@ from medvlm.config import build_config
 from medvlm.errors import ConfigError, TrainingError
 from medvlm.report.config import report_config
 from medvlm.report.select import select_runs
+from medvlm.tracking import names
 from medvlm.tracking.session import tracked_run
 from tests.report_fixtures import EXPERIMENT, binary_probs, log_classification_run, log_vqa_run, vqa_test_rows
 
@@ -137,7 +138,7 @@ def test_the_report_run_holds_the_markdown_csvs_and_pngs_and_the_markdown_is_pri
             "ablation_curve.png", "stability_std_auc.png"} <= pngs
     markdown = (tracked["folder"] / "report.md").read_text()
     assert tracked["printed"].strip() == markdown.strip()
-    assert report.data.params["resamples"] == str(B) and report.data.metrics["report_runs"] == 10
+    assert report.data.params["resamples"] == str(B) and report.data.metrics[names.REPORT_RUNS] == 10
 
 
 def test_every_zero_shot_cell_is_the_logged_metric_and_its_interval_an_independent_bootstrap(tracked):

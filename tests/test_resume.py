@@ -21,6 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
+from medvlm.tracking import names
 from tests.retrieval_fixtures import write_roco
 from tests.vqa_fixtures import write_vqa_rad
 
@@ -90,11 +91,11 @@ def only_run(experiment: str | None = None):
 
 def epochs_logged(run_id: str) -> dict[str, list[int]]:
     client = MlflowClient()
-    return {key: sorted(m.step for m in client.get_metric_history(run_id, key)) for key in ("train_loss", "val_loss")}
+    return {key: sorted(m.step for m in client.get_metric_history(run_id, key)) for key in (names.TRAIN_LOSS, names.VAL_LOSS)}
 
 
 def final_metrics(run) -> dict[str, float]:
-    return {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
+    return {k: v for k, v in run.data.metrics.items() if names.in_group(k, names.TEST)}
 
 
 @pytest.mark.parametrize("task", ["retrieval", "vqa"])
@@ -108,8 +109,8 @@ def test_a_killed_run_resumes_with_no_epoch_lost(workdir, tiny_model_dir, task):
     assert main([*args, "--resume", killed.info.run_id]) == 0
     resumed = only_run()
     assert (resumed.info.run_id, resumed.info.status) == (killed.info.run_id, "FINISHED")
-    ran = int(resumed.data.metrics["epochs_run"])
-    assert epochs_logged(resumed.info.run_id) == {"train_loss": list(range(ran)), "val_loss": list(range(ran))}
+    ran = int(resumed.data.metrics[names.TRAIN_EPOCHS_RUN])
+    assert epochs_logged(resumed.info.run_id) == {names.TRAIN_LOSS: list(range(1, ran + 1)), names.VAL_LOSS: list(range(1, ran + 1))}
     assert not list((workdir / "checkpoints").glob("*/last.*")), "a finished run clears its checkpoint"
 
 
@@ -125,6 +126,6 @@ def test_two_processes_resume_a_killed_retrieval_run_to_the_uninterrupted_result
         assert proc.wait(timeout=900) == 0, tail(proc)
     resumed, fresh = only_run(), only_run("uninterrupted")
     assert (resumed.info.run_id, resumed.info.status) == (killed.info.run_id, "FINISHED")
-    ran = int(resumed.data.metrics["epochs_run"])
-    assert epochs_logged(resumed.info.run_id) == {"train_loss": list(range(ran)), "val_loss": list(range(ran))}
+    ran = int(resumed.data.metrics[names.TRAIN_EPOCHS_RUN])
+    assert epochs_logged(resumed.info.run_id) == {names.TRAIN_LOSS: list(range(1, ran + 1)), names.VAL_LOSS: list(range(1, ran + 1))}
     assert final_metrics(resumed) and final_metrics(resumed) == pytest.approx(final_metrics(fresh), rel=1e-6, abs=1e-9)

@@ -15,6 +15,7 @@ from medvlm.cli import main
 from medvlm.data.transforms import to_model_input
 from medvlm.data.sources import decode_image
 from medvlm.metrics.retrieval import retrieval_metrics
+from medvlm.tracking import names
 from medvlm.zoo import create_model
 from tests.conftest import SHARED_DATA
 from tests.retrieval_fixtures import ROCO_ROOT, needs_roco, read_roco_captions, write_roco
@@ -59,7 +60,7 @@ def test_zeroshot_on_the_real_roco_sample(store, tiny_model_dir):
     client, metrics, run_id = MlflowClient(), run.data.metrics, run.info.run_id
     assert run.info.status == "FINISHED" and run.data.tags["medvlm.task"] == "retrieval"
     assert RECALL_KEYS | {"test_mean_recall", "test_image_to_text_median_rank"} <= set(metrics)
-    assert metrics["n_test_images"] == metrics["n_test_captions"] == 5
+    assert metrics["test_images"] == metrics["test_captions"] == 5
     assert metrics["test_skipped_missing_image"] == 8179 - 5 and metrics["trainable_params"] == 0
     assert metrics["test_duplicate_captions"] == 0
     assert "holds only 5 captions (the image-to-text gallery) and 5 images" in run.data.tags["medvlm.warning.small_gallery"]
@@ -107,10 +108,10 @@ def test_finetune_partial_and_full(store, tiny_model_dir, roco_fixture, strategy
     expected = (net.visual.proj.numel() + net.text_projection.numel() + 1 if strategy == "partial"
                 else sum(p.numel() for p in net.parameters()))
     assert metrics["trainable_params"] == expected
-    assert metrics["n_train_images"] == 20 and metrics["n_val_images"] == 8 and metrics["n_test_images"] == 12
+    assert metrics["train_images"] == 20 and metrics["val_images"] == 8 and metrics["test_images"] == 12
     assert metrics["test_duplicate_captions"] == 1
     for key in ("train_loss", "val_loss", "val_image_to_text_R1", "val_mean_recall"):
-        assert len(MlflowClient().get_metric_history(run.info.run_id, key)) == metrics["epochs_run"], key
+        assert len(MlflowClient().get_metric_history(run.info.run_id, key)) == metrics[names.TRAIN_EPOCHS_RUN], key
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"roco/train", "roco/val", "roco/test"}
     assert "medvlm.registered_model" not in run.data.tags  # only LoRA adapters are registered
 

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from medvlm.data.captions import load_captions
 from medvlm.metrics.retrieval import retrieval_metrics
 from medvlm.tasks.retrieval import DualEncoder, embed_gallery
+from medvlm.tracking import names
 from medvlm.zoo import create_model
 from tests.conftest import REPO, SHARED_DATA
 from tests.retrieval_fixtures import ROCO_ROOT, write_roco
@@ -63,18 +64,18 @@ def test_each_run_finishes_with_the_spec_tracking(project_runs):
         assert run.info.status == "FINISHED" and SPEC_TAGS <= set(tags)
         assert tags["medvlm.task"] == "retrieval" and tags["mlflow.runName"].endswith(f"roco · {strategy}")
         assert RECALL | {"test_mean_recall", "trainable_params", "test_captions_truncated",
-                         "test_duplicate_captions", "n_test_images"} <= set(metrics)
+                         "test_duplicate_captions", names.key("test", "images")} <= set(metrics)
         assert {"config.json", "worst_queries.json", "recall_at_k.json", "plots"} <= {
             a.path for a in client.list_artifacts(run_id)}
         assert "plots/recall_at_k.png" in {a.path for a in client.list_artifacts(run_id, "plots")}
         assert "roco/test" in {d.dataset.name for d in run.inputs.dataset_inputs}
     zeroshot = runs["zeroshot"].data.metrics
     assert zeroshot["trainable_params"] == 0
-    assert zeroshot["n_test_images"] == (5 if zeroshot_root == SHARED_DATA else 12)
+    assert zeroshot[names.key("test", "images")] == (5 if zeroshot_root == SHARED_DATA else 12)
     lora = runs["lora"].data.metrics
     assert lora["trainable_params"] > 0 and lora["train_images_per_s"] > 0 and lora["test_duplicate_captions"] == 1
     for key in ("train_loss", "val_loss", "val_text_to_image_R5"):
-        assert sorted(m.step for m in client.get_metric_history(runs["lora"].info.run_id, key)) == list(range(EPOCHS))
+        assert sorted(m.step for m in client.get_metric_history(runs["lora"].info.run_id, key)) == list(range(1, EPOCHS + 1))
     assert "plots/learning_curves.png" in {a.path for a in client.list_artifacts(runs["lora"].info.run_id, "plots")}
 
 

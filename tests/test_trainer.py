@@ -89,8 +89,8 @@ def test_checkpoints_come_every_checkpoint_every_seconds_of_training(monkeypatch
     fit(ClassificationObjective(linear(), "binary"), train, val, cfg, make_accelerator(cfg),
         Checkpoints(tmp_path, "run", checkpoint_identity("run", cfg.resolved(), {})),
         on_epoch=epoch_takes_250_s, on_checkpoint=written.append)
-    # the clock moves after each epoch's decision: 750 s at the end of epoch 3 (0-based), then 750 s later
-    assert written == [3, 6]
+    # the clock moves after each epoch's decision: 750 s at the end of epoch 4, then 750 s later (epoch numbers)
+    assert written == [4, 7]
 
 
 def test_a_run_killed_between_checkpoints_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path):
@@ -113,7 +113,7 @@ def test_a_run_killed_between_checkpoints_resumes_to_the_uninterrupted_result(mo
     straight, straight_module = run(tmp_path / "straight")
     assert straight.best_epoch == 6
     with pytest.raises(RuntimeError, match="killed"):
-        run(tmp_path / "resumed", kill_after=5)
+        run(tmp_path / "resumed", kill_after=6)
     folder = tmp_path / "resumed" / "run"
     assert Checkpoints(tmp_path / "resumed", "run", identity).load()["epoch"] == 3
     assert sorted(p.name for p in folder.glob("best-*")) == ["best-4.safetensors", "best-5.safetensors"]
@@ -131,7 +131,7 @@ def test_ctrl_c_finishes_the_epoch_checkpoints_it_and_stops(tmp_path):
 
     def ctrl_c_after_the_first_epoch(epoch, row):
         rows.append(row)
-        if epoch == 0:
+        if epoch == 1:
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt):

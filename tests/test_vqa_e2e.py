@@ -17,6 +17,7 @@ from medvlm.config import build_config
 from medvlm.data.vqa import VQA_RAD_IMAGES
 from medvlm.errors import ConfigError
 from medvlm.metrics.vqa_taxonomy import TAGS
+from medvlm.tracking import names
 from tests.conftest import SHARED_DATA
 from tests.vqa_fixtures import write_slake
 
@@ -57,7 +58,7 @@ def check_test_results(client: MlflowClient, run) -> pd.DataFrame:
     assert run.info.status == "FINISHED" and run.data.tags["medvlm.task"] == "vqa"
     assert {f"test_{k}" for k in CORE} <= set(metrics)
     table = examples(client, run)
-    assert EXAMPLE_COLUMNS <= set(table.columns) and len(table) == metrics["n_test"]
+    assert EXAMPLE_COLUMNS <= set(table.columns) and len(table) == metrics[names.examples("test")]
     assert metrics["test_acc"] == pytest.approx(table["correct"].mean())
     closed = table["answer_type"] == "closed"
     assert metrics["test_acc_closed"] == pytest.approx(table.loc[closed, "correct"].mean())

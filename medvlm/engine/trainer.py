@@ -33,6 +33,7 @@ from medvlm.data.base import collate_batch
 from medvlm.engine.checkpoints import BEST_FILES, Checkpoints, load_trainable, unshared
 from medvlm.errors import ConfigError, TrainingError
 from medvlm.progress import log
+from medvlm.tracking import names
 
 NAN_CHECK_EVERY = 50
 
@@ -47,6 +48,8 @@ class Objective(Protocol):
 
 @dataclass
 class FitResult:
+    """`best_epoch` indexes `history` (0-based); users see it as `names.epoch_number(best_epoch)`."""
+
     best_epoch: int
     best_val_loss: float
     epochs_run: int
@@ -142,7 +145,7 @@ class BestWeights:
         self.folder = Path(self._tmp.name if self._tmp else folder)
 
     def path(self, epoch: int) -> Path:
-        return self.folder / BEST_FILES.replace("*", str(epoch + 1))
+        return self.folder / BEST_FILES.replace("*", str(names.epoch_number(epoch)))
 
     def save(self, module: nn.Module, epoch: int, checkpoint: Path | None = None) -> None:
         """Keep `checkpoint` (just written for `epoch`) as its best weights, or save the module's trainable weights."""
@@ -277,10 +280,11 @@ def evaluate(accelerator: Accelerator, objective: Objective, dataset: Dataset, c
     return float(objective.loss(outputs, targets)), objective.metrics(outputs, targets), outputs, targets
 
 
-def epoch_line(epoch: int, epochs: int, row: dict[str, float], best_epoch: int, best_val: float) -> str:
-    """`epoch 3/10: train_loss 0.41 · val_loss 0.39 · val_auc 0.81 · best val_loss 0.39 (epoch 3)`, 1-based."""
+def epoch_line(number: int, epochs: int, row: dict[str, float], best_number: int, best_val: float) -> str:
+    """`epoch 3/10: train_loss 0.41 · val_loss 0.39 · val_auc 0.81 · best val_loss 0.39 (epoch 3)`: epoch numbers
+    as `names.epoch_number` counts them, the same as the metrics' steps."""
     values = " · ".join(f"{k} {v:.4f}" for k, v in row.items())
-    return f"epoch {epoch + 1}/{epochs}: {values} · best val_loss {best_val:.4f} (epoch {best_epoch + 1})"
+    return f"epoch {number}/{epochs}: {values} · best {names.VAL_LOSS} {best_val:.4f} (epoch {best_number})"
 
 
 def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConfig, accelerator: Accelerator,
@@ -293,7 +297,8 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
     passed since the last one (every epoch when 0) and when Ctrl-C stops training; at full fine-tuning
     it holds the weights and both AdamW moments (1.8 GB at ViT-B/32), too costly for every epoch. It
     is written before the epoch's metrics are reported (`on_checkpoint` hears of it), and `on_resume`
-    receives the restored history, so a tracker can re-log epochs a kill cut off between the two.
+    receives the restored history, so a tracker can re-log epochs a kill cut off between the two. `on_epoch`
+    gets the epoch's number (`names.epoch_number`, the step its metrics are logged at) and its metrics.
     """
     set_seed(cfg.seed)
     params = [p for p in objective.module.parameters() if p.requires_grad]
@@ -337,8 +342,9 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
         for epoch in range(start, cfg.epochs):
             if bad_epochs >= cfg.patience:
                 if main:
-                    log.info("early stop after epoch %d: val_loss has not improved for %d epochs; best epoch %d "
-                             "(val_loss %.4f)", epoch, bad_epochs, best_epoch + 1, best_val)
+                    log.info("early stop after epoch %d: %s has not improved for %d epochs; best epoch %d (%s %.4f)",
+                             names.epoch_number(epoch - 1), names.VAL_LOSS, bad_epochs, names.epoch_number(best_epoch),
+                             names.VAL_LOSS, best_val)
                 break
             if unsaved_best and writes_best:  # this epoch's steps would overwrite the best weights
                 best.save(accelerator.unwrap_model(module), best_epoch)
@@ -347,7 +353,7 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
             module.train()
             train_loader.set_epoch(epoch)  # Accelerate's loader re-sets the sampler from its own counter otherwise
             running, steps, t0 = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+            bar = tqdm(train_loader, desc=f"epoch {names.epoch_number(epoch)}/{cfg.epochs}", leave=False,
                        disable=not accelerator.is_local_main_process or None)
             for inputs, targets in bar:
                 with accelerator.accumulate(module):
@@ -368,15 +374,15 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
             train_time += time.perf_counter() - t0
             train_loss = float(accelerator.reduce(running, "mean")) / max(steps, 1)
             if not np.isfinite(train_loss):
-                raise TrainingError(f"training loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr}); "
+                raise TrainingError(f"training loss became {train_loss} in epoch {names.epoch_number(epoch)} (lr={cfg.lr}); "
                                     f"lower lr or use precision=fp32")
             outputs, val_targets = predict(accelerator, module, val_loader)
             val_loss = float(objective.loss(outputs, val_targets))
             if not np.isfinite(val_loss):
-                raise TrainingError(f"validation loss became {val_loss} in epoch {epoch + 1} (lr={cfg.lr}); "
+                raise TrainingError(f"validation loss became {val_loss} in epoch {names.epoch_number(epoch)} (lr={cfg.lr}); "
                                     f"lower lr or use precision=fp32")
-            row = {"train_loss": train_loss, "val_loss": val_loss,
-                   **{f"val_{k}": v for k, v in objective.metrics(outputs, val_targets).items()}}
+            row = {names.TRAIN_LOSS: train_loss, names.VAL_LOSS: val_loss,
+                   **{names.val(k): v for k, v in objective.metrics(outputs, val_targets).items()}}
             history.append(row)
             improved = val_loss < best_val
             if improved:
@@ -395,14 +401,15 @@ def fit(objective: Objective, train_set: Dataset, val_set: Dataset, cfg: RunConf
                     best.save(accelerator.unwrap_model(module), epoch, checkpoints.path)
                 best.keep(best_epoch)
                 if on_checkpoint is not None:
-                    on_checkpoint(epoch)
+                    on_checkpoint(names.epoch_number(epoch))
             if due:
                 checkpointed_at, checkpointed_best = time.monotonic(), best_epoch
             unsaved_best = improved and not due
             if main:
-                log.info(epoch_line(epoch, cfg.epochs, row, best_epoch, best_val))
+                log.info(epoch_line(names.epoch_number(epoch), cfg.epochs, row, names.epoch_number(best_epoch),
+                                    best_val))
             if on_epoch is not None and main:
-                on_epoch(epoch, row)
+                on_epoch(names.epoch_number(epoch), row)
             if stop:
                 raise KeyboardInterrupt
     accelerator.wait_for_everyone()

@@ -30,7 +30,7 @@ from medvlm.tasks.classification import (
     model_device,
     zero_shot_head,
 )
-from medvlm.tracking import plots
+from medvlm.tracking import names, plots
 from medvlm.tracking.figures import figure_path, log_figures
 from medvlm.tracking.session import describe, log_dataset
 from medvlm.zoo import ClipModel
@@ -92,7 +92,7 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: Classifi
                      cfg: RunConfig) -> dict[str, float]:
     probs = probabilities(logits, data.kind)
     y = targets.numpy()
-    metrics = {f"test_{k}": v for k, v in classification_metrics(y, probs, data.kind).items()}
+    metrics = {names.test(k): v for k, v in classification_metrics(y, probs, data.kind).items()}
     mlflow.log_metrics(metrics)
     table = predictions_table(probs, y, data)
     mlflow.log_table(table, "predictions.json")
@@ -148,11 +148,11 @@ def run_classification(cfg: RunConfig) -> dict[str, float]:
         t0 = time.perf_counter()
         feats = {s: TensorRows(*cached_features(clip, data.splits[s], cfg.eval_batch_size, device, cfg.precision))
                  for s in (("train", "val", "test") if strategy.kind.trains else ("test",))}
-        mlflow.log_metric("encode_images_per_s", sum(len(f) for f in feats.values()) / (time.perf_counter() - t0))
+        mlflow.log_metric(names.COST_ENCODE_IMAGES_PER_S, sum(len(f) for f in feats.values()) / (time.perf_counter() - t0))
         objective = ClassificationObjective(head, data.kind)
         train_set, val_set, test_set = feats.get("train"), feats.get("val"), feats["test"]
 
-    mlflow.log_metric("trainable_params", count_trainable(objective.module))
+    mlflow.log_metric(names.TRAINABLE_PARAMS, count_trainable(objective.module))
 
     def test() -> dict[str, float]:
         _, _, logits, targets = evaluate(accelerator, objective, test_set, cfg)

@@ -27,6 +27,7 @@ from medvlm.engine.features import model_for_run
 from medvlm.engine.checkpoints import Checkpoints
 from medvlm.engine.trainer import Objective, fit, make_accelerator
 from medvlm.strategies import get_strategy
+from medvlm.tracking import names
 from medvlm.tracking.figures import figure_path, log_figures
 from medvlm.tracking.plots import learning_curves_figure
 from medvlm.tracking.session import describe, log_epoch, note_checkpoint, replay_epochs
@@ -67,8 +68,9 @@ def fit_evaluate_register(cfg: RunConfig, accelerator: Accelerator, pin: dict[st
         saved = checkpoints(cfg, accelerator, pin)
         result = fit(objective, train_set, val_set, cfg, accelerator, saved, log_epoch, replay_epochs, note_checkpoint)
         history, best_epoch = result.history, result.best_epoch
-        mlflow.log_metrics({"train_images_per_s": result.images_per_s, "best_epoch": result.best_epoch + 1,
-                            "epochs_run": result.epochs_run})
+        mlflow.log_metrics({names.TRAIN_IMAGES_PER_S: result.images_per_s,
+                            names.TRAIN_BEST_EPOCH: names.epoch_number(result.best_epoch),
+                            names.TRAIN_EPOCHS_RUN: result.epochs_run})
         selection = (task.selection_metric, history[result.best_epoch][task.selection_metric], task.selection_higher)
     metrics = evaluate()
     if history:

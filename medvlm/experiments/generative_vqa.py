@@ -25,6 +25,7 @@ from medvlm.experiments.vqa import apply_train_fraction, log_lineage
 from medvlm.metrics.generative_vqa import generative_metrics
 from medvlm.strategies import get_strategy
 from medvlm.tasks.generative_vqa import AnswerObjective, PromptTable, TeacherForced, answer_all, build_prompts
+from medvlm.tracking import names
 from medvlm.zoo.factory import load_vlm
 from medvlm.zoo.llava import GenerativeVLM
 
@@ -74,7 +75,7 @@ def log_test(vlm: GenerativeVLM, data: VQAData, cfg: RunConfig) -> dict[str, flo
         from medvlm.metrics.judge import judge_open_answers
 
         scores.update(judge_open_answers(cfg.judge, test, predictions))
-    metrics = {f"test_{k}": v for k, v in scores.items()}
+    metrics = {names.test(k): v for k, v in scores.items()}
     mlflow.log_metrics(metrics)
     mlflow.log_table(examples_table(data, predictions, scored), "examples.json")
     mlflow.log_table(groups, "breakdown.json")
@@ -91,14 +92,14 @@ def run_generative_vqa(cfg: RunConfig) -> dict[str, float]:
                     question_column=cfg.question_column, answer_column=cfg.answer_column, max_rows=cfg.max_rows)
     data = apply_train_fraction(data, cfg)
     log_lineage(data)
-    mlflow.log_metrics({f"n_{s}": len(data.splits[s]) for s in SPLITS})
+    mlflow.log_metrics({names.examples(s): len(data.splits[s]) for s in SPLITS})
     mlflow.log_dict({"template": vlm.template, "image_tokens": vlm.image_tokens,
                      "max_new_tokens": cfg.max_new_tokens, "decoding": "greedy",
                      "example_prompt": vlm.render(str(data.splits["test"]["question"].iloc[0]))}, "prompting.json")
     strategy = get_strategy(cfg.strategy)
     vlm = strategy.prepare(vlm, cfg)
     trainable_in_fp32(vlm)
-    mlflow.log_metric("trainable_params", count_trainable(vlm))
+    mlflow.log_metric(names.TRAINABLE_PARAMS, count_trainable(vlm))
     sets = {}
     if strategy.kind.trains:
         if cfg.gradient_checkpointing:

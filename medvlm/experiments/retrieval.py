@@ -34,6 +34,7 @@ from medvlm.experiments.common import fit_evaluate_register, start
 from medvlm.metrics.retrieval import RetrievalResult, retrieval_metrics, small_gallery_warning
 from medvlm.strategies import get_strategy
 from medvlm.tasks.retrieval import DIRECTIONS, DualEncoder, RetrievalObjective, TokenizedPairs, embed_gallery, summary
+from medvlm.tracking import names
 from medvlm.tracking.figures import figure_path, log_figures
 from medvlm.tracking.plots import recall_figure
 from medvlm.tracking.session import WARNING_TAG_PREFIX, describe, log_dataset
@@ -66,10 +67,10 @@ def log_counts(data: CaptionData, tokens: dict[str, TextBatch]) -> None:
     """Per split: images, captions, captions cut by the tokenizer, duplicate captions, skipped rows."""
     counts = {}
     for name, split in data.splits.items():
-        counts.update({f"n_{name}_images": split.n_images, f"n_{name}_captions": len(split.captions),
-                       f"{name}_captions_truncated": tokens[name].truncated,
-                       f"{name}_duplicate_captions": split.duplicate_captions,
-                       **{f"{name}_skipped_{why}": n for why, n in split.skipped.items()}})
+        counts.update({names.key(name, "images"): split.n_images, names.key(name, "captions"): len(split.captions),
+                       names.key(name, "captions_truncated"): tokens[name].truncated,
+                       names.key(name, "duplicate_captions"): split.duplicate_captions,
+                       **{names.key(name, f"skipped_{why}"): n for why, n in split.skipped.items()}})
     mlflow.log_metrics(counts)
 
 
@@ -117,7 +118,7 @@ def recall_curve(result: RetrievalResult) -> pd.DataFrame:
 
 def log_test_results(result: RetrievalResult, image_emb: torch.Tensor, text_emb: torch.Tensor,
                      split: CaptionSplit, cfg: RunConfig) -> dict[str, float]:
-    metrics = {f"test_{k}": v for k, v in summary(result).items()}
+    metrics = {names.test(k): v for k, v in summary(result).items()}
     mlflow.log_metrics(metrics)
     warning = small_gallery_warning(len(image_emb), len(text_emb))
     if warning:
@@ -145,7 +146,7 @@ def run_retrieval(cfg: RunConfig) -> dict[str, float]:
     log_counts(data, tokens)
     clip = strategy.prepare(clip, cfg)
     encoder = DualEncoder(clip)
-    mlflow.log_metric("trainable_params", count_trainable(encoder))
+    mlflow.log_metric(names.TRAINABLE_PARAMS, count_trainable(encoder))
     size = clip.preprocess.image_size
     sets = {s: TokenizedPairs(data.splits[s].pairs(size), tokens[s]) for s in ("train", "val") if s in data.splits}
 
@@ -154,7 +155,7 @@ def run_retrieval(cfg: RunConfig) -> dict[str, float]:
         t0 = time.perf_counter()
         image_emb, text_emb = embed_gallery(encoder, split, tokens["test"], cfg.eval_batch_size, device, cfg.precision,
                                             cache=not strategy.kind.trains, num_workers=cfg.num_workers)
-        mlflow.log_metric("embed_gallery_s", time.perf_counter() - t0)
+        mlflow.log_metric(names.COST_EMBED_GALLERY_S, time.perf_counter() - t0)
         image_emb, text_emb = image_emb.to(device), text_emb.to(device)
         result = retrieval_metrics(image_emb, text_emb, split.text_to_image.to(device))
         return log_test_results(result, image_emb, text_emb, split, cfg)

@@ -34,6 +34,7 @@ from medvlm.progress import tracked
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import text_embeddings
 from medvlm.tasks.vqa import AnswerVocab, BANHead, CachedVQA, VQAModel, VQAObjective, tokenize_questions
+from medvlm.tracking import names
 from medvlm.tracking.session import log_dataset
 from medvlm.zoo import ClipModel
 from medvlm.zoo.base import TextBatch
@@ -138,7 +139,7 @@ def zero_shot_logits(clip: ClipModel, data: VQAData, vocab: AnswerVocab, cfg: Ru
         texts = text_embeddings(clip, [ZERO_SHOT_PROMPT.format(question=question, answer=vocab.answers[i]) for i in ids])
         logits[np.ix_(rows, ids)] = (scale * row_embeddings[rows] @ texts.T).cpu()
         prompts += len(ids)
-    mlflow.log_metric("zeroshot_prompts", prompts)
+    mlflow.log_metric(names.COST_ZEROSHOT_PROMPTS, prompts)
     return logits
 
 
@@ -174,7 +175,7 @@ def log_test_results(logits: torch.Tensor, targets: torch.Tensor, data: VQAData,
     examples = examples_table(data, vocab, y, pred)
     counts = examples["tag"].value_counts()
     scores.update({f"err_{tag.replace('-', '_')}": float(counts.get(tag, 0)) for tag in TAGS})
-    metrics = {f"test_{k}": v for k, v in scores.items()}
+    metrics = {names.test(k): v for k, v in scores.items()}
     mlflow.log_metrics(metrics)
     mlflow.log_table(examples, "examples.json")
     mlflow.log_table(groups, "breakdown.json")
@@ -195,30 +196,30 @@ def run_vqa(cfg: RunConfig) -> dict[str, float]:
     vocab = AnswerVocab.build(trainval["answer"], trainval["closed"])
     targets = targets_of(data, vocab)
     mlflow.log_dict({**vocab.to_dict(), "split": data.split}, "answers.json")
-    mlflow.log_metrics({"vocab_size": len(vocab), **{f"n_{s}": len(data.splits[s]) for s in SPLITS}})
+    mlflow.log_metrics({names.DATA_ANSWER_VOCAB: len(vocab), **{names.examples(s): len(data.splits[s]) for s in SPLITS}})
     clip = strategy.prepare(clip, cfg)
 
     if not strategy.kind.trains:
-        mlflow.log_metric("trainable_params", 0)
+        mlflow.log_metric(names.TRAINABLE_PARAMS, 0)
         return fit_evaluate_register(cfg, accelerator, clip.spec.pin, None, None, None, lambda: log_test_results(
             zero_shot_logits(clip, data, vocab, cfg, device), targets["test"], data, vocab))
 
     questions = Questions.of(clip, data)
-    mlflow.log_metric("questions_truncated", questions.tokens.truncated)
+    mlflow.log_metric(names.DATA_QUESTIONS_TRUNCATED, questions.tokens.truncated)
     if strategy.kind.trains_encoder:
         sets = encoder_sets(data, questions, targets)
         v_dim, q_dim = token_dims(clip, data, questions)
     else:
         t0 = time.perf_counter()
         sets = cached_sets(clip, data, questions, targets, cfg, device)
-        mlflow.log_metric("encode_s", time.perf_counter() - t0)
+        mlflow.log_metric(names.COST_ENCODE_S, time.perf_counter() - t0)
         v_dim, q_dim = (sets["train"].fields[k][0].shape[-1] for k in ("image_tokens", "text_tokens"))
     head = BANHead(v_dim, q_dim, len(vocab), hidden=cfg.vqa_hidden, glimpses=cfg.vqa_glimpses).to(device)
     module = VQAModel(clip, head) if strategy.kind.trains_encoder else CachedVQA(head)
     if strategy.kind.trains_encoder:
         freeze_unused(module, sets["train"], device)  # e.g. `partial`'s logit scale: the BAN head never uses it
     objective = VQAObjective(module)
-    mlflow.log_metric("trainable_params", count_trainable(module))
+    mlflow.log_metric(names.TRAINABLE_PARAMS, count_trainable(module))
 
     def test() -> dict[str, float]:
         _, _, logits, _ = evaluate(accelerator, objective, sets["test"], cfg)

@@ -20,6 +20,7 @@ from medvlm.errors import ConfigError
 from medvlm.report.config import ReportConfig
 from medvlm.report.render import Report, Section, write
 from medvlm.report.select import RunRecord, Selection, select_runs, study_progress
+from medvlm.tracking.names import REPORT_RUNS, REPORT_UNFINISHED_RUNS, bare
 from medvlm.tracking.session import ensure_tracking, provenance_tags, resolve_experiment
 
 REPORT_TAG = "medvlm.report"
@@ -86,7 +87,7 @@ def build_report(client: MlflowClient, selection: Selection, cfg: ReportConfig) 
         spread = stds(stability_cells)
         names = []
         for metric, part in spread.groupby("metric"):
-            names.append(figure_path(f"plots/stability_std_{metric.removeprefix('test_')}", cfg.figure_format))
+            names.append(figure_path(f"plots/stability_std_{bare(metric)}", cfg.figure_format))
             figures[names[-1]] = plots.stability_plot(part)
         sections.append(Section("Stability", [stability], names))
     sections.append(Section("Warnings", lines=[f"- {r.name} ({r.run_id}): {w}" for r in runs for w in r.warnings]))
@@ -142,7 +143,7 @@ def run_report(cfg: ReportConfig) -> str:
     with mlflow.start_run(run_id=project_run, run_name=None if project_run else name) as run:
         mlflow.set_tags({REPORT_TAG: "true", "mlflow.runName": name, **provenance_tags()})
         _log_params(run.info.run_id, cfg)
-        mlflow.log_metrics({"report_runs": len(selection.runs), "report_unfinished_runs": len(selection.unfinished)})
+        mlflow.log_metrics({REPORT_RUNS: len(selection.runs), REPORT_UNFINISHED_RUNS: len(selection.unfinished)})
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(cfg.output).expanduser() if cfg.output else Path(tmp)
             markdown = write(report, folder)

@@ -33,6 +33,7 @@ from medvlm.metrics.classification import classification_metrics
 from medvlm.metrics.vqa import vqa_metrics
 from medvlm.report.bootstrap import Undefined
 from medvlm.tasks.vqa import UNKNOWN
+from medvlm.tracking.names import test
 
 TABLES = {name: task.samples_table for name, task in TASKS.items() if task.samples_table}
 NO_TABLE_REASON = {name: task.no_samples for name, task in TASKS.items() if task.no_samples}
@@ -91,7 +92,7 @@ class ClassificationStatistic:
                 scores = classification_metrics(self.labels[rows], self.probs[rows], self.kind)
             except DataError:
                 raise Undefined from None
-        return {f"test_{k}": v for k, v in scores.items()}
+        return {test(k): v for k, v in scores.items()}
 
 
 def classification_samples(table: pd.DataFrame) -> SampleSet:
@@ -121,7 +122,7 @@ class VQAStatistic:
             scores = vqa_metrics(self.y[rows], self.pred[rows], self.closed[rows])
         if not set(self.keys) <= set(scores):
             raise Undefined
-        return {f"test_{k}": scores[k] for k in self.keys}
+        return {test(k): scores[k] for k in self.keys}
 
 
 def vqa_samples(table: pd.DataFrame) -> SampleSet:
@@ -147,8 +148,8 @@ class GenerativeVQAStatistic:
         closed = self.closed[rows]
         if closed.all() or not closed.any():
             raise Undefined
-        return {"test_acc": float(self.correct[rows].mean()), "test_closed_acc": float(self.correct[rows][closed].mean()),
-                "test_open_recall": float(self.recall[rows][~closed].mean())}
+        return {test("acc"): float(self.correct[rows].mean()), test("closed_acc"): float(self.correct[rows][closed].mean()),
+                test("open_recall"): float(self.recall[rows][~closed].mean())}
 
 
 def generative_vqa_samples(table: pd.DataFrame) -> SampleSet:

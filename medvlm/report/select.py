@@ -19,6 +19,7 @@ from medvlm.errors import ConfigError
 from medvlm.network import clipped
 from medvlm.report.config import ReportConfig
 from medvlm.studies.spec import load_study_config
+from medvlm.tracking.names import TEST, in_group
 from medvlm.tracking.session import WARNING_TAG_PREFIX
 
 # Parameters that change which test samples a run is scored on, shown in the test-set name
@@ -103,7 +104,7 @@ def record(run: Run) -> RunRecord:
         variant=_variant(tags.get("medvlm.group", ""), task), study=tags.get("medvlm.study", ""),
         study_kind=tags.get("medvlm.study_kind", ""), parent=tags.get("mlflow.parentRunId", ""),
         trial=int(tags.get("medvlm.trial", -1)), start_time=run.info.start_time or 0, params=dict(params),
-        metrics={k: v for k, v in run.data.metrics.items() if k.startswith("test_")},
+        metrics={k: v for k, v in run.data.metrics.items() if in_group(k, TEST)},
         warnings=tuple(v for k, v in sorted(tags.items()) if k.startswith(WARNING_TAG_PREFIX)))
 
 

@@ -20,6 +20,7 @@ from medvlm.catalog import TASKS
 from medvlm.report.bootstrap import Difference
 from medvlm.report.cells import Cell, Uncertainty, strategy_rank
 from medvlm.report.domains import domain_of, model_coverage
+from medvlm.tracking.names import bare, test
 
 MISSING = "—"
 PRIMARY = {name: task.primary_metric for name, task in TASKS.items()}
@@ -27,16 +28,17 @@ ZERO_SHOT_METRICS = {name: task.zero_shot_metrics for name, task in TASKS.items(
 ZERO_SHOT_SHOWN = {"classification": 4, "retrieval": 3}
 FINETUNE_METRICS = {name: task.headline_metrics for name, task in TASKS.items()}
 # test_auc_hard is the MIDL paper code's AUC of hard predictions: only for comparison with its tables
-METRIC_NAMES = {"test_auc": "AUC", "test_auc_hard": "AUC (hard, paper code)", "test_acc": "ACC", "test_f1": "F1",
-                "test_acc_open": "ACC open", "test_acc_closed": "ACC closed", "test_f1_weighted": "F1 (weighted)",
-                "test_closed_acc": "closed ACC (generated)", "test_open_recall": "open token recall"}
-METRIC_NAMES.update({f"test_{d}_R{k}": f"{a} R@{k}" for d, a in (("image_to_text", "I→T"), ("text_to_image", "T→I"))
+METRIC_NAMES = {test(k): v for k, v in {
+    "auc": "AUC", "auc_hard": "AUC (hard, paper code)", "acc": "ACC", "f1": "F1", "acc_open": "ACC open",
+    "acc_closed": "ACC closed", "f1_weighted": "F1 (weighted)", "closed_acc": "closed ACC (generated)",
+    "open_recall": "open token recall"}.items()}
+METRIC_NAMES.update({test(f"{d}_R{k}"): f"{a} R@{k}" for d, a in (("image_to_text", "I→T"), ("text_to_image", "T→I"))
                      for k in (1, 5, 10)})
 TASK_NAMES = {name: task.title for name, task in TASKS.items()}
 
 
 def metric_name(metric: str) -> str:
-    return METRIC_NAMES.get(metric, metric.removeprefix("test_"))
+    return METRIC_NAMES.get(metric, bare(metric))
 
 
 def fraction_name(fraction: float) -> str:
@@ -203,7 +205,7 @@ def finetune_tables(grid: Grid, unc: Uncertainty, missing: Missing) -> list[Tabl
                         data.append(cell_row(cell, metric, unc, mark=rank[(row, s)]))
                 view.append(line)
             cells = [c for c in found.values() if c is not None]
-            tables.append(Table(f"finetune_{task}_{slug(testset)}_{metric.removeprefix('test_')}",
+            tables.append(Table(f"finetune_{task}_{slug(testset)}_{bare(metric)}",
                                 f"{TASK_NAMES[task]} · {testset} · {metric_name(metric)} (models × strategies)",
                                 pd.DataFrame(view), pd.DataFrame(data), interval_note(cells, [metric], unc)))
     return tables

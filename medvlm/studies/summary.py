@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from medvlm.catalog import TASKS
 from medvlm.studies.ablation import fraction_figure, fraction_table
 from medvlm.studies.stability import std_figure
+from medvlm.tracking.names import TEST, in_group
 
 PRIMARY_METRIC = {name: task.primary_metric for name, task in TASKS.items()}
 STATS = ("mean", "std", "min", "max")
@@ -38,7 +39,7 @@ def child_runs(client: MlflowClient, parent_id: str, status: str | None = "FINIS
                          "group": group, "model": params.get("model", ""),
                          "dataset": params.get("dataset", ""), "task": params.get("task", ""),
                          "strategy": params.get("strategy", ""), "train_fraction": float(params.get("train_fraction", 1.0)),
-                         **{k: v for k, v in run.data.metrics.items() if k.startswith("test_")}})
+                         **{k: v for k, v in run.data.metrics.items() if in_group(k, TEST)}})
         token = page.token
         if not token:
             break
@@ -48,7 +49,7 @@ def child_runs(client: MlflowClient, parent_id: str, status: str | None = "FINIS
 def summary_table(children: pd.DataFrame) -> pd.DataFrame:
     """n, mean, std (sample, ddof=1; NaN for n=1), min and max of every test metric, per group."""
     columns = [*KEYS, "metric", "n", *STATS]
-    metrics = [c for c in children.columns if c.startswith("test_")]
+    metrics = [c for c in children.columns if in_group(c, TEST)]
     if children.empty or not metrics:
         return pd.DataFrame(columns=columns)
     long = children.melt(id_vars=KEYS, value_vars=metrics, var_name="metric").dropna(subset=["value"])

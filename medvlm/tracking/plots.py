@@ -12,6 +12,7 @@ from scipy.stats import rankdata
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, confusion_matrix, roc_auc_score, roc_curve
 
 from medvlm.data.base import LabelKind
+from medvlm.tracking import names
 from medvlm.tracking.figures import integer_ticks, new_figure, value_ticks, wrap
 
 CI_RESAMPLES = 1000
@@ -127,21 +128,22 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[s
 
 def learning_curves_figure(history: list[dict[str, float]], best_epoch: int, metric: str, title: str) -> Figure:
     """Losses (left) and the validation `metric` (right) per epoch, with the epoch whose weights were kept
-    (`best_epoch`, 0-based: the lowest validation loss) marked on both."""
-    epochs = np.arange(1, len(history) + 1)
-    shown = metric in history[0] and not metric.endswith("loss")
+    (`best_epoch`, 0-based: the lowest validation loss) marked on both; epochs numbered as the metrics' steps."""
+    epochs = [names.epoch_number(i) for i in range(len(history))]
+    best = names.epoch_number(best_epoch)
+    shown = metric in history[0] and metric != names.VAL_LOSS
     fig, axes = new_figure(10 if shown else 5.5, 4, 1, 2 if shown else 1, squeeze=False)
-    losses = [key for key in history[0] if key.endswith("loss")]
+    losses = [key for key in (names.TRAIN_LOSS, names.VAL_LOSS) if key in history[0]]
     panels = [(axes[0][0], losses, "loss")] + ([(axes[0][1], [metric], metric)] if shown else [])
     for ax, keys, ylabel in panels:
         for key in keys:
             values = [row[key] for row in history]
             ax.plot(epochs, values, marker="o", ms=3, label=key)
-            if not key.startswith("train"):  # the kept epoch is marked on what chose it and what it scored
-                ax.plot(best_epoch + 1, values[best_epoch], "*", ms=12, color=ax.lines[-1].get_color())
-        ax.axvline(best_epoch + 1, color="grey", ls=":", lw=1, label=f"best epoch {best_epoch + 1} (lowest val loss)")
+            if names.group_of(key) != names.TRAIN:  # the kept epoch is marked on what chose it and what it scored
+                ax.plot(best, values[best_epoch], "*", ms=12, color=ax.lines[-1].get_color())
+        ax.axvline(best, color="grey", ls=":", lw=1, label=f"best epoch {best} (lowest val loss)")
         integer_ticks(ax.xaxis)
-        ax.set(xlabel="epoch", ylabel=ylabel, xlim=(0.5, len(history) + 0.5))
+        ax.set(xlabel="epoch", ylabel=ylabel, xlim=(epochs[0] - 0.5, epochs[-1] + 0.5))
         ax.legend(fontsize=8)
     fig.suptitle(f"learning curves\n{title}")
     return fig

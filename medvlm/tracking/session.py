@@ -29,6 +29,7 @@ import mlflow
 from medvlm.config import RunConfig
 from medvlm.errors import MedvlmError, Superseded, TrackingError, one_line
 from medvlm.progress import log
+from medvlm.tracking import names
 from medvlm.zoo.entries import zoo_entries
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -38,6 +39,11 @@ SOURCE_PREFIXES = ("local-dir", "hf-hub", "hf", "file")
 CHECKPOINT_TAG = "medvlm.checkpoint_dir"
 CHECKPOINTED_TAG = "medvlm.checkpoint_epoch"  # the last epoch a resume checkpoint was written for (1-based)
 HEALTH_TIMEOUT_S = 5
+# MLflow's async logger otherwise polls its queue with a 1 s timeout, and every flush (end of a run,
+# before an adapter is logged) waits that poll out: +1.0 s per run, measured on an H200 in every
+# training row of bench_scale. Buffering makes the logger wait on its stop event instead, so a flush
+# returns at once; metrics still reach the store within this many seconds. A user's value wins.
+os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
 # A tracking server that stays down makes each request give up after about 15 s (MLflow's defaults
 # retry for minutes per request, and training logs many); the MLFLOW_HTTP_REQUEST_* variables override.
 HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -155,7 +161,8 @@ def run_name(cfg: RunConfig, tags: dict[str, str] | None = None) -> str:
 
 
 def flat_params(cfg: RunConfig) -> dict[str, str]:
-    return {k: (",".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in cfg.resolved().items()}
+    """The run's params: every parameter that applies to it (`RunConfig.applicable`), lists joined by commas."""
+    return {k: (",".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in cfg.applicable().items()}
 
 
 def _same_param(logged: str, given: str) -> bool:
@@ -199,7 +206,7 @@ def check_resumable(cfg: RunConfig) -> None:
 
 
 def log_config(run_id: str, cfg: RunConfig) -> None:
-    """The resolved config as params and `config.json`.
+    """The parameters that apply to the run as params, and every resolved value in `config.json`.
 
     Under `mlflow run` the -P values are already logged ("" = not given) and MLflow params are
     immutable, so only the keys it did not log are added; `config.json` always holds every resolved value.
@@ -317,26 +324,27 @@ def run_summary(run_id: str) -> str:
     return line
 
 
-def log_epoch(epoch: int, row: dict[str, float]) -> None:
-    """Per-epoch metrics, logged asynchronously so training never waits on the store."""
-    mlflow.log_metrics(row, step=epoch, synchronous=False)
+def log_epoch(number: int, row: dict[str, float]) -> None:
+    """Per-epoch metrics at step = the epoch's number, logged asynchronously so training never waits on the store."""
+    mlflow.log_metrics(row, step=number, synchronous=False)
 
 
-def note_checkpoint(epoch: int) -> None:
+def note_checkpoint(number: int) -> None:
     """Record that a resume checkpoint exists: a later resume that cannot find it refuses instead of starting over.
 
     Synchronous (one store call per checkpoint): a store that has gone away fails here, in the training
-    loop, with the usual one line and `--resume` command, not later in a background thread."""
-    mlflow.set_tag(CHECKPOINTED_TAG, str(epoch + 1))
+    loop, with the usual one line and `--resume` command, not later in a background thread. `number` is the
+    epoch's number (`names.epoch_number`)."""
+    mlflow.set_tag(CHECKPOINTED_TAG, str(number))
 
 
 def replay_epochs(history: list[dict[str, float]]) -> None:
-    """After a resume, log the checkpointed epochs whose metrics never reached the store."""
+    """After a resume, log the checkpointed epochs whose metrics never reached the store (same steps as `log_epoch`)."""
     run_id = mlflow.active_run().info.run_id
-    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train_loss")}
-    for epoch, row in enumerate(history):
-        if epoch not in logged:
-            mlflow.log_metrics(row, step=epoch)
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, names.TRAIN_LOSS)}
+    for number, row in enumerate(history, start=names.FIRST_EPOCH):
+        if number not in logged:
+            mlflow.log_metrics(row, step=number)
 
 
 def log_dataset(name: str, source: str, digest: str, context: str, extra: dict[str, Any] | None = None,

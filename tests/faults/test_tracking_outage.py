@@ -89,6 +89,6 @@ def test_a_dead_tracking_server_gives_a_bounded_exit_with_the_resume_command(wor
         assert main(shlex.split(command)[1:]) == 0
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and "test_auc" in run.data.metrics
-        assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(range(EPOCHS))
+        assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(range(1, EPOCHS + 1))
     finally:
         stop_server(server)
