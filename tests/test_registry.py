@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from medvlm.adapters.base import ALIAS, registered_name
 from medvlm.catalog import TASKS
 from medvlm.cli import main
-from medvlm.tracking import names
+from medvlm import names
 from tests.conftest import BREAST_ROOT, needs_breastmnist
 
 TASK = TASKS["classification"]

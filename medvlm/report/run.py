@@ -20,7 +20,7 @@ from medvlm.errors import ConfigError
 from medvlm.report.config import ReportConfig
 from medvlm.report.render import Report, Section, write
 from medvlm.report.select import RunRecord, Selection, select_runs, study_progress
-from medvlm.tracking.names import REPORT_RUNS, REPORT_UNFINISHED_RUNS, bare
+from medvlm.names import REPORT_RUNS, REPORT_UNFINISHED_RUNS, bare
 from medvlm.tracking.session import ensure_tracking, provenance_tags, resolve_experiment
 
 REPORT_TAG = "medvlm.report"
