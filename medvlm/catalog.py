@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medvlm.tracking.names import test, val
+from medvlm.names import test, val
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from medvlm.catalog import STRATEGY_KINDS, TASKS
 from medvlm.config import RunConfig, build_config, entry_point_fields, field_choices
 from medvlm.errors import ConfigError, MedvlmError, TrackingError, one_line
 from medvlm.progress import setup_logging
+from medvlm.report.config import ReportConfig, report_config
 from medvlm.studies.spec import STUDY_FLAGS, StudyConfig
 from medvlm.zoo.entries import zoo_entries
 
@@ -131,8 +132,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from medvlm.report import run_report  # lazy: the report package loads pandas, MLflow and torch
-    from medvlm.report.config import report_config
+    from medvlm.report.run import run_report  # lazy: building a report loads pandas, MLflow and torch
 
     run_report(report_config(vars(args)))
     return 0
@@ -150,8 +150,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def entry_point_schemas(command: str) -> list[type[BaseModel]]:
     """The schemas a subcommand's flags come from, first match wins (report's `seed` is ReportConfig's)."""
-    from medvlm.report.config import ReportConfig  # lazy: the report package loads pandas, MLflow and torch
-
     return {"report": [ReportConfig], **{c: [StudyConfig, RunConfig] for c in STUDY_COMMANDS}}.get(command, [RunConfig])
 
 
@@ -216,8 +214,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if name in STUDY_COMMANDS:
             add_study_flags(p)
         if name == "report":
-            from medvlm.report.config import ReportConfig  # lazy: the report package loads pandas, MLflow and torch
-
             for field_name, field in ReportConfig.model_fields.items():
                 add_field_flag(p, field_name, field)
     return parser

@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.fields import FieldInfo
 
 from medvlm.catalog import STRATEGY_KINDS, TASKS
-from medvlm.data.hf_name import is_hf, parse_hf
+from medvlm.hf_name import is_hf, parse_hf
 from medvlm.errors import ConfigError
 
 Task = Literal["classification", "retrieval", "vqa"]

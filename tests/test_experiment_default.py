@@ -11,7 +11,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
-from medvlm.tracking import names
+from medvlm import names
 from medvlm.tracking.session import DEFAULT_EXPERIMENT, resolve_experiment
 from tests.conftest import BREAST_ROOT, REPO, SHARED_DATA, needs_breastmnist
 

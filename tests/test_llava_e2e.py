@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
 from medvlm.data.vqa import VQA_RAD_IMAGES
-from medvlm.tracking import names
+from medvlm import names
 from tests.conftest import REPO, SHARED_DATA
 from tests.llava_tiny import VQA_RAD, llava_family  # noqa: F401  (fixture)
 

@@ -13,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
-from medvlm.tracking import names
+from medvlm import names
 from tests.conftest import SHARED_DATA
 from tests.llava_tiny import llava_family  # noqa: F401  (fixture)
 

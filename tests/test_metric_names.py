@@ -1,4 +1,4 @@
-"""Metric keys in one scheme (`medvlm.tracking.names`), epochs numbered from 1, and only the params that apply."""
+"""Metric keys in one scheme (`medvlm.names`), epochs numbered from 1, and only the params that apply."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 from medvlm.catalog import STRATEGY_KINDS
 from medvlm.cli import main
 from medvlm.config import RunConfig
-from medvlm.tracking import names
+from medvlm import names
 from tests.conftest import BREAST_ROOT, needs_breastmnist
 
 EPOCHS = 3

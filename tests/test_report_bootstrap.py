@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medvlm.errors import DataError
-from medvlm.report import bootstrap
+from medvlm.metrics import bootstrap
 from medvlm.report.samples import ClassificationStatistic
 
 N, B, SEED = 60, 1000, 7

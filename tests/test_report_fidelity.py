@@ -21,7 +21,7 @@ from medvlm.config import build_config
 from medvlm.errors import ConfigError, TrainingError
 from medvlm.report.config import report_config
 from medvlm.report.select import select_runs
-from medvlm.tracking.names import REPORT_RUNS
+from medvlm.names import REPORT_RUNS
 from medvlm.tracking.session import tracked_run
 from tests.report_fixtures import EXPERIMENT, binary_probs, log_classification_run, log_vqa_run, vqa_test_rows
 

@@ -21,7 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
-from medvlm.tracking import names
+from medvlm import names
 from tests.retrieval_fixtures import write_roco
 from tests.vqa_fixtures import write_vqa_rad
 

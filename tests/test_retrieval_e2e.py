@@ -15,7 +15,7 @@ from medvlm.cli import main
 from medvlm.data.transforms import to_model_input
 from medvlm.data.sources import decode_image
 from medvlm.metrics.retrieval import retrieval_metrics
-from medvlm.tracking import names
+from medvlm import names
 from medvlm.zoo import create_model
 from tests.conftest import SHARED_DATA
 from tests.retrieval_fixtures import ROCO_ROOT, needs_roco, read_roco_captions, write_roco

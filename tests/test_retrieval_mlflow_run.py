@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from medvlm.data.captions import load_captions
 from medvlm.metrics.retrieval import retrieval_metrics
 from medvlm.tasks.retrieval import DualEncoder, embed_gallery
-from medvlm.tracking import names
+from medvlm import names
 from medvlm.zoo import create_model
 from tests.conftest import REPO, SHARED_DATA
 from tests.retrieval_fixtures import ROCO_ROOT, write_roco

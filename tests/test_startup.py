@@ -30,7 +30,7 @@ print(json.dumps({{"code": code, "heavy": [m for m in {heavy!r} if m in sys.modu
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["models"]])
+@pytest.mark.parametrize("argv", [["--help"], ["models"], ["report", "--help"], ["params"]])
 def test_light_commands_import_nothing_heavy(argv: list[str]) -> None:
     out = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv, heavy=HEAVY)],
                          capture_output=True, text=True, check=True)

@@ -17,7 +17,7 @@ from medvlm.config import build_config
 from medvlm.data.vqa import VQA_RAD_IMAGES
 from medvlm.errors import ConfigError
 from medvlm.metrics.vqa_taxonomy import TAGS
-from medvlm.tracking import names
+from medvlm import names
 from tests.conftest import SHARED_DATA
 from tests.vqa_fixtures import write_slake
 

@@ -3,7 +3,8 @@
 A logged adapter holds: `adapter/` (peft safetensors + adapter_config.json), the task
 head (safetensors) and `medvlm.json` (the base model argument, its weights pin, class
 names). Loading rebuilds the base model through the zoo, refuses weights whose digest
-differs from the pin, applies the adapter and the head, and predicts.
+differs from the pin, applies the adapter and the head, and predicts. Each model class states its
+signature (named input columns, predict params) and an input example (`serving`).
 """
 
 from __future__ import annotations
@@ -46,12 +47,20 @@ QUESTION_INPUTS = [ColSpec("binary", "image"), ColSpec("string", "question")]  #
 EXAMPLE_QUESTION = "is there an abnormality?"
 
 
+class ServedModel(mlflow.pyfunc.PythonModel):
+    """A pyfunc model that states what it takes and returns, so every logged adapter has a signature and an example."""
+
+    def serving(self, meta: dict[str, Any]) -> tuple[ModelSignature, pd.DataFrame]:
+        """The signature and an input example for a model with this `medvlm.json` metadata."""
+        raise NotImplementedError
+
+
 @dataclass
 class Adapter:
     """What a run registers: the serving model, the base model's pin, the peft-wrapped network (None when
     no LoRA part trained), the trained heads and the task's own metadata."""
 
-    python_model: mlflow.pyfunc.PythonModel
+    python_model: ServedModel
     pin: dict[str, Any]
     peft_net: torch.nn.Module | None
     heads: dict[str, torch.nn.Module] = field(default_factory=dict)
@@ -78,7 +87,7 @@ def _images_from(model_input: pd.DataFrame) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
 
 
-class AdapterModel(mlflow.pyfunc.PythonModel):
+class AdapterModel(ServedModel):
     """Base: rebuild the pinned base model and apply the LoRA adapter."""
 
     def load_base(self, context) -> None:

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlflow
 import pandas as pd
 import torch
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec
 from safetensors.torch import load_file
 
-from medvlm.adapters.base import (EXAMPLE_QUESTION, QUESTION_INPUTS, Adapter, check_pin, example_png, read_meta,
-                                  serving_signature)
+from medvlm.adapters.base import (EXAMPLE_QUESTION, QUESTION_INPUTS, Adapter, ServedModel, check_pin, example_png,
+                                  read_meta, serving_signature)
 from medvlm.catalog import STRATEGY_KINDS
 from medvlm.config import RunConfig
 from medvlm.data.sources import decode_image
@@ -29,7 +28,7 @@ from medvlm.zoo.factory import load_vlm
 from medvlm.zoo.llava import PROJECTOR, GenerativeVLM
 
 
-class GenerativeVQAModel(mlflow.pyfunc.PythonModel):
+class GenerativeVQAModel(ServedModel):
     """Input: a DataFrame with `image` (encoded bytes or a file path) and `question`. Output: `answer` per row."""
 
     def load_context(self, context) -> None:

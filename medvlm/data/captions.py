@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from medvlm.data.content import content_keys
-from medvlm.data.hf_name import is_hf
+from medvlm.hf_name import is_hf
 from medvlm.data.hub import load_hub
 from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, read_tables,
                                  source_kind, split_values)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from medvlm.data.base import ClassificationData
 from medvlm.data.files import LabelPolicy, load_hub_table, load_image_folder, load_table
-from medvlm.data.hf_name import is_hf
+from medvlm.hf_name import is_hf
 from medvlm.data.medmnist import INFO, SUBSETS, load_medmnist, locate_medmnist
 from medvlm.data.sources import TABLE_SUFFIXES, locate
 from medvlm.errors import DataError

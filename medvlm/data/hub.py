@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from medvlm.data.content import file_digests
-from medvlm.data.hf_name import HfName, parse_hf
+from medvlm.hf_name import HfName, parse_hf
 from medvlm.data.sources import SPLIT_WORDS, SPLITS, locate
 from medvlm.errors import ConfigError, DataError
 from medvlm.network import clipped

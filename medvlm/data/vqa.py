@@ -38,7 +38,7 @@ import torch
 
 from medvlm.data.base import BatchRows
 from medvlm.data.content import content_keys
-from medvlm.data.hf_name import is_hf
+from medvlm.hf_name import is_hf
 from medvlm.data.hub import load_hub
 from medvlm.data.sources import (SPLITS, candidates, decode_image, image_ref, image_split, locate, read_tables,
                                  source_kind, split_values)

@@ -33,7 +33,7 @@ from medvlm.data.base import collate_batch
 from medvlm.engine.checkpoints import BEST_FILES, Checkpoints, load_trainable, unshared
 from medvlm.errors import ConfigError, TrainingError
 from medvlm.progress import log
-from medvlm.tracking import names
+from medvlm import names
 
 NAN_CHECK_EVERY = 50
 

@@ -30,7 +30,8 @@ from medvlm.tasks.classification import (
     model_device,
     zero_shot_head,
 )
-from medvlm.tracking import names, plots
+from medvlm import names
+from medvlm.tracking import plots
 from medvlm.tracking.figures import figure_path, log_figures
 from medvlm.tracking.session import describe, log_dataset
 from medvlm.zoo import ClipModel

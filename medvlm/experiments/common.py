@@ -27,7 +27,7 @@ from medvlm.engine.features import model_for_run
 from medvlm.engine.checkpoints import Checkpoints
 from medvlm.engine.trainer import Objective, fit, make_accelerator
 from medvlm.strategies import get_strategy
-from medvlm.tracking import names
+from medvlm import names
 from medvlm.tracking.figures import figure_path, log_figures
 from medvlm.tracking.plots import learning_curves_figure
 from medvlm.tracking.session import describe, log_epoch, note_checkpoint, replay_epochs

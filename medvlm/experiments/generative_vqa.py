@@ -25,7 +25,7 @@ from medvlm.experiments.vqa import apply_train_fraction, log_lineage
 from medvlm.metrics.generative_vqa import generative_metrics
 from medvlm.strategies import get_strategy
 from medvlm.tasks.generative_vqa import AnswerObjective, PromptTable, TeacherForced, answer_all, build_prompts
-from medvlm.tracking import names
+from medvlm import names
 from medvlm.zoo.factory import load_vlm
 from medvlm.zoo.llava import GenerativeVLM
 

@@ -38,7 +38,7 @@ DATA_LOCATORS: dict[str, Callable[[RunConfig], str]] = {
 
 def locate_data(cfg: RunConfig) -> str:
     """Where a config's dataset will be read from: an `hf:` dataset the same way for every task."""
-    from medvlm.data.hf_name import is_hf
+    from medvlm.hf_name import is_hf
 
     if is_hf(cfg.dataset):
         from medvlm.data.hub import locate_hub

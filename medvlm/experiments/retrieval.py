@@ -34,7 +34,7 @@ from medvlm.experiments.common import fit_evaluate_register, start
 from medvlm.metrics.retrieval import RetrievalResult, retrieval_metrics, small_gallery_warning
 from medvlm.strategies import get_strategy
 from medvlm.tasks.retrieval import DIRECTIONS, DualEncoder, RetrievalObjective, TokenizedPairs, embed_gallery, summary
-from medvlm.tracking import names
+from medvlm import names
 from medvlm.tracking.figures import figure_path, log_figures
 from medvlm.tracking.plots import recall_figure
 from medvlm.tracking.session import WARNING_TAG_PREFIX, describe, log_dataset

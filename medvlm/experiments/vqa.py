@@ -34,7 +34,7 @@ from medvlm.progress import tracked
 from medvlm.strategies import get_strategy
 from medvlm.tasks.classification import text_embeddings
 from medvlm.tasks.vqa import AnswerVocab, BANHead, CachedVQA, VQAModel, VQAObjective, tokenize_questions
-from medvlm.tracking import names
+from medvlm import names
 from medvlm.tracking.session import log_dataset
 from medvlm.zoo import ClipModel
 from medvlm.zoo.base import TextBatch

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from medvlm.catalog import STRATEGY_KINDS
 from medvlm.progress import tracked
-from medvlm.report import bootstrap
+from medvlm.metrics import bootstrap
 from medvlm.report.domains import Domain, dataset_modality, domain_of, model_coverage
 from medvlm.report.samples import SampleSet, load_samples
 from medvlm.report.select import RunRecord

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from medvlm.report.bootstrap import Difference
+from medvlm.metrics.bootstrap import Difference
 from medvlm.report.cells import Cell, Uncertainty
 from medvlm.report.tables import PRIMARY, TASK_NAMES, Grid, Table, difference_text, metric_name
 

@@ -31,9 +31,9 @@ from medvlm.data.vqa import normalize_answer
 from medvlm.errors import DataError
 from medvlm.metrics.classification import classification_metrics
 from medvlm.metrics.vqa import vqa_metrics
-from medvlm.report.bootstrap import Undefined
+from medvlm.metrics.bootstrap import Undefined
 from medvlm.tasks.vqa import UNKNOWN
-from medvlm.tracking.names import test
+from medvlm.names import test
 
 TABLES = {name: task.samples_table for name, task in TASKS.items() if task.samples_table}
 NO_TABLE_REASON = {name: task.no_samples for name, task in TASKS.items() if task.no_samples}

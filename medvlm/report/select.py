@@ -19,7 +19,7 @@ from medvlm.errors import ConfigError
 from medvlm.network import clipped
 from medvlm.report.config import ReportConfig
 from medvlm.studies.spec import load_study_config
-from medvlm.tracking.names import TEST, in_group
+from medvlm.names import TEST, in_group
 from medvlm.tracking.session import WARNING_TAG_PREFIX
 
 # Parameters that change which test samples a run is scored on, shown in the test-set name

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from medvlm.catalog import TASKS
-from medvlm.report.bootstrap import Difference
+from medvlm.metrics.bootstrap import Difference
 from medvlm.report.cells import Cell, Uncertainty, strategy_rank
 from medvlm.report.domains import domain_of, model_coverage
-from medvlm.tracking.names import bare, test
+from medvlm.names import bare, test
 
 MISSING = "—"
 PRIMARY = {name: task.primary_metric for name, task in TASKS.items()}

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from medvlm.catalog import TASKS
 from medvlm.studies.ablation import fraction_figure, fraction_table
 from medvlm.studies.stability import std_figure
-from medvlm.tracking.names import TEST, in_group
+from medvlm.names import TEST, in_group
 
 PRIMARY_METRIC = {name: task.primary_metric for name, task in TASKS.items()}
 STATS = ("mean", "std", "min", "max")

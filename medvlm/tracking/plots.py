@@ -12,7 +12,7 @@ from scipy.stats import rankdata
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, confusion_matrix, roc_auc_score, roc_curve
 
 from medvlm.data.base import LabelKind
-from medvlm.tracking import names
+from medvlm import names
 from medvlm.tracking.figures import integer_ticks, new_figure, value_ticks, wrap
 
 CI_RESAMPLES = 1000
@@ -31,7 +31,7 @@ class MeanAuc:
     curves: tuple[tuple[np.ndarray, np.ndarray], ...]
 
     def __call__(self, rows: np.ndarray) -> dict[str, float]:
-        from medvlm.report.bootstrap import Undefined
+        from medvlm.metrics.bootstrap import Undefined
 
         aucs = []
         for positive, score in self.curves:
@@ -48,7 +48,7 @@ class MeanAuc:
 def auc_interval(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float] | None:
     """The report's percentile bootstrap interval of the mean AUC (same resamples, seed 0), or None where the
     test set is too large to bootstrap at run time (the report gives the interval then)."""
-    from medvlm.report.bootstrap import bootstrap, percentile_interval  # lazy: only runs with an ROC need it
+    from medvlm.metrics.bootstrap import bootstrap, percentile_interval  # lazy: only runs with an ROC need it
 
     n = len(curves[0][0])
     if n * len(curves) > CI_BUDGET:

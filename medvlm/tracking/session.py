@@ -29,7 +29,7 @@ import mlflow
 from medvlm.config import RunConfig
 from medvlm.errors import MedvlmError, Superseded, TrackingError, one_line
 from medvlm.progress import log
-from medvlm.tracking import names
+from medvlm import names
 from medvlm.zoo.entries import zoo_entries
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
