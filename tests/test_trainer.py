@@ -123,7 +123,16 @@ def test_a_run_killed_between_checkpoints_resumes_to_the_uninterrupted_result(mo
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_ctrl_c_finishes_the_epoch_checkpoints_it_and_stops(tmp_path):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler, as in a fresh `medvlm` process: an in-process test earlier in the
+    suite can leave a library's handler installed, which fit() rightly leaves alone."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_finishes_the_epoch_checkpoints_it_and_stops(tmp_path, python_ctrl_c):
     train, val = problem()
     cfg = config(epochs=6, patience=6, checkpoint_every=600)
     checkpoints = Checkpoints(tmp_path, "run", checkpoint_identity("run", cfg.resolved(), {}))

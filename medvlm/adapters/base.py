@@ -30,6 +30,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import medvlm
+from medvlm import names
 from medvlm.errors import ModelError
 from medvlm.metrics.classification import probabilities
 from medvlm.strategies.lora import load_adapter, save_adapter
@@ -198,7 +199,9 @@ def log_adapter(made: Adapter, meta: dict[str, Any], registered: str, selection:
         mlflow.flush_async_logging()  # the epochs' metrics must be in the store before MLflow links them
         run = mlflow.active_run().info
         client = MlflowClient()
-        step = sorted({m.step for m in client.get_metric_history(run.run_id, metric)})[best_epoch]
+        # the step by numbering, not read back from the store: the other ranks of a multi-process run log
+        # into a throwaway store that holds no epochs
+        step = names.epoch_number(best_epoch)
         # MLflow serves the input example once through the logged model (rebuilding the base model), so a
         # version whose example does not predict is caught here, as a warning in the log
         info = mlflow.pyfunc.log_model(
