@@ -135,6 +135,38 @@ def finished(worker: subprocess.Popen, ctx: dict, log_name: str, timeout: float 
     return text
 
 
+def stop_in_a_running_trial(worker: subprocess.Popen, ctx: dict, storage: str, log_name: str) -> int:
+    """SIGSTOP `worker` inside a trial and return the trial's number.
+
+    The store is polled for a RUNNING child run; the worker is stopped and the trial checked again while
+    nothing can move: a trial that ended between the poll and the signal is let go and the next one awaited.
+    """
+    client, deadline = MlflowClient(ctx["uri"]), time.monotonic() + 300
+    optuna_url = storage.replace("postgresql://", "postgresql+psycopg2://")
+    query = f"tags.`medvlm.study` = '{ctx['name']}' and attributes.status = 'RUNNING'"
+    while True:
+        assert worker.poll() is None and time.monotonic() < deadline, (ctx["dir"] / log_name).read_text()[-3000:]
+        running = client.search_runs([e.experiment_id for e in client.search_experiments()], query)
+        trials = [r for r in running if "medvlm.trial" in r.data.tags]
+        if trials:
+            os.kill(worker.pid, signal.SIGSTOP)
+            run, number = trials[0], int(trials[0].data.tags["medvlm.trial"])
+            study = optuna.load_study(study_name=ctx["name"], storage=optuna_url)
+            if (client.get_run(run.info.run_id).info.status == "RUNNING"
+                    and study.trials[number].state == optuna.trial.TrialState.RUNNING):
+                return number
+            os.kill(worker.pid, signal.SIGCONT)
+        time.sleep(0.2)
+
+
+def wait_for_line(worker: subprocess.Popen, ctx: dict, log_name: str, pattern: str) -> None:
+    """Block until `pattern` appears in the worker's log (a condition, not a duration)."""
+    deadline = time.monotonic() + 300
+    while not re.search(pattern, (ctx["dir"] / log_name).read_text(), re.MULTILINE):
+        assert worker.poll() is None and time.monotonic() < deadline, (ctx["dir"] / log_name).read_text()[-3000:]
+        time.sleep(0.1)
+
+
 def trials_run_by(log: str) -> set[int]:
     """Trial numbers a worker started, from its `medvlm: trial K/N: label` lines (K = number + 1)."""
     return {int(m.group(1)) - 1 for m in re.finditer(r"^medvlm: trial (\d+)/\d+: ", log, re.MULTILINE)}
@@ -152,9 +184,18 @@ def study_runs(uri: str, name: str) -> tuple:
 
 def test_two_workers_on_postgresql_complete_one_stability_study(study_env):
     with fresh_database() as storage:
-        flags = ("--trials", "6", "--heartbeat_interval", "1", "--grace_period", "60")
-        workers = [start_worker(study_env, storage, f"worker{i}.log", *flags) for i in (1, 2)]
-        logs = [finished(w, study_env, f"worker{i}.log") for i, w in enumerate(workers, 1)]
+        # Both workers must take part, whatever their start-up times: the first holds still in its first
+        # trial until the second has begun one (grace_period is far above any start-up, so nothing is lost).
+        flags = ("--trials", "6", "--heartbeat_interval", "1", "--grace_period", "600")
+        first = start_worker(study_env, storage, "worker1.log", *flags)
+        wait_for_line(first, study_env, "worker1.log", r"^medvlm: trial \d+/\d+: ")
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            second = start_worker(study_env, storage, "worker2.log", *flags)
+            wait_for_line(second, study_env, "worker2.log", r"^medvlm: trial \d+/\d+: ")
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        logs = [finished(w, study_env, f"worker{i}.log") for i, w in enumerate((first, second), 1)]
 
         ran = [trials_run_by(log) for log in logs]
         assert ran[0] | ran[1] == set(range(6)) and not ran[0] & ran[1], ran  # every trial once, by one worker
@@ -185,18 +226,9 @@ def test_killed_worker_trial_is_retried_and_never_duplicated(study_env):
     with fresh_database() as storage:
         flags = ("--trials", "3", "--heartbeat_interval", "1", "--grace_period", "4")
         worker = start_worker(study_env, storage, "killed.log", *flags)
-        client = MlflowClient(study_env["uri"])
-        killed_trial, deadline = None, time.monotonic() + 300
-        while killed_trial is None:  # kill -9 once a trial's child run is running
-            assert worker.poll() is None and time.monotonic() < deadline, (study_env["dir"] / "killed.log").read_text()[-3000:]
-            running = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                         f"tags.`medvlm.study` = '{study_env['name']}' and attributes.status = 'RUNNING'")
-            trials = [r.data.tags["medvlm.trial"] for r in running if "medvlm.trial" in r.data.tags]
-            if trials:
-                os.kill(worker.pid, signal.SIGKILL)
-                worker.wait()
-                killed_trial = int(trials[0])
-            time.sleep(0.2)
+        killed_trial = stop_in_a_running_trial(worker, study_env, storage, "killed.log")
+        os.kill(worker.pid, signal.SIGKILL)  # kill -9 inside a running trial
+        worker.wait()
 
         restart = finished(start_worker(study_env, storage, "restart.log", *flags), study_env, "restart.log")
         assert f"trial {killed_trial} lost its worker; re-enqueued" in restart

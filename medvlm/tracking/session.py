@@ -366,6 +366,13 @@ def log_dataset(name: str, source: str, digest: str, context: str, extra: dict[s
             return {**super().to_dict(), **({"profile": json.dumps(profile)} if profile else {})}
 
     columns = Schema([ColSpec(kind, column) for column, kind in schema.items()]) if schema else None
-    mlflow.log_input(ProfiledDataset(resolve_dataset_source(source), name=name, digest=digest, schema=columns),
-                     context=context,
-                     tags={k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra or {}).items()} or None)
+    dataset = ProfiledDataset(resolve_dataset_source(source), name=name, digest=digest, schema=columns)
+    tags = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra or {}).items()} or None
+    try:
+        mlflow.log_input(dataset, context=context, tags=tags)
+    except mlflow.exceptions.MlflowException as exc:
+        # The store looks a dataset up and then inserts it, unlocked: two study workers logging the same
+        # data at once collide on its unique key. The row now exists, so the second try links to it.
+        if not any(word in str(exc).lower() for word in ("unique", "duplicate")):
+            raise
+        mlflow.log_input(dataset, context=context, tags=tags)

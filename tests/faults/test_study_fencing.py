@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import optuna
 import pytest
@@ -21,6 +20,7 @@ from tests.test_studies_distributed import (  # noqa: F401 - fixtures are used b
     fresh_database,
     pytestmark,
     start_worker,
+    stop_in_a_running_trial,
     study_env,
     study_runs,
     tracking_server,
@@ -31,18 +31,7 @@ def test_a_worker_paused_past_grace_period_never_completes_a_trial_twice(study_e
     with fresh_database() as storage:
         flags = ("--trials", "3", "--heartbeat_interval", "1", "--grace_period", "4")
         paused = start_worker(study_env, storage, "paused.log", *flags)
-        client = MlflowClient(study_env["uri"])
-        deadline = time.monotonic() + 300
-        while True:  # pause the worker once its first trial's child run is running
-            assert paused.poll() is None and time.monotonic() < deadline, (study_env["dir"] / "paused.log").read_text()[-3000:]
-            running = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                         f"tags.`medvlm.study` = '{study_env['name']}' and attributes.status = 'RUNNING'")
-            trials = [int(r.data.tags["medvlm.trial"]) for r in running if "medvlm.trial" in r.data.tags]
-            if trials:
-                os.kill(paused.pid, signal.SIGSTOP)
-                break
-            time.sleep(0.1)
-        lost = trials[0]
+        lost = stop_in_a_running_trial(paused, study_env, storage, "paused.log")
         try:
             other = finished(start_worker(study_env, storage, "other.log", *flags), study_env, "other.log")
         finally:
