@@ -124,8 +124,11 @@ def test_ctrl_c_ends_the_run_killed_keeps_the_checkpoint_and_prints_the_resume_c
     epochs = 6
     args = ["finetune", "--model", f"local-dir:{tiny_model_dir}", *BREAST, "--strategy", "partial",
             "--epochs", str(epochs), "--patience", str(epochs), "--lr", "1e-3", "--seed", "1"]
+    # A foreground command, as a user's Ctrl-C reaches it: SIGINT at its default. A suite started as a
+    # background job (`pytest &` in a script, as CI may) has SIGINT ignored, and children inherit that.
     proc = subprocess.Popen([sys.executable, "-m", "medvlm.cli", *args], cwd=workdir, env=os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Interrupt on the first epoch's progress line, read from the pipe as it is written (the store's
     # copy of the metrics lags by MLflow's buffering): five epochs are still to come, so the signal
     # lands while training goes on, however busy the machine.
