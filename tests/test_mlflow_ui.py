@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,7 +91,7 @@ def _wait_until_answering(proc: subprocess.Popen, health: str) -> None:
             with urllib.request.urlopen(health, timeout=5) as response:
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError):
+        except OSError:  # refused, reset, or accepted but not answered within 5 s (TimeoutError): not up yet
             pass
         try:
             proc.wait(timeout=0.2)  # the pause between polls, which also notices a server that died
