@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import subprocess
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,21 @@ from medvlm.testing import save_tiny_open_clip
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDVLM_SHARED_DATA") or REPO.parent / "shared" / "data")
 BREAST_ROOT = SHARED_DATA / "medmnist"
+
+def read_until(proc: subprocess.Popen, prefix: str) -> list[str]:
+    """Read `proc`'s stderr pipe as it is written until a line starts with `prefix`; return the lines read.
+
+    The CLI's progress lines are a condition the fault tests can signal on: the store's copy of the
+    same metrics lags by MLflow's async buffering. Fails if the process ended before the line came.
+    """
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith(prefix):
+            break
+    assert proc.poll() is None, f"ended before {prefix!r}:\n" + "".join(lines)[-2000:]
+    return lines
+
 
 needs_breastmnist = pytest.mark.skipif(
     not (BREAST_ROOT / "breastmnist.npz").is_file(),

@@ -14,7 +14,7 @@ from medvlm.cli import main
 from medvlm.config import build_config
 from medvlm.tracking.session import tracked_run
 from medvlm.zoo import create_model
-from tests.conftest import BREAST_ROOT, needs_breastmnist
+from tests.conftest import BREAST_ROOT, needs_breastmnist, read_until
 
 pytestmark = needs_breastmnist
 BREAST = ["--dataset", "breastmnist", "--size", "28", "--data_root", str(BREAST_ROOT)]
@@ -85,10 +85,7 @@ def test_resume_continues_a_killed_run_in_the_same_mlflow_run(workdir, tiny_mode
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # Wait for a condition, not a duration: epoch 2's progress line, written after its checkpoint and read
     # from the pipe as it comes (the store's copy of the metrics lags by MLflow's async buffering).
-    for line in proc.stderr:
-        if line.startswith(f"medvlm: epoch 2/{epochs}:"):
-            break
-    assert proc.poll() is None, "training finished before it could be interrupted"
+    read_until(proc, f"medvlm: epoch 2/{epochs}:")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     client = MlflowClient()

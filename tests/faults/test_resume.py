@@ -19,7 +19,7 @@ from medvlm.config import build_config
 from medvlm.engine.checkpoints import CHECKPOINT_FILE, Checkpoints, checkpoint_identity
 from medvlm.errors import TrainingError
 from medvlm.tracking.session import CHECKPOINTED_TAG, check_resumable, tracked_run
-from tests.conftest import BREAST_ROOT, needs_breastmnist
+from tests.conftest import BREAST_ROOT, needs_breastmnist, read_until
 from tests.test_errors import assert_one_line
 
 pytestmark = needs_breastmnist
@@ -132,12 +132,7 @@ def test_ctrl_c_ends_the_run_killed_keeps_the_checkpoint_and_prints_the_resume_c
     # Interrupt on the first epoch's progress line, read from the pipe as it is written (the store's
     # copy of the metrics lags by MLflow's buffering): five epochs are still to come, so the signal
     # lands while training goes on, however busy the machine.
-    before = []
-    for line in proc.stderr:
-        before.append(line)
-        if line.startswith(f"medvlm: epoch 1/{epochs}:"):
-            break
-    assert proc.poll() is None, "".join(before)[-2000:]
+    before = read_until(proc, f"medvlm: epoch 1/{epochs}:")
     proc.send_signal(signal.SIGINT)
     err = "".join(before) + proc.communicate(timeout=600)[1]
     assert proc.returncode == 130, err[-3000:]

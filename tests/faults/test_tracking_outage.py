@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
 from medvlm.engine.checkpoints import CHECKPOINT_FILE
-from tests.conftest import BREAST_ROOT, needs_breastmnist
+from tests.conftest import BREAST_ROOT, needs_breastmnist, read_until
 from tests.test_studies_distributed import free_port
 
 pytestmark = needs_breastmnist
@@ -60,16 +60,11 @@ def test_a_dead_tracking_server_gives_a_bounded_exit_with_the_resume_command(wor
             str(EPOCHS), "--lr", "1e-3", "--checkpoint_every", "0"]
     trainer = subprocess.Popen([sys.executable, "-m", "medvlm.cli", *args], cwd=workdir, env=os.environ.copy(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    client, before = MlflowClient(uri), []
+    client = MlflowClient(uri)
     try:
-        # Stop training on the first epoch's progress line, read from the pipe as it is written (the
-        # store's copy lags by MLflow's buffering): with epochs still to come, the server goes away while
-        # the run is training, however fast or busy the machine.
-        for line in trainer.stderr:
-            before.append(line)
-            if line.startswith(f"medvlm: epoch 1/{EPOCHS}:"):
-                break
-        assert trainer.poll() is None, "".join(before)[-2000:]
+        # Stop training on the first epoch's progress line: with epochs still to come, the server goes
+        # away while the run is training, however fast or busy the machine.
+        before = read_until(trainer, f"medvlm: epoch 1/{EPOCHS}:")
         trainer.send_signal(signal.SIGSTOP)  # hold training still while the server goes away
         (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
         run_id = run.info.run_id
