@@ -17,6 +17,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.layer import MultiheadAttention as PeftLoraMultiheadAttention
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from medvlm.errors import ConfigError, ModelError
 from medvlm.strategies.lora import (
@@ -455,3 +456,36 @@ def test_accumulating_lora_linear_equals_peft_linear_in_outputs_and_gradients(tm
     assert all(isinstance(m, AccumulatingLoraLinear) for m in loaded.modules() if isinstance(m, LoraLayer))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected.detach(), atol=1e-6, rtol=1e-5)
+
+
+class _Copies(TorchDispatchMode):
+    """Shapes of the tensors that dtype casts (`aten._to_copy`) produce while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._to_copy.default:
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+def test_under_autocast_the_lora_input_is_not_copied_to_fp32_and_no_value_changes() -> None:
+    """peft casts a bf16 activation to its fp32 LoRA weights, and autocast casts it straight back: a
+    full-width copy each way (and two more for its gradient). Skipping it must change no value."""
+    torch.manual_seed(0)
+    model = apply_lora(nn.Sequential(nn.Linear(64, 192)), ["0"], r=4, alpha=8, dropout=0.0)
+    nn.init.normal_(model.base_model.model[0].lora_B["default"].weight)
+    x = torch.randn(2, 10, 64).to(torch.bfloat16).requires_grad_(True)
+    upcast = x.detach().float().requires_grad_(True)  # exact: what peft's cast would hand the LoRA path
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with _Copies() as copies:
+            out = model(x)
+        reference = model(upcast)
+    assert tuple(x.shape) not in copies.shapes, copies.shapes
+    assert out.dtype == reference.dtype == torch.bfloat16 and torch.equal(out, reference)
+    out.float().square().sum().backward()
+    reference.float().square().sum().backward()
+    assert torch.equal(x.grad.float(), upcast.grad)

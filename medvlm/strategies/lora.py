@@ -185,10 +185,19 @@ class AccumulatingLoraLinear(PeftLoraLinear):
             return super().forward(x, *args, **kwargs)
         base = self.base_layer(x)
         lora_a, lora_b = self.lora_A[adapter], self.lora_B[adapter]
-        down = lora_a(self.lora_dropout[adapter](x.to(lora_a.weight.dtype)))
+        down = lora_a(self.lora_dropout[adapter](_as_input_of(x, lora_a)))
         flat = torch.addmm(base.reshape(-1, base.shape[-1]), down.reshape(-1, down.shape[-1]),
                            lora_b.weight.t().to(down.dtype), alpha=self.scaling[adapter])
         return flat.view(base.shape).to(base.dtype)
+
+
+def _as_input_of(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """`x` in `layer`'s weight dtype, as peft casts it, except under autocast: there the Linear casts
+    its input to the autocast dtype anyway, so peft's cast of a bf16 activation to fp32 is a
+    full-width copy there and back (and its gradient another) that changes no value."""
+    if torch.is_autocast_enabled(x.device.type):
+        return x
+    return x.to(layer.weight.dtype)
 
 
 def _lora_config(config: LoraConfig) -> LoraConfig:
