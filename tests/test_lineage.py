@@ -18,13 +18,14 @@ from tests.conftest import BREAST_ROOT, REPO, needs_breastmnist
 def test_a_direct_run_logs_profiled_inputs_provenance_and_system_metrics(workdir, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")  # the run lasts seconds: many samples
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    # The commit the run starts from: read before it, as a commit made while the suite runs moves HEAD.
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     assert main(["zeroshot", "--model", f"local-dir:{tiny_model_dir}", "--dataset", "breastmnist", "--size", "28",
                  "--data_root", str(BREAST_ROOT), "--system_metrics"]) == 0
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
 
     assert run.data.tags["medvlm.version"] == medvlm.__version__
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:  # a source checkout; an installed copy outside git has no commit to name
         assert run.data.tags["medvlm.git_commit"] == head.stdout.strip()
         assert run.data.tags["medvlm.git_dirty"] in ("true", "false")
