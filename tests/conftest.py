@@ -21,6 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDVLM_SHARED_DATA") or REPO.parent / "shared" / "data")
 BREAST_ROOT = SHARED_DATA / "medmnist"
 
+needs_breastmnist = pytest.mark.skipif(
+    not (BREAST_ROOT / "breastmnist.npz").is_file(),
+    reason=f"real BreastMNIST not found at {BREAST_ROOT} (../shared/data beside the checkout, or set MEDVLM_SHARED_DATA)",
+)
+
+
 def read_until(proc: subprocess.Popen, prefix: str) -> list[str]:
     """Read `proc`'s stderr pipe as it is written until a line starts with `prefix`; return the lines read.
 
@@ -34,12 +40,6 @@ def read_until(proc: subprocess.Popen, prefix: str) -> list[str]:
             break
     assert proc.poll() is None, f"ended before {prefix!r}:\n" + "".join(lines)[-2000:]
     return lines
-
-
-needs_breastmnist = pytest.mark.skipif(
-    not (BREAST_ROOT / "breastmnist.npz").is_file(),
-    reason=f"real BreastMNIST not found at {BREAST_ROOT} (../shared/data beside the checkout, or set MEDVLM_SHARED_DATA)",
-)
 
 
 @pytest.fixture(scope="session")
