@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import open_clip
 import torch
+from safetensors.torch import save_file
 
 TINY_OPEN_CLIP_CFG = {
     "embed_dim": 32,
@@ -22,9 +24,6 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def save_tiny_open_clip(folder: str | Path, seed: int = 0, image_size: int = 32) -> Path:
     """Write an open_clip `local-dir:` folder: open_clip_config.json + open_clip_model.safetensors."""
-    import open_clip
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = json.loads(json.dumps(TINY_OPEN_CLIP_CFG))

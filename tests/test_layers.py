@@ -125,3 +125,26 @@ def test_imports_point_down_the_readme_layer_order(module):
     upward = [t for t in graph()[module]
               if layer_of(t) in rank and mine in rank and rank[layer_of(t)] > rank[mine]]
     assert not upward, f"{module} ({mine}) imports higher layers: {upward}"
+
+
+def unexplained_lazy_imports() -> list[str]:
+    """Imports inside functions with no `# lazy: why` on their line, or above their group of imports."""
+    found = []
+    for path in sorted(modules().values()):
+        lines = path.read_text().splitlines()
+        for function in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            imports = [n for n in ast.walk(function) if isinstance(n, (ast.Import, ast.ImportFrom))]
+            spanned = {i for n in imports for i in range(n.lineno, n.end_lineno + 1)}
+            for node in imports:
+                above = node.lineno - 1
+                while above in spanned or (above >= 1 and not lines[above - 1].strip()):
+                    above -= 1
+                if not any("# lazy:" in text for text in lines[max(above, 1) - 1:node.end_lineno]):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_imports_inside_functions_say_why_they_are_lazy():
+    assert unexplained_lazy_imports() == []

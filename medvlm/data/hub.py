@@ -29,6 +29,7 @@ from medvlm.hf_name import HfName, parse_hf
 from medvlm.data.sources import SPLIT_WORDS, SPLITS, locate
 from medvlm.errors import ConfigError, DataError
 from medvlm.network import clipped
+from medvlm.zoo.hub import hub_unreachable
 
 SAVED_MARKERS = ("dataset_dict.json", "state.json")
 HOW_TO_GET = ("load it once where the network allows (python -c \"import datasets; datasets.load_dataset('{name}')\") "
@@ -93,6 +94,7 @@ def _open(ref: HfName, data_root: Path, rows: bool = True) -> tuple[dict, str]:
 
     With rows=False only the builder is resolved (a Hub dataset's files are not downloaded).
     """
+    # lazy: Hugging Face `datasets` loads only for hf: datasets
     import datasets
 
     folder = locate(ref.name, data_root)
@@ -131,9 +133,8 @@ def _page(ref: HfName, folder: Path | None) -> str:
 
 def _offline_reason() -> str | None:
     """Why the Hub cannot be used, or None; when it cannot, `datasets` is switched to its offline (cache) mode."""
+    # lazy: Hugging Face `datasets` loads only for hf: datasets
     import datasets.config
-
-    from medvlm.zoo.hub import hub_unreachable
 
     if datasets.config.HF_HUB_OFFLINE:
         return "HF_DATASETS_OFFLINE / HF_HUB_OFFLINE is set"
@@ -161,6 +162,7 @@ def _roles(ref: HfName, available: list[str]) -> dict[str, str]:
 
 def _encoded_images(ds):
     """Image columns as `{bytes, path}` structs: decoding waits for the task, at the model's size."""
+    # lazy: Hugging Face `datasets` loads only for hf: datasets
     import datasets
 
     for column, feature in ds.features.items():
@@ -170,6 +172,7 @@ def _encoded_images(ds):
 
 
 def _class_names(ds) -> dict[str, list[str]]:
+    # lazy: Hugging Face `datasets` loads only for hf: datasets
     import datasets
 
     return {column: list(feature.names) for column, feature in ds.features.items()

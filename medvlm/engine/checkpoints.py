@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from medvlm.config import RunConfig
 from medvlm.errors import TrainingError, one_line
@@ -92,8 +94,6 @@ def _decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def load_trainable(path: Path) -> dict[str, torch.Tensor]:
     """The trainable weights in a checkpoint file, or in a plain safetensors weights file; never unpickled."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         tensors = {key: f.get_tensor(key) for key in f.keys()}
@@ -114,9 +114,6 @@ class Checkpoints:
         return cls(cfg.checkpoint_dir, run_id, checkpoint_identity(run_id, cfg.resolved(), pin))
 
     def save(self, payload: dict[str, Any]) -> None:
-        from safetensors import SafetensorError
-        from safetensors.torch import save_file
-
         tensors: dict[str, torch.Tensor] = {}
         state = _encode(payload, tensors)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
@@ -132,8 +129,6 @@ class Checkpoints:
 
     def load(self) -> dict[str, Any] | None:
         """The saved loop state, or None when this run has none; refuses another run's checkpoint."""
-        from safetensors import safe_open
-
         if not self.path.is_file():
             return None
         try:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch import nn
@@ -149,8 +150,6 @@ class BestWeights:
 
     def save(self, module: nn.Module, epoch: int, checkpoint: Path | None = None) -> None:
         """Keep `checkpoint` (just written for `epoch`) as its best weights, or save the module's trainable weights."""
-        from safetensors.torch import save_file
-
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.path(epoch).with_suffix(".tmp")
         tmp.unlink(missing_ok=True)

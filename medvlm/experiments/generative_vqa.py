@@ -23,6 +23,7 @@ from medvlm.engine.trainer import count_trainable, make_accelerator
 from medvlm.experiments.common import fit_evaluate_register
 from medvlm.experiments.vqa import apply_train_fraction, log_lineage
 from medvlm.metrics.generative_vqa import generative_metrics
+from medvlm.metrics.judge import judge_open_answers
 from medvlm.strategies import get_strategy
 from medvlm.tasks.generative_vqa import AnswerObjective, PromptTable, TeacherForced, answer_all, build_prompts
 from medvlm import names
@@ -72,8 +73,6 @@ def log_test(vlm: GenerativeVLM, data: VQAData, cfg: RunConfig) -> dict[str, flo
     scores, scored, groups = generative_metrics(test["answer"].tolist(), predictions, test["closed"].to_numpy(bool),
                                                 test[data.meta_columns])
     if cfg.judge:
-        from medvlm.metrics.judge import judge_open_answers
-
         scores.update(judge_open_answers(cfg.judge, test, predictions))
     metrics = {names.test(k): v for k, v in scores.items()}
     mlflow.log_metrics(metrics)

@@ -11,25 +11,24 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from medvlm.config import RunConfig
+from medvlm.data import captions, vqa
+from medvlm.data.classification import locate_classification
+from medvlm.data.hub import locate_hub
 from medvlm.errors import ConfigError, MedvlmError
+from medvlm.hf_name import is_hf
+from medvlm.zoo.factory import locate_weights
 
 
 def _classification(cfg: RunConfig) -> str:
-    from medvlm.data.classification import locate_classification
-
     return locate_classification(cfg.dataset, data_root=cfg.data_root, size=cfg.size)
 
 
 def _retrieval(cfg: RunConfig) -> str:
-    from medvlm.data.captions import locate_source
-
-    return str(locate_source(cfg.dataset, Path(cfg.data_root).expanduser())[1])
+    return str(captions.locate_source(cfg.dataset, Path(cfg.data_root).expanduser())[1])
 
 
 def _vqa(cfg: RunConfig) -> str:
-    from medvlm.data.vqa import locate_source
-
-    return str(locate_source(cfg.dataset, Path(cfg.data_root).expanduser())[1])
+    return str(vqa.locate_source(cfg.dataset, Path(cfg.data_root).expanduser())[1])
 
 
 DATA_LOCATORS: dict[str, Callable[[RunConfig], str]] = {
@@ -38,19 +37,13 @@ DATA_LOCATORS: dict[str, Callable[[RunConfig], str]] = {
 
 def locate_data(cfg: RunConfig) -> str:
     """Where a config's dataset will be read from: an `hf:` dataset the same way for every task."""
-    from medvlm.hf_name import is_hf
-
     if is_hf(cfg.dataset):
-        from medvlm.data.hub import locate_hub
-
         return locate_hub(cfg.dataset, cfg.data_root)
     return DATA_LOCATORS[cfg.task](cfg)
 
 
 def preflight(configs: Iterable[RunConfig]) -> list[str]:
     """One line per distinct model and dataset saying where it will come from; ConfigError listing every missing one."""
-    from medvlm.zoo.factory import locate_weights
-
     checks: dict[str, tuple[str, Callable[[], str]]] = {}
     for cfg in configs:
         checks.setdefault(f"model {cfg.model}", ("model", lambda cfg=cfg: locate_weights(cfg.model)))

@@ -1,6 +1,6 @@
 """An optional local LLM judge for open answers, scoring 1-100 on the paper's rubric.
 
-The reference study scores open answers with GPT-4 on helpfulness, relevance, accuracy and level
+*Can Common VLMs Rival Medical VLMs?* scores open answers with GPT-4 on helpfulness, relevance, accuracy and level
 of detail. Here any local transformers chat model (a folder, a `$MEDVLM_WEIGHTS` mirror or an
 `hf:` id; `trust_remote_code` off) plays the judge: one chat turn per open question with the
 question, the reference answer and the model's answer, greedy decoding, and the first integer in
@@ -19,6 +19,7 @@ import torch
 
 from medvlm.errors import ModelError
 from medvlm.network import clipped
+from medvlm.zoo.checkpoints import hub_source
 
 RUBRIC = (
     "You are a helpful and precise assistant for checking the quality of an answer to a question about a "
@@ -39,9 +40,8 @@ def parse_score(reply: str) -> float | None:
 
 
 def load_judge(name: str):
+    # lazy: transformers loads only for the models (and judges) that need it
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from medvlm.zoo.checkpoints import hub_source
 
     ident = hub_source(name.removeprefix("hf:"))
     local = Path(ident).is_dir()

@@ -17,10 +17,16 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from medvlm.errors import ConfigError
+from medvlm.names import REPORT_RUNS, REPORT_UNFINISHED_RUNS, bare
+from medvlm.report import plots
+from medvlm.report.cells import RunSamples, Uncertainty, build_cells
 from medvlm.report.config import ReportConfig
+from medvlm.report.recommend import recommendations
 from medvlm.report.render import Report, Section, write
 from medvlm.report.select import RunRecord, Selection, select_runs, study_progress
-from medvlm.names import REPORT_RUNS, REPORT_UNFINISHED_RUNS, bare
+from medvlm.report.tables import (Grid, Missing, ablation_table, comparisons_table, finetune_tables, gap_data,
+                                  gap_table, stability_table, stds, zero_shot_tables)
+from medvlm.tracking.figures import figure_path
 from medvlm.tracking.session import ensure_tracking, provenance_tags, resolve_experiment
 
 REPORT_TAG = "medvlm.report"
@@ -50,12 +56,6 @@ def _header(selection: Selection, cfg: ReportConfig, redrawn: int) -> list[str]:
 
 
 def build_report(client: MlflowClient, selection: Selection, cfg: ReportConfig) -> Report:
-    from medvlm.report import plots  # lazy, like the imports below: matplotlib and the tables load only to build a report
-    from medvlm.report.cells import RunSamples, Uncertainty, build_cells
-    from medvlm.report.recommend import recommendations
-    from medvlm.tracking.figures import figure_path
-    from medvlm.report.tables import (Grid, Missing, ablation_table, comparisons_table, finetune_tables, gap_data,
-                                      gap_table, stability_table, stds, zero_shot_tables)
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per table read is noise
     runs = selection.runs

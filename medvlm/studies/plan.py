@@ -10,6 +10,8 @@ import hashlib
 import json
 from typing import Any
 
+from optuna.distributions import IntDistribution
+
 from medvlm.catalog import STRATEGY_KINDS
 from medvlm.config import RunConfig, build_config
 from medvlm.studies.spec import Cell, PlannedTrial, StudyConfig, expand_cells, identity_of
@@ -19,8 +21,6 @@ from medvlm.zoo.entries import zoo_entries
 
 def build_plan(study: StudyConfig, run_flags: dict[str, Any]) -> list[PlannedTrial]:
     """Expand and validate everything a study will run; nothing is started."""
-    from optuna.distributions import IntDistribution
-
     cells = expand_cells(study, run_flags)
     cell_dist = IntDistribution(0, len(cells) - 1)
     if study.kind == "stability":

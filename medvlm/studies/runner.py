@@ -39,8 +39,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import mlflow
+import optuna
 from mlflow.tracking import MlflowClient
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from medvlm.adapters.base import HIGHER_TAG, MODEL_TAG, NAME_TAG, STUDY_TAG, VALUE_TAG, register
 from medvlm.errors import ConfigError, MedvlmError, Superseded, one_line
 from medvlm.experiments.preflight import preflight
 from medvlm.network import clipped
@@ -67,8 +73,6 @@ class Parent:
 
 def run_study(command: Kind, run_flags: dict[str, Any], study_flags: dict[str, Any], spec: str | None) -> int:
     """The `ablation`, `stability` and `sweep` commands. Returns 0, or 1 when trials failed for good."""
-    import optuna
-
     try:
         study_cfg = load_study_config(command, spec, study_flags)
         plan = build_plan(study_cfg, run_flags)
@@ -105,8 +109,6 @@ def storage_url(url: str) -> str:
 
 
 def redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown as given, it holds no parsed password
@@ -115,9 +117,6 @@ def redacted(url: str) -> str:
 
 def open_storage(cfg: StudyConfig):
     """The Optuna RDB storage with heartbeats and the kill handler."""
-    import optuna
-    from sqlalchemy.exc import SQLAlchemyError
-
     url = storage_url(cfg.storage)
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
         try:
@@ -144,8 +143,6 @@ class RetryKilled:
     """Optuna's heartbeat-stale callback: mark the dead trial's MLflow child KILLED, then re-enqueue the trial."""
 
     def __init__(self, max_retry: int):
-        import optuna
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
@@ -177,8 +174,6 @@ def trial_runs(client: MlflowClient, parent_id: str, numbers: list[int], status:
 
 def join_study(storage, cfg: StudyConfig, plan: list[PlannedTrial], experiment: str, project_run: str | None):
     """Create the study and its parent run (first worker), or load it and check it is the same plan."""
-    import optuna
-
     if cfg.summarize_only:
         try:
             study = optuna.load_study(study_name=cfg.name, storage=storage)
@@ -250,8 +245,6 @@ def work(study, storage, cfg: StudyConfig, cells: list, parent: Parent) -> None:
     With nothing left to claim while trials still run elsewhere, wait (at most one grace period,
     or until they end) so that a trial whose worker died is detected, re-enqueued and run here.
     """
-    from optuna.trial import TrialState
-
     study_id = storage.get_study_id_from_name(study.study_name)
     fail_killed_trials(study)
     deadline = None
@@ -286,8 +279,6 @@ def work(study, storage, cfg: StudyConfig, cells: list, parent: Parent) -> None:
 
 def stop(storage, study_id: int, cfg: StudyConfig, parent: Parent, streak: list[int], first: int) -> None:
     """K trials in a row failed the same way: the rest would too. Leave them queued, fail the parent, say so once."""
-    from optuna.trial import TrialState
-
     left = len(storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)))
     message = (f"study '{cfg.name}' stopped: trials {', '.join(map(str, streak))} failed in a row with the same error "
                f"(printed above for trial {first}), so {left} trials were not run; they stay queued: fix the cause and "
@@ -299,8 +290,6 @@ def stop(storage, study_id: int, cfg: StudyConfig, parent: Parent, streak: list[
 
 
 def fail_killed_trials(study) -> None:
-    import optuna
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -308,9 +297,6 @@ def fail_killed_trials(study) -> None:
 
 def claim(storage, study_id: int) -> int | None:
     """Atomically switch one WAITING trial to RUNNING for this worker; its id, or None when the queue is empty."""
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
-
     for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         try:
@@ -324,9 +310,6 @@ def claim(storage, study_id: int) -> int | None:
 
 def transient_errors() -> tuple[type[BaseException], ...]:
     """Storage errors worth retrying: the database went away or timed out, not a bad request."""
-    from optuna.exceptions import StorageInternalError
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
     return StorageInternalError, OperationalError, InterfaceError
 
 
@@ -390,8 +373,6 @@ class Fence:
         self.value: float | None = None
 
     def __call__(self, run_id: str, metrics: dict[str, float]) -> None:
-        import optuna
-
         value = metrics.get(self.headline, float("nan"))
         if not math.isfinite(value):
             return  # the trial fails after the run ends; there is nothing to complete
@@ -415,8 +396,6 @@ def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, pare
 
     Returns the trial's one-line error, or None when it completed (or was completed by another worker).
     """
-    import optuna
-
     from medvlm.experiments import run_experiment  # lazy: a dry run or a finished study loads no torch
 
     frozen, trial = storage.get_trial(trial_id), optuna.Trial(study, trial_id)
@@ -451,8 +430,6 @@ def run_trial(study, storage, trial_id: int, cfg: StudyConfig, cells: list, pare
 
 def _fail(study, trial, message: str, seen: dict[str, int] | None = None) -> str:
     """Record the trial as FAIL with its one-line error; print the error the first time this worker sees it."""
-    from optuna.trial import TrialState
-
     seen = {} if seen is None else seen
     line = clipped(message, 1000) or "failed"
     first = seen.setdefault(line, trial.number)
@@ -472,8 +449,6 @@ def register_best(client: MlflowClient, parent: Parent, run_ids: Iterable[str]) 
     Trials log their adapters without registering them, so the registry holds only what a study chose.
     Reruns (`summarize_only`, the next worker) find the study's version by its tag and register nothing.
     """
-    from medvlm.adapters.base import HIGHER_TAG, MODEL_TAG, NAME_TAG, STUDY_TAG, VALUE_TAG, register
-
     best: dict[str, tuple[float, str, str]] = {}
     for run_id in run_ids:
         model_id = client.get_run(run_id).data.tags.get(MODEL_TAG)
@@ -493,8 +468,6 @@ def register_best(client: MlflowClient, parent: Parent, run_ids: Iterable[str]) 
 def finish(study, cfg: StudyConfig, parent: Parent, figure_format: str) -> int:
     """Write the summary when nothing is queued or running (or when asked to), its figures in `figure_format`;
     1 if trials failed for good."""
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state for t in trials)
     pending = states[TrialState.WAITING] + states[TrialState.RUNNING]

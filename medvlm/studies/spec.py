@@ -94,6 +94,7 @@ class Perturbation(BaseModel):
 
     def distribution(self, base: Any, integer: bool):
         """The Optuna distribution a trial's value is recorded under."""
+        # lazy: the CLI reads this module for its flags; Optuna loads when a study runs
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         if self.choices is not None:

@@ -17,7 +17,10 @@ import warnings
 from typing import Any
 
 import numpy as np
+import optuna
 import pandas as pd
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
 
 from medvlm.config import RunConfig, build_config
 from medvlm.errors import ConfigError
@@ -26,10 +29,6 @@ from medvlm.studies.spec import DEFAULT_SPACE, Cell, Perturbation, PlannedTrial,
 
 def unit_points(names: list[str], n: int, seed: int) -> list[dict[str, float]]:
     """The first n points in [0, 1)^len(names) of Optuna's seeded scrambled-Halton QMC sampler."""
-    import optuna
-    from optuna.distributions import FloatDistribution
-    from optuna.trial import TrialState, create_trial
-
     space = {name: FloatDistribution(0.0, 1.0) for name in names}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():

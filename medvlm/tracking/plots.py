@@ -12,6 +12,7 @@ from scipy.stats import rankdata
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, confusion_matrix, roc_auc_score, roc_curve
 
 from medvlm.data.base import LabelKind
+from medvlm.metrics.bootstrap import Undefined
 from medvlm import names
 from medvlm.tracking.figures import integer_ticks, new_figure, value_ticks, wrap
 
@@ -31,8 +32,6 @@ class MeanAuc:
     curves: tuple[tuple[np.ndarray, np.ndarray], ...]
 
     def __call__(self, rows: np.ndarray) -> dict[str, float]:
-        from medvlm.metrics.bootstrap import Undefined
-
         aucs = []
         for positive, score in self.curves:
             chosen = positive[rows]

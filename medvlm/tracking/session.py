@@ -25,8 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.tracking import fluent
+from mlflow.types.schema import ColSpec, Schema
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+import medvlm
 from medvlm.config import RunConfig
+from medvlm.engine.checkpoints import CHECKPOINT_FILE, MACHINE_FIELDS
 from medvlm.errors import MedvlmError, Superseded, TrackingError, one_line
 from medvlm.progress import log
 from medvlm import names
@@ -112,8 +119,6 @@ def resolve_experiment(explicit: str = "") -> tuple[str, str | None]:
 def provenance_tags() -> dict[str, str]:
     """`medvlm.version`, and the commit of the checkout medvlm runs from (with `medvlm.git_dirty` when it has
     uncommitted changes); no commit outside a git checkout or without git."""
-    import medvlm
-
     tags = {"medvlm.version": medvlm.__version__}
     root = str(Path(medvlm.__file__).resolve().parent.parent)
     try:
@@ -167,8 +172,6 @@ def flat_params(cfg: RunConfig) -> dict[str, str]:
 
 def _same_param(logged: str, given: str) -> bool:
     """MLflow stores at most MAX_PARAM_VAL_LENGTH characters of a param: compare what it could keep."""
-    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
-
     return logged == given[:MAX_PARAM_VAL_LENGTH]
 
 
@@ -179,8 +182,6 @@ def check_resumable(cfg: RunConfig) -> None:
     checkpoint is looked up by run id: in `checkpoint_dir` and where the run recorded it was written.
     A run stopped before its first checkpoint (`checkpoint_every`) has none, and trains from the start.
     """
-    from medvlm.engine.checkpoints import CHECKPOINT_FILE, MACHINE_FIELDS
-
     client = mlflow.MlflowClient()
     try:
         run = client.get_run(cfg.resume)
@@ -284,8 +285,6 @@ def _end_unsuccessful(run_id: str, exc: BaseException) -> None:
 
 def _forget_active_run() -> None:
     """Pop the run from this process's active-run stack without talking to the (unreachable) store."""
-    from mlflow.tracking import fluent
-
     if fluent._active_run_stack.get():
         fluent._active_run_stack.get().pop()
     os.environ.pop("MLFLOW_RUN_ID", None)
@@ -351,10 +350,6 @@ def log_dataset(name: str, source: str, digest: str, context: str, extra: dict[s
                 schema: dict[str, str] | None = None, profile: dict[str, Any] | None = None) -> None:
     """Dataset lineage: `mlflow.log_input` with the data's digest, its columns (`{name: MLflow type}`) and a profile
     (row and class counts) that the run's inputs show; `extra` also goes on the input as tags."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.types.schema import ColSpec, Schema
-
     class ProfiledDataset(MetaDataset):
         """A MetaDataset (no data loaded) that also carries a profile, as MLflow's pandas and numpy datasets do."""
 

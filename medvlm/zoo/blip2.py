@@ -76,6 +76,7 @@ class Blip2ItcModel(hf_parts.TokenizerClipModel):
 
 
 def load_blip2(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
+    # lazy: transformers loads only for the models (and judges) that need it
     from transformers import AutoTokenizer, Blip2ForImageTextRetrieval
 
     ident = location or entry["model"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from torch import nn
 
 from medvlm.errors import ModelError
@@ -87,8 +88,6 @@ def open_clip_local_kwargs(location: str | None) -> dict:
 
 def _require_reachable(hub_id: str, folder: Path) -> None:
     """Offline with neither a mirror nor a cached copy of `hub_id`: say where its config.json belongs."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
     if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
         raise ModelError(f"model folder {folder} needs the text tower config of {hub_id}, which is neither "
                          f"mirrored nor cached and HF_HUB_OFFLINE is set; put its config.json in "
@@ -122,8 +121,6 @@ def checkpoint_file(name: str, location: str | None, filename: str, download: di
 
 def _fetch(download: dict, filename: str) -> Path:
     if "hf_repo" in download:
-        from huggingface_hub import hf_hub_download
-
         return Path(hf_hub_download(download["hf_repo"], download.get("filename", filename),
                                     repo_type=download.get("repo_type", "model")))
     cache = Path(torch.hub.get_dir()) / "medvlm" / filename

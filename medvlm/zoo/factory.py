@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from medvlm.errors import ModelError
 from medvlm.zoo.base import ClipModel, ModelSpec
 from medvlm.zoo.entries import zoo_entries
+from medvlm.zoo.llava import HF_LLAVA_TYPES, ORIGINAL_LLAVA_TYPES, load_llava_hf, load_llava_original, model_type
 from medvlm.zoo.hub import cached_copy, download_unreachable, offline_error, offline_guard
 
 
@@ -65,6 +68,7 @@ def resolve(name: str) -> tuple[dict, str | None]:
         ident = name[3:] if name.startswith("hf:") else name
         return {"source": _transformers_source(ident), "model": ident, "name": name}, ident if Path(ident).is_dir() else None
     if "@" in name:
+        # lazy: open_clip takes seconds to import and only its own models need it
         import open_clip
 
         arch, tag = name.split("@", 1)
@@ -78,8 +82,6 @@ def resolve(name: str) -> tuple[dict, str | None]:
 
 def _transformers_source(ident: str) -> str:
     """Backend of a transformers folder or Hub id by its config's model_type: LLaVA family or CLIP."""
-    from medvlm.zoo.llava import HF_LLAVA_TYPES, ORIGINAL_LLAVA_TYPES, model_type
-
     kind = model_type(ident)
     if kind in HF_LLAVA_TYPES:
         return "llava"
@@ -128,10 +130,6 @@ def spec_from_entry(entry: dict) -> ModelSpec:
 
 
 def _corrupt_weights_errors() -> tuple[type[BaseException], ...]:
-    import pickle
-
-    from safetensors import SafetensorError
-
     return SafetensorError, pickle.UnpicklingError, EOFError
 
 
@@ -143,8 +141,6 @@ def load_vlm(name: str, device: str | torch.device = "cpu", dtype: torch.dtype =
 
     `dtype` is the storage type of the weights (bf16 frozen weights fit a 7B model on one GPU).
     """
-    from medvlm.zoo.llava import load_llava_hf, load_llava_original
-
     entry, location = resolve(name)
     loader = {"llava": load_llava_hf, "llava_original": load_llava_original}.get(entry["source"])
     if loader is None:

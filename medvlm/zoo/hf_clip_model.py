@@ -62,6 +62,7 @@ class HFClipModel(ClipModel):
 
 
 def load_transformers_clip(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
+    # lazy: transformers loads only for the models (and judges) that need it
     from transformers import AutoTokenizer, CLIPModel
 
     ident = location or entry["model"]

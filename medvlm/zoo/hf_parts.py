@@ -46,12 +46,14 @@ def _from_hub(auto_class: Any, repo_id: str, name: str, what: str) -> Any:
 
 def text_config(repo_id: str, name: str) -> Any:
     """The config.json of a Hub repository the model depends on (any tower, despite the name)."""
+    # lazy: transformers loads only for the models (and judges) that need it
     from transformers import AutoConfig
 
     return _from_hub(AutoConfig, repo_id, name, "config")
 
 
 def tokenizer(repo_id: str, name: str) -> Any:
+    # lazy: transformers loads only for the models (and judges) that need it
     from transformers import AutoTokenizer
 
     return _from_hub(AutoTokenizer, repo_id, name, "tokenizer")
@@ -94,6 +96,7 @@ def bert_from_state(state: dict[str, torch.Tensor], repo_id: str, name: str) -> 
     `pooler.*`, BERT's pooler, which none of these models' embeddings use (left in, its
     parameters would get no gradient, which distributed training rejects).
     """
+    # lazy: transformers loads only for the models (and judges) that need it
     from transformers import BertModel
 
     positions = state.get("embeddings.position_embeddings.weight")
@@ -111,6 +114,7 @@ def swin_from_state(state: dict[str, torch.Tensor], repo_id: str, name: str) -> 
     4.x checkpoints also hold `relative_position_index` buffers, constants that today's
     Swin rebuilds: each is checked equal to the rebuilt one and dropped.
     """
+    # lazy: transformers loads only for the models (and judges) that need it
     from transformers import SwinModel
 
     indices = {k: state.pop(k) for k in [k for k in state if k.endswith("relative_position_index")]}

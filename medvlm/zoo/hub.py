@@ -14,8 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+from huggingface_hub import constants, try_to_load_from_cache
 from medvlm.errors import ModelError
 from medvlm.network import clipped, unreachable
+from medvlm.zoo.entries import zoo_entries
 
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 TINY_RECIPE = ("python -c \"from medvlm.testing import save_tiny_open_clip; save_tiny_open_clip('tiny-clip')\" "
@@ -31,8 +34,6 @@ _switched_offline: dict[str, str] = {}  # the probe's answer, once this process 
 
 def hub_unreachable() -> str | None:
     """Why the Hub cannot be used (HF_HUB_OFFLINE, or the probe's answer), or None; goes offline if unreachable."""
-    from huggingface_hub import constants
-
     if "reason" in _switched_offline:
         return _switched_offline["reason"]
     if constants.HF_HUB_OFFLINE:
@@ -54,18 +55,12 @@ def download_unreachable(entry: dict) -> str | None:
 def cache_folder(entry: dict) -> Path:
     """Where a download of this model is cached: torch hub's folder for release URLs, else the Hugging Face cache."""
     if "url" in entry.get("download", {}):
-        import torch
-
         return Path(torch.hub.get_dir()) / "medvlm"
-    from huggingface_hub import constants
-
     return Path(constants.HF_HUB_CACHE)
 
 
 def cached_copy(entry: dict) -> str | None:
     """The model's main file in its download cache, or None; nothing is downloaded."""
-    from huggingface_hub import try_to_load_from_cache
-
     download = entry.get("download", {})
     if "url" in download:
         cached = cache_folder(entry) / entry["checkpoint"]
@@ -87,6 +82,7 @@ def _open_clip_repo(entry: dict) -> str | None:
     """The Hub repository open_clip reads the weights from (hf-hub:ID, or the pretrained tag's `hf_hub`)."""
     if entry["model"].startswith("hf-hub:"):
         return entry["model"][len("hf-hub:"):]
+    # lazy: open_clip takes seconds to import and only its own models need it
     import open_clip
 
     return (open_clip.get_pretrained_cfg(entry["model"], entry.get("pretrained", "")).get("hf_hub") or "").strip("/") or None
@@ -101,8 +97,6 @@ def mirror_layout(entry: dict) -> str:
 
 def offline_error(entry: dict, reason: str, cause: BaseException | None = None) -> ModelError:
     """One line: the model, where it was looked for, the mirror layout and the download-free recipe."""
-    from medvlm.zoo.entries import zoo_entries
-
     name = entry["name"]
     root = os.environ.get("MEDVLM_WEIGHTS")
     if name in zoo_entries():

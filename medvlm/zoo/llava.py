@@ -30,13 +30,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file
 from torch import nn
 
 from medvlm.errors import ModelError
 from medvlm.network import clipped
 from medvlm.zoo.base import ModelSpec, Preprocess
 from medvlm.zoo.checkpoints import drop_index_buffers, hf_from_state, hub_source, load_torch_checkpoint, weights_digest
+from medvlm.zoo.hub import hub_unreachable
 
 IMAGE_PLACEHOLDER = "<image>"
 HF_LLAVA_TYPES = ("llava", "llava_next")
@@ -96,6 +100,7 @@ class GenerativeVLM(nn.Module):
 
     def render(self, question: str, answer: str | None = None) -> str:
         """The chat-template text of one turn with an image, ending at the generation prompt when no answer."""
+        # lazy: transformers loads only for the models (and judges) that need it
         from transformers.utils.chat_template_utils import render_jinja_template
 
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -141,10 +146,6 @@ def model_type(ident: str) -> str | None:
     path = folder / "config.json"
     if not path.is_file():
         try:
-            from huggingface_hub import hf_hub_download
-
-            from medvlm.zoo.hub import hub_unreachable
-
             hub_unreachable()  # unreachable: offline mode, so the cache answers at once instead of a minute of retries
             path = Path(hf_hub_download(ident, "config.json"))
         except Exception:  # offline or no such repo: the caller's default loader reports it
@@ -170,8 +171,6 @@ def _pin(spec: ModelSpec, location: str | None, ident: str, net: nn.Module) -> d
 
 def _image_tokens(processor: Any, size: int) -> int:
     """How many image tokens the processor puts in a prompt for one size x size image (LLaVA-NeXT: tiles + newlines)."""
-    import numpy as np
-
     ids = processor(images=[np.zeros((size, size, 3), dtype=np.uint8)], text=[processor.image_token],
                     return_tensors="pt")["input_ids"]
     return int((ids == processor.image_token_id).sum())
@@ -179,6 +178,7 @@ def _image_tokens(processor: Any, size: int) -> int:
 
 def load_llava_hf(entry: dict, spec: ModelSpec, location: str | None, dtype: torch.dtype = torch.float32) -> GenerativeVLM:
     """A transformers Llava or LLaVA-NeXT folder or Hub id, with its processor's tokenizer, image statistics and chat template."""
+    # lazy: transformers loads only for the models (and judges) that need it
     from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
     ident = location or hub_source(entry["model"])
@@ -207,6 +207,7 @@ def load_llava_hf(entry: dict, spec: ModelSpec, location: str | None, dtype: tor
 
 
 def _text_config(cfg: dict, name: str) -> Any:
+    # lazy: transformers loads only for the models (and judges) that need it
     from transformers import LlamaConfig, MistralConfig
 
     kind = {"llava_mistral": MistralConfig, "llava_llama": LlamaConfig}.get(cfg["model_type"])
@@ -229,8 +230,6 @@ def _check_original(cfg: dict, name: str) -> None:
 
 def read_original_state(folder: Path, name: str) -> dict[str, torch.Tensor]:
     """Every tensor of a LLaVA release folder: safetensors shards, else PyTorch `.bin` shards."""
-    from safetensors.torch import load_file
-
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         files = sorted(folder.glob("pytorch_model*.bin"))
@@ -265,6 +264,7 @@ def map_original_state(state: dict[str, torch.Tensor], name: str) -> dict[str, t
 def load_llava_original(entry: dict, spec: ModelSpec, location: str | None,
                         dtype: torch.dtype = torch.float32) -> GenerativeVLM:
     """The LLaVA-Med v1.5 release (or another original-LLaVA `llava_mistral`/`llava_llama` folder), strictly."""
+    # lazy: transformers loads only for the models (and judges) that need it
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlavaConfig, \
         LlavaForConditionalGeneration
 

@@ -69,6 +69,7 @@ class SiglipClipModel(hf_parts.TokenizerClipModel):
 
 
 def load_siglip(entry: dict, spec: ModelSpec, location: str | None) -> ClipModel:
+    # lazy: transformers loads only for the models (and judges) that need it
     from transformers import AutoTokenizer, SiglipModel
 
     ident = location or entry["model"]
