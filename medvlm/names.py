@@ -4,14 +4,16 @@ A key is `<group>_<name>`, and its group says which part of the run it measures:
 - `train_…` per epoch and about the training (`train_loss`, `train_best_epoch`, `train_examples`);
 - `val_…` per epoch on the validation split (`val_loss`, `val_auc`);
 - `test_…` the final results on the test split (`test_auc`, `test_image_to_text_R1`);
-- `cost_…` what the run cost (timings, throughput, prompt counts); SPEC's own two cost keys,
-  `trainable_params` and `train_images_per_s`, keep SPEC's names and belong to this group;
+- `cost_…` what the run cost (timings, throughput, prompt counts); the two cost keys every run has
+  had since the first version, `trainable_params` and `train_images_per_s`, keep their names and
+  belong to this group;
 - `data_…` facts about the data that belong to no one split (the VQA answer vocabulary).
 
-The separator is `_`, not MLflow's `/` chart-section separator, because SPEC ("MLflow conventions")
-fixes `train_loss`, `val_loss` and `test_<metric>`: the MLflow UI sorts charts and columns by key, so
-each group still sits together. Per-epoch metrics are logged at step = epoch number, counted from
-`FIRST_EPOCH` as the progress lines, the learning curves and `train_best_epoch` count them.
+The separator is `_`, not MLflow's `/` chart-section separator, because the project's published
+keys (README, "What a run records") are `train_loss`, `val_loss` and `test_<metric>`: the MLflow UI
+sorts charts and columns by key, so each group still sits together. Per-epoch metrics are logged at
+step = epoch number, counted from `FIRST_EPOCH` as the progress lines, the learning curves and
+`train_best_epoch` count them.
 
 This module imports nothing: the catalog and the CLI read it before torch or MLflow load.
 """
@@ -56,7 +58,7 @@ def in_group(metric: str, group: str) -> bool:
 def bare(metric: str) -> str:
     """The key without its group: `test_auc` -> `auc` (file names, table headers)."""
     group = group_of(metric)
-    return metric.removeprefix(group + SEP) if group is not None and metric not in SPEC_COST else metric
+    return metric.removeprefix(group + SEP) if group is not None and metric not in PUBLISHED_COST else metric
 
 
 def examples(split: str) -> str:
@@ -73,9 +75,9 @@ TRAIN_LOSS = train("loss")
 VAL_LOSS = val("loss")
 TRAIN_BEST_EPOCH = train("best_epoch")
 TRAIN_EPOCHS_RUN = train("epochs_run")
-TRAINABLE_PARAMS = "trainable_params"  # SPEC's name
-TRAIN_IMAGES_PER_S = "train_images_per_s"  # SPEC's name
-SPEC_COST = frozenset({TRAINABLE_PARAMS, TRAIN_IMAGES_PER_S})
+TRAINABLE_PARAMS = "trainable_params"  # a published key, kept without its group
+TRAIN_IMAGES_PER_S = "train_images_per_s"  # a published key, kept without its group
+PUBLISHED_COST = frozenset({TRAINABLE_PARAMS, TRAIN_IMAGES_PER_S})
 COST_ENCODE_IMAGES_PER_S = cost("encode_images_per_s")
 COST_ENCODE_S = cost("encode_s")
 COST_EMBED_GALLERY_S = cost("embed_gallery_s")
@@ -89,7 +91,7 @@ REPORT_UNFINISHED_RUNS = "report_unfinished_runs"
 
 def group_of(metric: str) -> str | None:
     """The group of a run's metric key, None for a key outside the scheme."""
-    if metric in SPEC_COST:
+    if metric in PUBLISHED_COST:
         return COST
     head = metric.split(SEP, 1)[0]
     return head if head in GROUPS and SEP in metric else None

@@ -1,4 +1,4 @@
-"""Lineage and operations (issue #14): dataset inputs carry their schema and class counts, every run names the
+"""Lineage and operations: dataset inputs carry their schema and class counts, every run names the
 medvlm version and commit it ran, and `system_metrics` turns on MLflow's system metrics."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A clean Model Registry (issue #14): study trials register nothing unless the study asks for its best trial,
+"""A clean Model Registry: study trials register nothing unless the study asks for its best trial,
 and every version has a signature with named inputs, an input example that predicts, a description and the
 run's final metrics on its logged model."""
 

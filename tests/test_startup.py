@@ -1,5 +1,5 @@
-"""`medvlm --help` and `medvlm models` start without torch, MLflow or transformers (issue #16), and every flag
-says what it does and which values it takes (issue #14).
+"""`medvlm --help` and `medvlm models` start without torch, MLflow or transformers, and every flag
+says what it does and which values it takes.
 
 The heavy imports are what made `--help` take 5-18 s; this checks their absence directly. The time itself is
 a benchmark's business (`python benchmarks/bench_scale.py --skip models,study`), not a test's: under load a

@@ -53,7 +53,7 @@ def examples(client: MlflowClient, run) -> pd.DataFrame:
 
 
 def check_test_results(client: MlflowClient, run) -> pd.DataFrame:
-    """Every SPEC/issue metric is logged and agrees with the logged examples table."""
+    """Every VQA metric the README lists is logged and agrees with the logged examples table."""
     metrics = run.data.metrics
     assert run.info.status == "FINISHED" and run.data.tags["medvlm.task"] == "vqa"
     assert {f"test_{k}" for k in CORE} <= set(metrics)
