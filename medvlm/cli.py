@@ -178,8 +178,10 @@ def print_metrics(metrics: dict[str, float]) -> None:
 
     if process_rank() != 0:
         return
+    width = max(map(len, metrics), default=0)
     for key, value in sorted(metrics.items()):
-        print(f"{key:28} {value:.4f}")
+        # counts (examples, errors, parameters) as whole numbers; scores and rates to four places
+        print(f"{key:{width}} {int(value) if value > 1 and float(value).is_integer() else f'{value:.4f}'}")
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, bool]] = {

@@ -12,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,16 +207,38 @@ def log_adapter(made: Adapter, meta: dict[str, Any], registered: str, selection:
         step = names.epoch_number(best_epoch)
         # MLflow serves the input example once through the logged model (rebuilding the base model), so a
         # version whose example does not predict is caught here, as a warning in the log
-        info = mlflow.pyfunc.log_model(
-            name=logged_model_name(mlflow.get_run(run.run_id).info.run_name),
-            python_model=made.python_model, artifacts=artifacts, code_paths=[str(Path(medvlm.__file__).parent)],
-            pip_requirements=["torch", "torchvision", "open_clip_torch", "timm", "transformers", "peft",
-                              "safetensors", "pandas", "numpy", "pillow", "scikit-learn", "pyyaml", "pydantic"],
-            signature=signature, input_example=example, tags=tags, step=step,
-        )
+        with quiet_known_notices():
+            info = mlflow.pyfunc.log_model(
+                name=logged_model_name(mlflow.get_run(run.run_id).info.run_name),
+                python_model=made.python_model, artifacts=artifacts, code_paths=[str(Path(medvlm.__file__).parent)],
+                pip_requirements=["torch", "torchvision", "open_clip_torch", "timm", "transformers", "peft",
+                                  "safetensors", "pandas", "numpy", "pillow", "scikit-learn", "pyyaml", "pydantic"],
+                signature=signature, input_example=example, tags=tags, step=step,
+            )
     attach_final_metrics(client, run.run_id, info.model_id, step)
     mlflow.set_tag(MODEL_TAG, info.model_id)
     return info.model_id
+
+
+class _KnownNotices(logging.Filter):
+    """Drops the two lines MLflow's pyfunc logger prints on every adapter it logs and that say nothing
+    about this one: the cloudpickle caveat (README, "Load adapters only from registries you trust", states it once) and "validating the
+    input example". A failed validation is a warning of its own and still shows."""
+
+    NOTICES = ("Passing a Python object as `python_model`", "Validating input example against model signature")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.NOTICES)
+
+
+@contextmanager
+def quiet_known_notices() -> Iterator[None]:
+    logger, notices = logging.getLogger("mlflow.pyfunc"), _KnownNotices()
+    logger.addFilter(notices)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notices)
 
 
 def attach_final_metrics(client: MlflowClient, run_id: str, model_id: str, step: int) -> None:

@@ -134,7 +134,7 @@ def zero_shot_logits(clip: ClipModel, data: VQAData, vocab: AnswerVocab, cfg: Ru
     logits = torch.full((len(test), len(vocab)), float("-inf"))
     prompts = 0
     groups = test.groupby(["question", "closed"], sort=False).indices
-    for (question, closed), rows in tracked(groups.items(), "zero-shot VQA questions", len(groups)):
+    for (question, closed), rows in tracked(groups.items(), "zero-shot VQA, distinct questions", len(groups)):
         ids = candidates[bool(closed)]
         texts = text_embeddings(clip, [ZERO_SHOT_PROMPT.format(question=question, answer=vocab.answers[i]) for i in ids])
         logits[np.ix_(rows, ids)] = (scale * row_embeddings[rows] @ texts.T).cpu()

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -361,7 +362,12 @@ def log_dataset(name: str, source: str, digest: str, context: str, extra: dict[s
             return {**super().to_dict(), **({"profile": json.dumps(profile)} if profile else {})}
 
     columns = Schema([ColSpec(kind, column) for column, kind in schema.items()]) if schema else None
-    dataset = ProfiledDataset(resolve_dataset_source(source), name=name, digest=digest, schema=columns)
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and warns on every run that the path is ambiguous
+        # between the two (identical) candidates; a real ambiguity between different sources still warns
+        warnings.filterwarnings("ignore", r"The specified dataset source can be interpreted in multiple ways: (\w+), \1\.")
+        resolved = resolve_dataset_source(source)
+    dataset = ProfiledDataset(resolved, name=name, digest=digest, schema=columns)
     tags = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra or {}).items()} or None
     try:
         mlflow.log_input(dataset, context=context, tags=tags)
