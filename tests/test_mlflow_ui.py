@@ -193,6 +193,8 @@ def test_run_page_shows_a_test_metric_value(store, ui, browser):
     value = lora.data.metrics["test_auc"]
     browser.get(f"{ui}/#/experiments/{lora.info.experiment_id}/runs/{lora.info.run_id}")
     visible(browser, text_is(lora.info.run_name))
+    # the description medvlm writes renders as the run's Description, with the headline test result
+    visible(browser, f"//p[contains(normalize-space(.), 'Test: test_auc {value:.4f}, test_acc')]")
     visible(browser, "//input[@placeholder='Search metrics']").send_keys("test_")
     name_cell = visible(browser, text_is("test_auc"))
     row = name_cell.find_element(By.XPATH, "./ancestor::*[@role='row'][1]")

@@ -40,6 +40,13 @@ def test_finetune_to_a_log_file_has_one_line_per_epoch_and_a_summary(tmp_path, t
     registered = run.data.tags["medvlm.registered_model"]
     assert f"registered {registered.replace('/', ' version ')} (@best is version" in summary[0]
     assert "\r" not in text  # no bar redraws in a file
+    # the run's page describes it: what ran, its test results, the training and the registered version
+    note = run.data.tags["mlflow.note.content"].split("  \n")
+    assert note[0] == f"lora · local-dir:{tiny_model_dir} · breastmnist (classification)."
+    assert note[1].startswith(f"Test: test_auc {run.data.metrics['test_auc']:.4f}, test_acc ")
+    assert note[2] == f"Trained {EPOCHS} epochs, kept epoch {int(run.data.metrics['train_best_epoch'])}; " \
+                      f"{int(run.data.metrics['trainable_params']):,} trainable parameters."
+    assert note[3] == f"Registered as {registered.replace('/', ' version ')}."
     # nothing else: no library warnings or notices a user must learn to skip (MLflow's own registry lines aside)
     others = [line for line in text.splitlines() if not line.startswith("medvlm: ")]
     assert all(line.startswith(MLFLOW_REGISTRY_LINES) for line in others), others

@@ -33,6 +33,7 @@ from mlflow.types.schema import ColSpec, Schema
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 import medvlm
+from medvlm.catalog import TASKS
 from medvlm.config import RunConfig
 from medvlm.engine.checkpoints import CHECKPOINT_FILE, MACHINE_FIELDS
 from medvlm.errors import MedvlmError, Superseded, TrackingError, one_line
@@ -45,6 +46,7 @@ WARNING_TAG_PREFIX = "medvlm.warning."  # a caveat on the run's numbers; reports
 DEFAULT_EXPERIMENT = "Default"  # MLflow's own: where `mlflow run` puts a run when no experiment is named
 SOURCE_PREFIXES = ("local-dir", "hf-hub", "hf", "file")
 CHECKPOINT_TAG = "medvlm.checkpoint_dir"
+RUN_NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as the run's description
 CHECKPOINTED_TAG = "medvlm.checkpoint_epoch"  # the last epoch a resume checkpoint was written for (1-based)
 HEALTH_TIMEOUT_S = 5
 # MLflow's async logger otherwise polls its queue with a 1 s timeout, and every flush (end of a run,
@@ -250,6 +252,8 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
         yield run
 
         mlflow.flush_async_logging()
+        if process_rank() == 0:
+            mlflow.set_tag(RUN_NOTE_TAG, run_description(run.info.run_id))
         mlflow.end_run(status="FINISHED")
     except BaseException as exc:
         _end_unsuccessful(run.info.run_id, exc)
@@ -310,6 +314,28 @@ def ui_url(experiment_id: str, run_id: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/{path}"
     return f"http://127.0.0.1:5000/{path} (after `mlflow ui --backend-store-uri {uri}`)"
+
+
+def run_description(run_id: str) -> str:
+    """The run's description on its MLflow page: what ran, its headline test results, how training went and
+    what it registered, read back from the run itself."""
+    run = mlflow.get_run(run_id)
+    tags, metrics = run.data.tags, run.data.metrics
+    task = TASKS.get(tags.get("medvlm.task", ""))
+    rows = [task, task.generative] if task is not None else []
+    keys = dict.fromkeys(k for row in rows if row is not None for k in (row.primary_metric, *row.headline_metrics))
+    results = ", ".join(f"{key} {metrics[key]:.4f}" for key in keys if key in metrics)
+    lines = [f"{tags.get('medvlm.strategy', '?')} · {tags.get('medvlm.model', '?')} · {tags.get('medvlm.dataset', '?')}"
+             f" ({task.title if task is not None else tags.get('medvlm.task', '?')})."]
+    if results:
+        lines.append(f"Test: {results}.")
+    if names.TRAIN_EPOCHS_RUN in metrics:
+        lines.append(f"Trained {int(metrics[names.TRAIN_EPOCHS_RUN])} epochs, kept epoch "
+                     f"{int(metrics[names.TRAIN_BEST_EPOCH])}; {int(metrics.get(names.TRAINABLE_PARAMS, 0)):,} trainable parameters.")
+    if tags.get("medvlm.registered_model"):
+        name, version = tags["medvlm.registered_model"].rsplit("/", 1)
+        lines.append(f"Registered as {name} version {version}.")
+    return "  \n".join(lines)
 
 
 def run_summary(run_id: str) -> str:
