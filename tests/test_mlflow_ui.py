@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medvlm.cli import main
-from tests.conftest import BREAST_ROOT, needs_breastmnist
+from tests.conftest import BREAST_ROOT, REPO, needs_breastmnist
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[test]'")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -129,17 +129,18 @@ def text_is(text: str, tag: str = "*") -> str:
 
 
 def screenshot(driver, name: str) -> None:
-    """Save the page for the README when MEDVLM_UI_SCREENSHOTS names a folder (a small palette PNG)."""
-    folder = os.environ.get("MEDVLM_UI_SCREENSHOTS")
-    if not folder:
+    """Save the page for the README when MEDVLM_UI_SCREENSHOTS names a folder (a small palette PNG); a relative
+    folder is taken from the repository root, since the tests run in their own working folders."""
+    if not os.environ.get("MEDVLM_UI_SCREENSHOTS"):
         return
     from io import BytesIO
 
     from PIL import Image
 
-    Path(folder).mkdir(parents=True, exist_ok=True)
+    folder = REPO / os.environ["MEDVLM_UI_SCREENSHOTS"]
+    folder.mkdir(parents=True, exist_ok=True)
     image = Image.open(BytesIO(driver.get_screenshot_as_png())).convert("RGB")
-    image.quantize(colors=64).save(Path(folder) / f"{name}.png", optimize=True)
+    image.quantize(colors=64).save(folder / f"{name}.png", optimize=True)
 
 
 def open_runs_table(driver, ui: str, experiment_id: str) -> None:
