@@ -222,8 +222,8 @@ def log_adapter(made: Adapter, meta: dict[str, Any], registered: str, selection:
 
 class _KnownNotices(logging.Filter):
     """Drops the two lines MLflow's pyfunc logger prints on every adapter it logs and that say nothing
-    about this one: the cloudpickle caveat (README, "Load adapters only from registries you trust", states it once) and "validating the
-    input example". A failed validation is a warning of its own and still shows."""
+    about this one: the cloudpickle caveat (README's "Load adapters only from registries you trust"
+    states it once) and "validating the input example". A failed validation still warns."""
 
     NOTICES = ("Passing a Python object as `python_model`", "Validating input example against model signature")
 

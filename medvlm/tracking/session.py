@@ -33,6 +33,7 @@ from mlflow.types.schema import ColSpec, Schema
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 import medvlm
+from medvlm.adapters.base import REGISTERED_TAG
 from medvlm.catalog import TASKS
 from medvlm.config import RunConfig
 from medvlm.engine.checkpoints import CHECKPOINT_FILE, MACHINE_FIELDS
@@ -252,14 +253,15 @@ def tracked_run(cfg: RunConfig, nested: bool = False, extra_tags: dict[str, str]
         yield run
 
         mlflow.flush_async_logging()
-        if process_rank() == 0:
-            mlflow.set_tag(RUN_NOTE_TAG, run_description(run.info.run_id))
+        finished = mlflow.get_run(run.info.run_id) if process_rank() == 0 else None
+        if finished is not None:
+            mlflow.set_tag(RUN_NOTE_TAG, run_description(cfg, finished))
         mlflow.end_run(status="FINISHED")
     except BaseException as exc:
         _end_unsuccessful(run.info.run_id, exc)
         raise
-    if process_rank() == 0:
-        log.info(run_summary(run.info.run_id))
+    if finished is not None:
+        log.info(run_summary(finished))
 
 
 def _end_unsuccessful(run_id: str, exc: BaseException) -> None:
@@ -316,35 +318,37 @@ def ui_url(experiment_id: str, run_id: str) -> str:
     return f"http://127.0.0.1:5000/{path} (after `mlflow ui --backend-store-uri {uri}`)"
 
 
-def run_description(run_id: str) -> str:
+def registered_version(run: mlflow.entities.Run) -> tuple[str, str] | None:
+    """(registered model, version) of the adapter the run registered, or None."""
+    registered = run.data.tags.get(REGISTERED_TAG)
+    return tuple(registered.rsplit("/", 1)) if registered else None
+
+
+def run_description(cfg: RunConfig, run: mlflow.entities.Run) -> str:
     """The run's description on its MLflow page: what ran, its headline test results, how training went and
-    what it registered, read back from the run itself."""
-    run = mlflow.get_run(run_id)
-    tags, metrics = run.data.tags, run.data.metrics
-    task = TASKS.get(tags.get("medvlm.task", ""))
-    rows = [task, task.generative] if task is not None else []
-    keys = dict.fromkeys(k for row in rows if row is not None for k in (row.primary_metric, *row.headline_metrics))
-    results = ", ".join(f"{key} {metrics[key]:.4f}" for key in keys if key in metrics)
-    lines = [f"{tags.get('medvlm.strategy', '?')} · {tags.get('medvlm.model', '?')} · {tags.get('medvlm.dataset', '?')}"
-             f" ({task.title if task is not None else tags.get('medvlm.task', '?')})."]
-    if results:
-        lines.append(f"Test: {results}.")
+    what it registered, from what the run logged."""
+    metrics = run.data.metrics
+    task = TASKS[cfg.task]
+    keys = dict.fromkeys(k for row in (task, task.generative) if row is not None
+                         for k in (row.primary_metric, *row.headline_metrics))
+    lines = [f"{cfg.strategy} · {cfg.model} · {cfg.dataset} ({task.title})."]
+    if any(key in metrics for key in keys):
+        lines.append("Test: " + ", ".join(f"{key} {metrics[key]:.4f}" for key in keys if key in metrics) + ".")
     if names.TRAIN_EPOCHS_RUN in metrics:
-        lines.append(f"Trained {int(metrics[names.TRAIN_EPOCHS_RUN])} epochs, kept epoch "
-                     f"{int(metrics[names.TRAIN_BEST_EPOCH])}; {int(metrics.get(names.TRAINABLE_PARAMS, 0)):,} trainable parameters.")
-    if tags.get("medvlm.registered_model"):
-        name, version = tags["medvlm.registered_model"].rsplit("/", 1)
-        lines.append(f"Registered as {name} version {version}.")
+        lines.append(f"Trained {int(metrics[names.TRAIN_EPOCHS_RUN])} epochs, "
+                     f"kept epoch {int(metrics[names.TRAIN_BEST_EPOCH])}; "
+                     f"{int(metrics.get(names.TRAINABLE_PARAMS, 0)):,} trainable parameters.")
+    if registered := registered_version(run):
+        lines.append(f"Registered as {registered[0]} version {registered[1]}.")
     return "  \n".join(lines)
 
 
-def run_summary(run_id: str) -> str:
+def run_summary(run: mlflow.entities.Run) -> str:
     """The closing line: which run, where to see it, and which registered version it made."""
-    run = mlflow.get_run(run_id)
+    run_id = run.info.run_id
     line = f"run {run_id} ({run.info.run_name}) finished · {ui_url(run.info.experiment_id, run_id)}"
-    registered = run.data.tags.get("medvlm.registered_model")
-    if registered:
-        name, version = registered.rsplit("/", 1)
+    if registered := registered_version(run):
+        name, version = registered
         best = mlflow.MlflowClient().get_model_version_by_alias(name, "best").version
         line += f" · registered {name} version {version} (@best is version {best})"
     return line
